@@ -1,0 +1,3 @@
+from anomaly.cli import app
+
+app(prog_name="anomaly")

@@ -1,0 +1,142 @@
+"""Statistics of normal frames, and the threshold that follows from them.
+
+No single signal catches every anomaly (fog makes frames *easier* to reconstruct, a small object
+barely moves the mean error), so scoring combines several. To combine them they must share a
+scale, and that scale is learned here from normal frames only:
+
+1. `fit_normal_stats`: the usual reconstruction error in each cell of the image, and a Gaussian
+   over the encoder's summary features. Scoring turns a frame into "how many standard deviations
+   above normal is its worst cell" and "how far is it from normal features".
+2. `fit_scaling`: each signal's median and spread, so that signals become comparable z-scores.
+3. `threshold_for_rate`: the combined score's upper quantile at the user's target false-alarm rate.
+
+All three are fit on frames held out from training and later in time than it: the next seconds of
+a drive look different from the last, and the networks reconstruct frames they were trained on
+better than new ones, so statistics or a threshold from training frames would fire far more often
+than promised. `anomaly.train.calibrate` does the fitting.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.covariance import LedoitWolf
+
+SIGNALS = ("spatial", "latent", "recon", "disc")
+
+
+@dataclass
+class NormalStats:
+    cell_mean: torch.Tensor  # h x w, mean squared error of each cell on normal frames
+    cell_std: torch.Tensor  # h x w
+    feature_mean: torch.Tensor  # d
+    feature_precision: torch.Tensor  # d x d, inverse of the shrunk covariance
+
+    def to_state(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().cpu().float() for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_state(cls, state: dict[str, torch.Tensor]) -> NormalStats:
+        return cls(**{k: state[k].float() for k in ("cell_mean", "cell_std", "feature_mean", "feature_precision")})
+
+    def to(self, device: torch.device) -> NormalStats:
+        return NormalStats(**{k: v.to(device) for k, v in asdict(self).items()})
+
+
+@dataclass
+class Calibration:
+    stats: NormalStats
+    loc: dict[str, float]
+    scale: dict[str, float]
+    combine: tuple[str, ...]
+    threshold: float
+    target_false_alarm_rate: float
+    n_frames: int
+    score_quantiles: dict[str, float] = field(default_factory=dict)
+
+    def to_state(self) -> dict[str, Any]:
+        return {
+            "stats": self.stats.to_state(),
+            "loc": dict(self.loc),
+            "scale": dict(self.scale),
+            "combine": list(self.combine),
+            "threshold": float(self.threshold),
+            "target_false_alarm_rate": float(self.target_false_alarm_rate),
+            "n_frames": int(self.n_frames),
+            "score_quantiles": dict(self.score_quantiles),
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> Calibration:
+        return cls(
+            stats=NormalStats.from_state(state["stats"]),
+            loc={k: float(v) for k, v in state["loc"].items()},
+            scale={k: float(v) for k, v in state["scale"].items()},
+            combine=tuple(state["combine"]),
+            threshold=float(state["threshold"]),
+            target_false_alarm_rate=float(state["target_false_alarm_rate"]),
+            n_frames=int(state["n_frames"]),
+            score_quantiles={k: float(v) for k, v in state.get("score_quantiles", {}).items()},
+        )
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "threshold": self.threshold,
+            "target_false_alarm_rate": self.target_false_alarm_rate,
+            "calibration_frames": self.n_frames,
+            "signals": list(self.combine),
+            "score_quantiles": self.score_quantiles,
+        }
+
+
+def fit_normal_stats(error_cells: torch.Tensor, features: torch.Tensor) -> NormalStats:
+    """Per-cell error mean/std and a shrunk Gaussian over features, from normal training frames.
+
+    The std gets a floor (a tenth of its median) so a cell that is always reconstructed perfectly
+    (flat sky) cannot turn a tiny change into a huge z-score.
+    """
+    if len(error_cells) < 2:
+        raise ValueError("need at least two normal frames to fit statistics")
+    cells = error_cells.double()
+    cell_mean = cells.mean(0)
+    cell_std = cells.std(0)
+    cell_std = torch.clamp(cell_std, min=0.1 * float(cell_std.median()) + 1e-12)
+    feats = features.double().cpu().numpy()
+    lw = LedoitWolf().fit(feats)
+    return NormalStats(
+        cell_mean=cell_mean.float(),
+        cell_std=cell_std.float(),
+        feature_mean=torch.from_numpy(lw.location_).float(),
+        feature_precision=torch.from_numpy(lw.precision_).float(),
+    )
+
+
+def fit_scaling(signals: dict[str, np.ndarray]) -> tuple[dict[str, float], dict[str, float]]:
+    """Median and robust spread (IQR / 1.349, the std of a Gaussian) of each signal on normal frames."""
+    loc, scale = {}, {}
+    for name, values in signals.items():
+        v = np.asarray(values, dtype=np.float64)
+        q25, q50, q75 = np.percentile(v, [25, 50, 75])
+        spread = (q75 - q25) / 1.349
+        if spread <= 0:
+            spread = float(v.std()) or 1e-6
+        loc[name], scale[name] = float(q50), float(spread)
+    return loc, scale
+
+
+def threshold_for_rate(normal_scores: np.ndarray, false_alarm_rate: float) -> float:
+    """The score above which `false_alarm_rate` of normal frames lie (upper-tail quantile)."""
+    scores = np.asarray(normal_scores, dtype=np.float64)
+    if scores.size == 0:
+        raise ValueError("no normal scores to set a threshold from")
+    if not 0.0 < false_alarm_rate < 1.0:
+        raise ValueError(f"false alarm rate must be in (0, 1), got {false_alarm_rate}")
+    return float(np.quantile(scores, 1.0 - false_alarm_rate))
+
+
+def score_quantiles(scores: np.ndarray) -> dict[str, float]:
+    q = np.quantile(np.asarray(scores, dtype=np.float64), [0.5, 0.9, 0.99, 1.0])
+    return {"p50": float(q[0]), "p90": float(q[1]), "p99": float(q[2]), "max": float(q[3])}

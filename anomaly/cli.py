@@ -1,0 +1,237 @@
+"""The `anomaly` command line: train, score, demo, generate-samples.
+
+Options are turned into the typed config objects here, once; nothing below reads the command
+line or the environment.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from pydantic import ValidationError
+
+from anomaly.checkpoint import CheckpointError, load_detector
+from anomaly.config import CalibrationConfig, DetectorConfig, ModelConfig, PreprocessConfig, TrainConfig
+from anomaly.device import resolve_device
+from anomaly.events import EventConfig
+
+app = typer.Typer(
+    help="Find unusual frames in dashcam footage.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+Sources = Annotated[list[str], typer.Argument(help="video files, image folders, or folders of videos")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA when present), cpu or cuda")]
+StrideOpt = Annotated[int, typer.Option("--stride", min=1, help="keep every N-th frame")]
+FpsOpt = Annotated[float | None, typer.Option("--fps", help="keep frames at about this rate instead of --stride")]
+StartOpt = Annotated[float, typer.Option("--start", min=0.0, help="seconds to skip at the start of each source")]
+EndOpt = Annotated[float | None, typer.Option("--end", help="stop each source at this time (seconds)")]
+MaxFramesOpt = Annotated[int | None, typer.Option("--max-frames", min=1, help="at most this many frames per source")]
+FolderFpsOpt = Annotated[float, typer.Option("--folder-fps", help="frame rate assumed for image folders")]
+ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress", help="show progress bars")]
+
+
+class UserError(Exception):
+    """An error whose message is the whole story: printed without a traceback."""
+
+
+def friendly_errors(fn: F) -> F:
+    """Turn expected failures (bad input, bad model file) into one clear line and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from pipelines.ingest import IngestError
+        from pipelines.labels import LabelError
+
+        try:
+            return fn(*args, **kwargs)
+        except (UserError, CheckpointError, IngestError, LabelError, ValidationError, ValueError, OSError) as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def sampling_config(
+    stride: int, fps: float | None, start: float, end: float | None, max_frames: int | None, folder_fps: float
+):
+    from pipelines.ingest import SamplingConfig
+
+    return SamplingConfig(
+        stride=stride, target_fps=fps, start_s=start, end_s=end, max_frames=max_frames, folder_fps=folder_fps
+    )
+
+
+def parse_roi(text: str | None) -> tuple[float, float, float, float] | None:
+    if not text:
+        return None
+    try:
+        x0, y0, x1, y1 = (float(v) for v in text.split(","))
+    except ValueError:
+        raise UserError(f"--roi {text!r}: expected four fractions x0,y0,x1,y1 such as 0,0.3,1,0.85") from None
+    return x0, y0, x1, y1
+
+
+def report_source_error(src: str, err: Exception) -> None:
+    typer.echo(f"warning: skipped {src}: {err}", err=True)
+
+
+@app.command()
+@friendly_errors
+def train(
+    sources: Sources,
+    out: Annotated[Path, typer.Option("--out", "-o", help="model file to write")],
+    steps: Annotated[int, typer.Option(min=1, help="training steps")] = TrainConfig().steps,
+    batch_size: Annotated[int, typer.Option(min=2)] = TrainConfig().batch_size,
+    seed: int = 0,
+    width: Annotated[int, typer.Option(help="model input width")] = PreprocessConfig().width,
+    height: Annotated[int, typer.Option(help="model input height")] = PreprocessConfig().height,
+    roi: Annotated[str | None, typer.Option(help="region of interest x0,y0,x1,y1 as fractions")] = None,
+    latent_channels: int = ModelConfig().latent_channels,
+    adversarial_weight: float = 0.02,
+    holdout: Annotated[float, typer.Option(help="tail fraction of each source held out for calibration")] = 0.25,
+    target_far: Annotated[float, typer.Option(help="false-alarm rate on normal frames the threshold aims at")] = 0.01,
+    max_train_frames: int = TrainConfig().max_train_frames,
+    resume: Annotated[bool, typer.Option(help="continue from the training state saved beside --out")] = False,
+    device: DeviceOpt = "auto",
+    stride: StrideOpt = 1,
+    fps: FpsOpt = None,
+    start: StartOpt = 0.0,
+    end: EndOpt = None,
+    max_frames: MaxFramesOpt = None,
+    folder_fps: FolderFpsOpt = 10.0,
+    progress: ProgressOpt = True,
+) -> None:
+    """Train the autoencoder/discriminator pair on normal driving and calibrate its threshold."""
+    from anomaly.preprocess import Preprocessor
+    from anomaly.train import TrainingData, train_detector
+    from pipelines.ingest import expand_sources
+    from pipelines.training import load_prepared_frames
+
+    default = DetectorConfig()
+    config = DetectorConfig(
+        preprocess=PreprocessConfig(width=width, height=height, roi=parse_roi(roi)),
+        model=ModelConfig(widths=default.model.widths, latent_channels=latent_channels),
+        train=TrainConfig(
+            steps=steps,
+            batch_size=batch_size,
+            seed=seed,
+            holdout_fraction=holdout,
+            max_train_frames=max_train_frames,
+            device=device,  # type: ignore[arg-type]
+            loss=default.train.loss.model_copy(update={"adversarial": adversarial_weight}),
+        ),
+        calibration=CalibrationConfig(target_false_alarm_rate=target_far),
+    )
+    resolve_device(device)  # fail before reading any video
+    sampling = sampling_config(stride, fps, start, end, max_frames, folder_fps)
+    per_source = load_prepared_frames(
+        expand_sources(sources), sampling, Preprocessor(config.preprocess), max_train_frames, report_source_error
+    )
+    data = TrainingData.split(per_source, holdout)
+    train_detector(config, data, out, resume=resume, progress=progress, log=typer.echo)
+    typer.echo(f"wrote {out}")
+
+
+@app.command()
+@friendly_errors
+def score(
+    sources: Sources,
+    model: Annotated[Path, typer.Option("--model", "-m", help="model file from `anomaly train`")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="scores CSV to write")],
+    events: Annotated[Path | None, typer.Option(help="also write anomalous stretches as JSON here")] = None,
+    annotate: Annotated[
+        Path | None, typer.Option(help="also write <source>.annotated.mp4 with score and heat map into this folder")
+    ] = None,
+    threshold: Annotated[float | None, typer.Option(help="override the model's calibrated threshold")] = None,
+    smooth: Annotated[int, typer.Option(min=1, help="frames in the moving average used for events")] = 1,
+    min_event: Annotated[float, typer.Option(help="drop events shorter than this (seconds)")] = 0.0,
+    merge_gap: Annotated[float, typer.Option(help="join events separated by less than this (seconds)")] = 0.0,
+    batch_size: Annotated[int, typer.Option(min=1)] = 32,
+    device: DeviceOpt = "auto",
+    stride: StrideOpt = 1,
+    fps: FpsOpt = None,
+    start: StartOpt = 0.0,
+    end: EndOpt = None,
+    max_frames: MaxFramesOpt = None,
+    folder_fps: FolderFpsOpt = 10.0,
+    progress: ProgressOpt = True,
+) -> None:
+    """Score frames of recorded videos or image folders; one CSV row per scored frame."""
+    from pipelines.ingest import expand_sources
+    from pipelines.score_videos import score_sources
+
+    detector = load_detector(model, resolve_device(device))
+    if threshold is not None:
+        detector = detector.with_threshold(threshold)
+    summary = score_sources(
+        detector,
+        expand_sources(sources),
+        out,
+        sampling=sampling_config(stride, fps, start, end, max_frames, folder_fps),
+        batch_size=batch_size,
+        events_path=events,
+        event_config=EventConfig(window=smooth, min_duration_s=min_event, merge_gap_s=merge_gap),
+        annotate_dir=annotate,
+        progress=progress,
+        on_error=report_source_error,
+    )
+    typer.echo(
+        f"scored {summary.frames} frames from {len(summary.sources) - len(summary.errors)} source(s): "
+        f"{summary.anomalies} above threshold {detector.threshold:.3f}, {len(summary.events)} event(s) -> {out}"
+    )
+    if summary.errors:
+        typer.echo(f"{len(summary.errors)} source(s) failed: {', '.join(summary.errors)}", err=True)
+        raise typer.Exit(1)
+
+
+@app.command()
+@friendly_errors
+def demo(
+    samples: Annotated[Path, typer.Option(help="sample clip folder (generated if missing)")] = Path("sample_videos"),
+    out: Annotated[Path, typer.Option(help="where the model, scores and metrics go")] = Path("runs/demo"),
+    steps: Annotated[int, typer.Option(min=1)] = TrainConfig().steps,
+    seed: int = 0,
+    device: DeviceOpt = "auto",
+    progress: ProgressOpt = True,
+) -> None:
+    """Generate the sample clips if needed, train on the normal ones, score the labeled ones, report."""
+    from pipelines.demo import format_report, run_demo
+
+    config = DetectorConfig(train=TrainConfig(steps=steps, seed=seed, device=device))  # type: ignore[arg-type]
+    metrics = run_demo(samples, out, config, progress=progress, log=typer.echo)
+    typer.echo("")
+    typer.echo(format_report(metrics))
+    typer.echo(f"\nmodel, scores, events and metrics.json in {out}")
+
+
+@app.command("generate-samples")
+@friendly_errors
+def generate_samples(
+    out: Annotated[Path, typer.Option(help="folder to write clips and labels to")] = Path("sample_videos"),
+    seed: int = 0,
+    scale: Annotated[int, typer.Option(min=1, help="make every clip this many times longer")] = 1,
+) -> None:
+    """Write the synthetic dashcam clips (normal ones for training, labeled ones for testing)."""
+    from pipelines.synth import generate_sample_set
+
+    written = generate_sample_set(out, seed=seed, scale=scale)
+    typer.echo(json.dumps([str(p) for p in written], indent=2))
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app(prog_name="anomaly")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,101 @@
+"""Typed configuration. One object per concern, built by the CLI or HTTP layer and passed down.
+
+The preprocessing and model sections travel inside every checkpoint, so a model is always
+scored with exactly the settings it was trained with.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Device = Literal["auto", "cpu", "cuda"]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class PreprocessConfig(_Frozen):
+    """Geometry and normalisation applied to every frame before the model sees it."""
+
+    width: int = Field(128, ge=16, le=1024, description="model input width (multiple of 8)")
+    height: int = Field(72, ge=16, le=1024, description="model input height (multiple of 8)")
+    roi: tuple[float, float, float, float] | None = Field(
+        None, description="region of interest as fractions (x0, y0, x1, y1) of the source frame"
+    )
+    mean: tuple[float, float, float] = (0.45, 0.45, 0.45)
+    std: tuple[float, float, float] = (0.25, 0.25, 0.25)
+
+    @model_validator(mode="after")
+    def _check(self) -> PreprocessConfig:
+        if self.width % 8 or self.height % 8:
+            raise ValueError(f"input size {self.width}x{self.height}: width and height must be multiples of 8")
+        if self.roi is not None:
+            x0, y0, x1, y1 = self.roi
+            if not (0.0 <= x0 < x1 <= 1.0 and 0.0 <= y0 < y1 <= 1.0):
+                raise ValueError(f"roi {self.roi}: need 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1")
+        if min(self.std) <= 0:
+            raise ValueError("std must be positive")
+        return self
+
+
+class ModelConfig(_Frozen):
+    """Network widths. Small by default: training takes minutes on a laptop CPU."""
+
+    widths: tuple[int, int, int] = (24, 48, 64)
+    latent_channels: int = Field(8, ge=1, le=512)
+    disc_widths: tuple[int, int, int] = (16, 32, 64)
+
+
+class LossConfig(_Frozen):
+    """Weights of the generator's loss terms (reconstruction is weighted 1)."""
+
+    adversarial: float = Field(0.02, ge=0.0)
+    l1: float = Field(1.0, ge=0.0, description="weight of L1 next to the squared error")
+
+
+class TrainConfig(_Frozen):
+    steps: int = Field(1500, ge=1)
+    batch_size: int = Field(32, ge=2)
+    lr: float = Field(1e-3, gt=0)
+    disc_lr: float = Field(2e-4, gt=0)
+    seed: int = 0
+    holdout_fraction: float = Field(
+        0.25, gt=0.0, lt=0.9, description="tail (in time) of each source kept out of training for calibration"
+    )
+    max_train_frames: int = Field(20000, ge=8)
+    shift_pixels: int = Field(
+        4, ge=0, le=32, description="random translation of training frames, so the autoencoder cannot memorise them"
+    )
+    checkpoint_every: int = Field(250, ge=1, description="steps between resumable training-state saves")
+    device: Device = "auto"
+    loss: LossConfig = LossConfig()
+
+
+class CalibrationConfig(_Frozen):
+    """How raw signals become one calibrated score and a threshold."""
+
+    target_false_alarm_rate: float = Field(0.01, gt=0.0, lt=0.5)
+    error_pool: int = Field(8, ge=1, description="side (model pixels) of the cells the error map is averaged over")
+    max_stat_frames: int = Field(5000, ge=10, description="held-out frames used to fit normal statistics")
+    signals: tuple[str, ...] = Field(
+        ("spatial", "latent"), min_length=1, description="signals whose calibrated z-scores are combined"
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> CalibrationConfig:
+        unknown = set(self.signals) - {"spatial", "latent", "recon", "disc"}
+        if unknown:
+            raise ValueError(f"unknown signals {sorted(unknown)}: choose from spatial, latent, recon, disc")
+        return self
+
+
+class DetectorConfig(_Frozen):
+    """Everything that defines a trained detector; stored whole in its checkpoint."""
+
+    preprocess: PreprocessConfig = PreprocessConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    calibration: CalibrationConfig = CalibrationConfig()

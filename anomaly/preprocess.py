@@ -1,0 +1,68 @@
+"""The one place frames are turned into model input: region of interest, resize, normalise.
+
+Split in two steps on purpose. `prepare` (crop + resize, uint8) is cheap per-frame numpy work that
+ingestion runs in its decode thread, so it overlaps with the model; `to_tensor` (normalise, batch)
+runs next to the model. Both read the settings stored in the checkpoint.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+import torch
+from torchvision.transforms.v2 import functional as TF
+
+from anomaly.config import PreprocessConfig
+
+
+class Preprocessor:
+    def __init__(self, config: PreprocessConfig) -> None:
+        self.config = config
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(height, width) of prepared frames."""
+        return self.config.height, self.config.width
+
+    def crop(self, bgr: np.ndarray) -> np.ndarray:
+        """The ROI of a source frame, at source resolution (also used to place heat maps)."""
+        if self.config.roi is None:
+            return bgr
+        h, w = bgr.shape[:2]
+        x0, y0, x1, y1 = self.config.roi
+        c0, r0 = int(round(x0 * w)), int(round(y0 * h))
+        c1, r1 = max(c0 + 1, int(round(x1 * w))), max(r0 + 1, int(round(y1 * h)))
+        return bgr[r0:r1, c0:c1]
+
+    def prepare(self, bgr: np.ndarray) -> np.ndarray:
+        """Source BGR frame of any size -> RGB uint8 at the model's input size."""
+        if bgr.ndim == 2:
+            bgr = cv2.cvtColor(bgr, cv2.COLOR_GRAY2BGR)
+        if bgr.ndim != 3 or bgr.shape[2] != 3 or bgr.dtype != np.uint8:
+            raise ValueError(f"expected an HxWx3 uint8 BGR frame, got shape {bgr.shape} dtype {bgr.dtype}")
+        roi = self.crop(bgr)
+        h, w = self.size
+        if roi.shape[:2] != (h, w):
+            shrinking = roi.shape[0] >= h and roi.shape[1] >= w
+            roi = cv2.resize(roi, (w, h), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+        return cv2.cvtColor(roi, cv2.COLOR_BGR2RGB)
+
+    def to_tensor(
+        self, prepared: Sequence[np.ndarray] | np.ndarray, device: torch.device | str = "cpu"
+    ) -> torch.Tensor:
+        """Prepared RGB uint8 frames -> normalised float NCHW batch on `device`."""
+        batch = np.ascontiguousarray(np.stack(prepared) if not isinstance(prepared, np.ndarray) else prepared)
+        if batch.shape[1:] != (*self.size, 3):
+            raise ValueError(f"prepared frames must be {self.size[1]}x{self.size[0]} RGB, got {batch.shape[1:]}")
+        x = torch.from_numpy(batch).to(device, non_blocking=True).permute(0, 3, 1, 2)
+        x = TF.to_dtype(x, torch.float32, scale=True)
+        return TF.normalize(x, list(self.config.mean), list(self.config.std))
+
+    def to_uint8(self, x: torch.Tensor) -> np.ndarray:
+        """Inverse of `to_tensor` (for previews of reconstructions): NCHW float -> NHWC RGB uint8."""
+        mean = torch.tensor(self.config.mean, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.config.std, device=x.device).view(1, 3, 1, 1)
+        img = (x * std + mean).clamp(0, 1).mul(255).round().to(torch.uint8)
+        return img.permute(0, 2, 3, 1).cpu().numpy()

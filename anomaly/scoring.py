@@ -1,0 +1,124 @@
+"""Where a frame's anomaly score is computed. Batch scripts and the HTTP service both call this.
+
+Per frame, one pass through the networks gives four raw signals:
+
+- `recon`   mean squared reconstruction error over the frame.
+- `spatial` the worst cell of the error map, in standard deviations above what that cell normally
+            shows. The camera is fixed to the car, so the road ahead normally reconstructs well and
+            an object on it stands out even when it covers 1% of the frame.
+- `latent`  Mahalanobis distance of the encoder's summary features from normal frames'. Catches
+            global changes (fog, night, glare, a smeared lens) that can *lower* the error.
+- `disc`    the discriminator's belief that the frame is not a real normal frame, 0..1.
+
+Each signal becomes a z-score against held-out normal frames, and the anomaly score is the largest
+z-score among the signals the calibration selected. `is_anomaly` is score > threshold.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from anomaly.calibration import NormalStats
+from anomaly.detector import Detector
+from anomaly.model import AutoencoderGAN
+
+
+@dataclass
+class RawSignals:
+    recon: torch.Tensor  # N
+    error_cells: torch.Tensor  # N x h x w, mean squared error per cell
+    features: torch.Tensor  # N x d
+    disc: torch.Tensor  # N
+
+
+@dataclass
+class FrameScores:
+    """Scores of a batch of frames, as numpy arrays (one entry per frame)."""
+
+    score: np.ndarray
+    recon_error: np.ndarray
+    disc_score: np.ndarray
+    spatial_score: np.ndarray
+    latent_score: np.ndarray
+    is_anomaly: np.ndarray
+    heatmap: np.ndarray  # N x h x w: each cell's error in standard deviations above normal
+    threshold: float
+
+    def __len__(self) -> int:
+        return len(self.score)
+
+
+def pool_errors(error_map: torch.Tensor, cell: int) -> torch.Tensor:
+    """N x H x W squared error -> N x h x w mean over overlapping cells (stride half a cell)."""
+    stride = max(1, cell // 2)
+    return F.avg_pool2d(error_map.unsqueeze(1), kernel_size=cell, stride=stride).squeeze(1)
+
+
+def summary_features(stage_features: Sequence[torch.Tensor], latent: torch.Tensor) -> torch.Tensor:
+    """Encoder activations summarised per frame: channel means and spreads, and a coarse latent grid."""
+    parts = [f.mean(dim=(2, 3)) for f in stage_features] + [f.std(dim=(2, 3)) for f in stage_features]
+    parts.append(F.adaptive_avg_pool2d(latent, (3, 4)).flatten(1))
+    return torch.cat(parts, dim=1)
+
+
+@torch.inference_mode()
+def raw_signals(model: AutoencoderGAN, x: torch.Tensor, cell: int) -> RawSignals:
+    out = model(x)
+    error_map = (x - out.recon).pow(2).mean(dim=1)
+    return RawSignals(
+        recon=error_map.mean(dim=(1, 2)),
+        error_cells=pool_errors(error_map, cell),
+        features=summary_features(out.stage_features, out.latent),
+        disc=1.0 - torch.sigmoid(out.disc_logits).mean(dim=(1, 2, 3)),
+    )
+
+
+def signal_values(raw: RawSignals, stats: NormalStats) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """The four per-frame signals, and the heat map (per-cell z-scores) they were taken from."""
+    heat = (raw.error_cells - stats.cell_mean) / stats.cell_std
+    centred = raw.features - stats.feature_mean
+    mahalanobis = torch.einsum("nd,de,ne->n", centred, stats.feature_precision, centred).clamp_min(0).sqrt()
+    signals = {
+        "spatial": heat.flatten(1).amax(dim=1),
+        "latent": mahalanobis,
+        "recon": raw.recon,
+        "disc": raw.disc,
+    }
+    return signals, heat
+
+
+def combine(
+    signals: dict[str, np.ndarray], loc: dict[str, float], scale: dict[str, float], names: Sequence[str]
+) -> np.ndarray:
+    """The anomaly score: the largest calibrated z-score among the chosen signals."""
+    return np.max(np.stack([(signals[n] - loc[n]) / scale[n] for n in names]), axis=0)
+
+
+def score_prepared(detector: Detector, prepared: Sequence[np.ndarray] | np.ndarray) -> FrameScores:
+    """Score frames already passed through `detector.preprocessor.prepare` (RGB, model size)."""
+    cal = detector.calibrated
+    x = detector.preprocessor.to_tensor(prepared, detector.device)
+    raw = raw_signals(detector.model, x, detector.config.calibration.error_pool)
+    signals_t, heat = signal_values(raw, detector.normal_stats)
+    signals = {k: v.float().cpu().numpy() for k, v in signals_t.items()}
+    score = combine(signals, cal.loc, cal.scale, cal.combine)
+    return FrameScores(
+        score=score,
+        recon_error=signals["recon"],
+        disc_score=signals["disc"],
+        spatial_score=signals["spatial"],
+        latent_score=signals["latent"],
+        is_anomaly=score > cal.threshold,
+        heatmap=heat.float().cpu().numpy(),
+        threshold=cal.threshold,
+    )
+
+
+def score_frames(detector: Detector, frames: Sequence[np.ndarray]) -> FrameScores:
+    """Score source frames (BGR uint8, any size): preprocessing and scoring in one call."""
+    return score_prepared(detector, [detector.preprocessor.prepare(f) for f in frames])

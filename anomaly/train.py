@@ -1,0 +1,264 @@
+"""Training the autoencoder and discriminator together, then calibrating on held-out frames.
+
+Input is already-prepared frames (RGB uint8 at the model's size) split per source into a training
+part and a held-out tail; `pipelines.training` reads videos into that shape. Training is
+reproducible by seed, and resumable: every `checkpoint_every` steps a training state (weights,
+optimisers, step) is written beside the model, and the batch drawn at step k depends only on
+(seed, k), so a resumed run continues exactly where the interrupted one was.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from anomaly.calibration import (
+    Calibration,
+    fit_normal_stats,
+    fit_scaling,
+    score_quantiles,
+    threshold_for_rate,
+)
+from anomaly.checkpoint import (
+    FORMAT_VERSION,
+    KIND_TRAINING_STATE,
+    CheckpointError,
+    atomic_torch_save,
+    parse_config,
+    read_checkpoint,
+    save_detector,
+)
+from anomaly.config import DetectorConfig, LossConfig
+from anomaly.detector import Detector
+from anomaly.device import resolve_device
+from anomaly.model import AutoencoderGAN
+from anomaly.scoring import RawSignals, combine, raw_signals, signal_values
+
+
+@dataclass
+class TrainingData:
+    """Prepared frames: `train` fits the networks and normal statistics; `holdout` (later in time) calibrates."""
+
+    train: np.ndarray  # N x H x W x 3 uint8 RGB
+    holdout: np.ndarray
+
+    @classmethod
+    def split(cls, per_source: list[np.ndarray], holdout_fraction: float) -> TrainingData:
+        """Hold out the last `holdout_fraction` of each source, so calibration frames are unseen scenery."""
+        train, holdout = [], []
+        for frames in per_source:
+            n_hold = int(round(len(frames) * holdout_fraction))
+            if len(frames) < 4 or n_hold < 1:
+                train.append(frames)
+                continue
+            train.append(frames[:-n_hold])
+            holdout.append(frames[-n_hold:])
+        if not holdout:
+            raise ValueError("too few frames to hold any out for calibration; give longer or more sources")
+        return cls(train=np.concatenate(train), holdout=np.concatenate(holdout))
+
+
+def training_state_path(model_path: Path) -> Path:
+    return Path(model_path).with_suffix(".state.pt")
+
+
+def train_step(
+    model: AutoencoderGAN,
+    x: torch.Tensor,
+    opt_g: torch.optim.Optimizer,
+    opt_d: torch.optim.Optimizer,
+    loss: LossConfig,
+) -> dict[str, float]:
+    """One discriminator update, then one autoencoder update (non-saturating GAN loss)."""
+    disc = model.discriminator
+    recon = model.reconstruct(x)
+
+    disc.requires_grad_(True)
+    real_logits, fake_logits = disc(x), disc(recon.detach())
+    loss_d = F.binary_cross_entropy_with_logits(
+        real_logits, torch.ones_like(real_logits)
+    ) + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
+    opt_d.zero_grad(set_to_none=True)
+    loss_d.backward()
+    opt_d.step()
+
+    disc.requires_grad_(False)
+    fooled = disc(recon)
+    mse = (recon - x).pow(2).mean()
+    l1 = (recon - x).abs().mean()
+    adv = F.binary_cross_entropy_with_logits(fooled, torch.ones_like(fooled))
+    loss_g = mse + loss.l1 * l1 + loss.adversarial * adv
+    opt_g.zero_grad(set_to_none=True)
+    loss_g.backward()
+    opt_g.step()
+    disc.requires_grad_(True)
+    return {"mse": mse.item(), "adv": adv.detach().item(), "d": loss_d.detach().item()}
+
+
+def make_optimisers(model: AutoencoderGAN, config: DetectorConfig) -> tuple[torch.optim.Adam, torch.optim.Adam]:
+    ae_params = list(model.encoder.parameters()) + list(model.decoder.parameters())
+    opt_g = torch.optim.Adam(ae_params, lr=config.train.lr, betas=(0.5, 0.999))
+    opt_d = torch.optim.Adam(model.discriminator.parameters(), lr=config.train.disc_lr, betas=(0.5, 0.999))
+    return opt_g, opt_d
+
+
+def save_training_state(path: Path, config: DetectorConfig, model: AutoencoderGAN, opts: tuple, step: int) -> None:
+    atomic_torch_save(
+        {
+            "kind": KIND_TRAINING_STATE,
+            "format_version": FORMAT_VERSION,
+            "config": config.model_dump(mode="json"),
+            "step": step,
+            "state_dict": model.state_dict(),
+            "opt_g": opts[0].state_dict(),
+            "opt_d": opts[1].state_dict(),
+        },
+        path,
+    )
+
+
+def restore_training_state(path: Path, config: DetectorConfig, model: AutoencoderGAN, opts: tuple) -> int:
+    """Load a saved training state into `model`/`opts`; returns the step to continue from."""
+    state = read_checkpoint(path, KIND_TRAINING_STATE)
+    saved = parse_config(state["config"], path)
+    if (saved.preprocess, saved.model, saved.train.seed) != (config.preprocess, config.model, config.train.seed):
+        raise CheckpointError(
+            f"{path} was written with different model, preprocessing or seed settings; "
+            "resume with the same settings or start afresh without --resume"
+        )
+    model.load_state_dict(state["state_dict"])
+    opts[0].load_state_dict(state["opt_g"])
+    opts[1].load_state_dict(state["opt_d"])
+    return int(state["step"])
+
+
+def step_generator(seed: int, step: int) -> torch.Generator:
+    """Randomness of one step depends on (seed, step) only, so a resumed run repeats it exactly."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + step)
+
+
+def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
+    """Translate each frame by up to `max_shift` pixels (reflect-padded), a cheap guard against memorising."""
+    if max_shift <= 0:
+        return x
+    _, _, h, w = x.shape
+    padded = F.pad(x, (max_shift,) * 4, mode="reflect")
+    offsets = torch.randint(0, 2 * max_shift + 1, (len(x), 2), generator=generator).tolist()
+    return torch.stack([padded[i, :, dy : dy + h, dx : dx + w] for i, (dy, dx) in enumerate(offsets)])
+
+
+def collect_raw(detector: Detector, frames: np.ndarray, batch_size: int = 128) -> RawSignals:
+    """Raw signals for many prepared frames, gathered on the CPU."""
+    parts = []
+    for i in range(0, len(frames), batch_size):
+        x = detector.preprocessor.to_tensor(frames[i : i + batch_size], detector.device)
+        r = raw_signals(detector.model, x, detector.config.calibration.error_pool)
+        parts.append(RawSignals(*(t.cpu() for t in (r.recon, r.error_cells, r.features, r.disc))))
+    return RawSignals(
+        *(torch.cat([getattr(p, f) for p in parts]) for f in ("recon", "error_cells", "features", "disc"))
+    )
+
+
+def evenly(frames: np.ndarray, limit: int) -> np.ndarray:
+    if len(frames) <= limit:
+        return frames
+    return frames[np.linspace(0, len(frames) - 1, limit).round().astype(int)]
+
+
+def cross_fit_signals(raw: RawSignals, block: int = 16) -> dict[str, np.ndarray]:
+    """Signals of held-out frames, each scored with statistics fit on the *other* half of them.
+
+    Halves are alternating blocks of `block` consecutive frames. Scoring a frame with statistics that
+    already saw it would make normal frames look more normal than new ones will, and set the
+    threshold too low; scoring it with the other half's statistics is as honest as a new frame.
+    """
+    n = len(raw.recon)
+    half_a = (np.arange(n) // block) % 2 == 0
+    if half_a.all() or not half_a.any():
+        raise ValueError(f"need more than {block} held-out frames to calibrate; give longer or more sources")
+    signals: dict[str, np.ndarray] = {}
+    for fit_on in (half_a, ~half_a):
+        stats = fit_normal_stats(raw.error_cells[fit_on], raw.features[fit_on])
+        rest = ~fit_on
+        part = RawSignals(raw.recon[rest], raw.error_cells[rest], raw.features[rest], raw.disc[rest])
+        values, _ = signal_values(part, stats)
+        for name, v in values.items():
+            signals.setdefault(name, np.empty(n, dtype=np.float64))[rest] = v.numpy()
+    return signals
+
+
+def calibrate(detector: Detector, data: TrainingData) -> Calibration:
+    """Normal statistics, signal scales and the threshold, all from held-out frames the networks never saw."""
+    cfg = detector.config.calibration
+    detector.model.eval()
+    held = collect_raw(detector, evenly(data.holdout, cfg.max_stat_frames))
+    signals = cross_fit_signals(held)
+    loc, scale = fit_scaling(signals)
+    scores = combine(signals, loc, scale, cfg.signals)
+    return Calibration(
+        stats=fit_normal_stats(held.error_cells, held.features),
+        loc=loc,
+        scale=scale,
+        combine=tuple(cfg.signals),
+        threshold=threshold_for_rate(scores, cfg.target_false_alarm_rate),
+        target_false_alarm_rate=cfg.target_false_alarm_rate,
+        n_frames=len(scores),
+        score_quantiles=score_quantiles(scores),
+    )
+
+
+def train_detector(
+    config: DetectorConfig,
+    data: TrainingData,
+    out: Path,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> Detector:
+    """Train, calibrate and write the model to `out`. Returns the calibrated detector."""
+    tc = config.train
+    if len(data.train) < 2:
+        raise ValueError("need at least two training frames")
+    device = resolve_device(tc.device)
+    torch.manual_seed(tc.seed)
+    detector = Detector.new(config, device)
+    model = detector.model
+    opts = make_optimisers(model, config)
+    state_path = training_state_path(out)
+    start = 0
+    if resume and state_path.exists():
+        start = restore_training_state(state_path, config, model, opts)
+        log(f"resuming from step {start} ({state_path})")
+    elif resume:
+        log(f"no training state at {state_path}; starting from step 0")
+
+    model.train()
+    bar = tqdm(range(start, tc.steps), initial=start, total=tc.steps, desc="train", disable=not progress, unit="step")
+    losses: dict[str, float] = {}
+    for step in bar:
+        g = step_generator(tc.seed, step)
+        idx = torch.randint(len(data.train), (tc.batch_size,), generator=g).numpy()
+        x = random_shift(detector.preprocessor.to_tensor(data.train[idx], device), tc.shift_pixels, g)
+        losses = train_step(model, x, *opts, config.train.loss)
+        bar.set_postfix({k: f"{v:.4f}" for k, v in losses.items()}, refresh=False)
+        if (step + 1) % tc.checkpoint_every == 0 and step + 1 < tc.steps:
+            save_training_state(state_path, config, model, opts, step + 1)
+    bar.close()
+    save_training_state(state_path, config, model, opts, max(start, tc.steps))
+
+    calibration = calibrate(detector, data)
+    detector = detector.with_calibration(calibration)
+    save_detector(detector, out)
+    log(
+        f"trained {tc.steps} steps on {len(data.train)} frames; calibrated on {len(data.holdout)} held-out frames; "
+        f"threshold {calibration.threshold:.3f} for a {calibration.target_false_alarm_rate:.1%} false-alarm rate"
+        + (f"; final losses {', '.join(f'{k} {v:.4f}' for k, v in losses.items())}" if losses else "")
+    )
+    return detector

@@ -1,0 +1,65 @@
+"""Annotated output video: the frame with its error heat map and score overlaid."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from anomaly.preprocess import Preprocessor
+
+
+def heat_overlay(frame_bgr: np.ndarray, heat: np.ndarray, preprocessor: Preprocessor, scale: float) -> np.ndarray:
+    """Blend a JET-coloured heat map (z-scores, 0..`scale` mapped to blue..red) over the frame's ROI."""
+    out = frame_bgr.copy()
+    roi = preprocessor.crop(out)  # a view into `out`
+    h, w = roi.shape[:2]
+    level = np.clip(heat / max(scale, 1e-6), 0.0, 1.0)
+    level = cv2.resize(level.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
+    colour = cv2.applyColorMap((level * 255).astype(np.uint8), cv2.COLORMAP_JET)
+    alpha = (0.15 + 0.45 * level)[..., None]
+    roi[:] = (roi * (1 - alpha) + colour * alpha).astype(np.uint8)
+    return out
+
+
+def draw_annotation(
+    frame_bgr: np.ndarray,
+    heat: np.ndarray,
+    score: float,
+    threshold: float,
+    timestamp_s: float,
+    preprocessor: Preprocessor,
+) -> np.ndarray:
+    out = heat_overlay(frame_bgr, heat, preprocessor, scale=max(2.0 * threshold, 1.0))
+    flagged = score > threshold
+    colour = (0, 0, 255) if flagged else (0, 200, 0)
+    if flagged:
+        cv2.rectangle(out, (0, 0), (out.shape[1] - 1, out.shape[0] - 1), colour, 6)
+    text = f"t={timestamp_s:7.2f}s  score={score:6.2f}  thr={threshold:5.2f}" + ("  ANOMALY" if flagged else "")
+    cv2.putText(out, text, (12, 28), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 0), 4, cv2.LINE_AA)
+    cv2.putText(out, text, (12, 28), cv2.FONT_HERSHEY_SIMPLEX, 0.6, colour, 1, cv2.LINE_AA)
+    return out
+
+
+class AnnotatedVideoWriter:
+    """Writes annotated frames to an mp4, opening the file on the first frame (size known then)."""
+
+    def __init__(self, path: Path, fps: float) -> None:
+        self.path = Path(path)
+        self.fps = fps
+        self._writer: cv2.VideoWriter | None = None
+
+    def write(self, frame_bgr: np.ndarray) -> None:
+        if self._writer is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            h, w = frame_bgr.shape[:2]
+            self._writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*"mp4v"), self.fps, (w, h))
+            if not self._writer.isOpened():
+                raise OSError(f"cannot write video {self.path}")
+        self._writer.write(frame_bgr)
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.release()
+            self._writer = None

@@ -1,0 +1,36 @@
+"""Read training sources into prepared frames, per source, for `anomaly.train`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from itertools import groupby
+
+import numpy as np
+
+from anomaly.preprocess import Preprocessor
+from pipelines.ingest import IngestError, SamplingConfig, iter_frames
+from pipelines.prefetch import prefetch
+
+
+def load_prepared_frames(
+    sources: Sequence[str],
+    sampling: SamplingConfig,
+    preprocessor: Preprocessor,
+    max_frames: int,
+    on_error: Callable[[str, IngestError], None] | None = None,
+) -> list[np.ndarray]:
+    """Prepared (model-size RGB) frames of each source, in time order.
+
+    Training frames are held in memory at the model's small input size (27 KB a frame at the
+    default 128x72), so `max_frames` bounds memory; each source contributes frames evenly spaced
+    in time rather than only its beginning.
+    """
+    frames = prefetch(iter_frames(sources, sampling, transform=preprocessor.prepare, on_error=on_error))
+    per_source = [np.stack([f.image for f in group]) for _, group in groupby(frames, key=lambda f: f.source)]
+    if not per_source:
+        raise IngestError("no frames could be read from the training sources")
+    total = sum(len(s) for s in per_source)
+    if total > max_frames:
+        keep = max_frames / total
+        per_source = [s[np.linspace(0, len(s) - 1, max(2, int(len(s) * keep))).round().astype(int)] for s in per_source]
+    return per_source

@@ -1,0 +1,68 @@
+"""Small builders shared by the pipeline and CLI tests: real encoded videos and tiny trained models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from anomaly.config import CalibrationConfig, DetectorConfig, ModelConfig, PreprocessConfig, TrainConfig
+from anomaly.detector import Detector
+from anomaly.train import TrainingData, train_detector
+
+TINY = DetectorConfig(
+    preprocess=PreprocessConfig(width=32, height=24),
+    model=ModelConfig(widths=(8, 8, 8), latent_channels=4, disc_widths=(8, 8, 8)),
+    train=TrainConfig(steps=20, batch_size=8, checkpoint_every=10, device="cpu"),
+    calibration=CalibrationConfig(error_pool=4),
+)
+
+
+def road_frames(n: int, seed: int = 0, size: tuple[int, int] = (96, 64)) -> np.ndarray:
+    """A drifting road-like scene: sky, ground, a moving dashed centre line, light noise. BGR uint8."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    frames = np.empty((n, h, w, 3), np.uint8)
+    for i in range(n):
+        f = np.zeros((h, w, 3), np.uint8)
+        f[: h // 2] = (200, 160, 120)
+        f[h // 2 :] = (70, 90, 80)
+        for k in range(4):
+            y = h // 2 + ((i * 2 + k * 8) % (h // 2))
+            cv2.line(f, (w // 2, y), (w // 2, min(h - 1, y + 3)), (230, 230, 230), 2)
+        noise = rng.integers(-6, 7, size=f.shape)
+        frames[i] = np.clip(f.astype(int) + noise, 0, 255).astype(np.uint8)
+    return frames
+
+
+def write_video(path: Path, frames: np.ndarray, fps: float = 10.0) -> Path:
+    fourcc = "MJPG" if Path(path).suffix == ".avi" else "mp4v"
+    h, w = frames.shape[1:3]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, (w, h))
+    assert writer.isOpened(), f"cannot write {path}"
+    for f in frames:
+        writer.write(f)
+    writer.release()
+    return Path(path)
+
+
+def with_square(frame: np.ndarray, colour: tuple[int, int, int] = (0, 0, 255), frac: float = 0.15) -> np.ndarray:
+    """The frame with a filled square (an 'obstacle') on the road."""
+    out = frame.copy()
+    h, w = out.shape[:2]
+    s = max(2, int(min(h, w) * frac))
+    y, x = int(h * 0.7), w // 2 - s // 2
+    out[y : y + s, x : x + s] = colour
+    return out
+
+
+def tiny_detector(tmp_path: Path, config: DetectorConfig = TINY, n: int = 80) -> tuple[Detector, Path]:
+    """A detector trained for a few steps on `road_frames`, and its checkpoint path."""
+    pre = Detector.new(config, device=torch.device("cpu")).preprocessor
+    frames = road_frames(n)
+    prepared = np.stack([pre.prepare(f) for f in frames])
+    out = tmp_path / "tiny.pt"
+    det = train_detector(config, TrainingData.split([prepared], 0.4), out, progress=False, log=lambda _: None)
+    return det, out
