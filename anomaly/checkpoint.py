@@ -77,9 +77,11 @@ def save_detector(detector: Detector, path: Path) -> None:
     )
 
 
-def parse_config(raw: Any, path: Path) -> DetectorConfig:
+def parse_config(state: dict[str, Any], path: Path) -> DetectorConfig:
+    if "config" not in state:
+        raise CheckpointError(f"{path} holds no config; it was not written by `anomaly train`")
     try:
-        return DetectorConfig.model_validate(raw)
+        return DetectorConfig.model_validate(state["config"])
     except ValidationError as exc:
         raise CheckpointError(f"{path} holds a config this version cannot read: {exc}") from exc
 
@@ -87,7 +89,7 @@ def parse_config(raw: Any, path: Path) -> DetectorConfig:
 def load_detector(path: Path, device: torch.device) -> Detector:
     path = Path(path)
     state = read_checkpoint(path, KIND_MODEL)
-    config = parse_config(state["config"], path)
+    config = parse_config(state, path)
     model = AutoencoderGAN(config.model)
     try:
         model.load_state_dict(state["state_dict"])

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from anomaly.checkpoint import CheckpointError, load_detector
 from anomaly.config import CalibrationConfig, DetectorConfig, ModelConfig, PreprocessConfig, TrainConfig
-from anomaly.device import resolve_device
+from anomaly.device import resolve_device, set_torch_threads
 from anomaly.events import EventConfig
 
 app = typer.Typer(
@@ -157,7 +157,10 @@ def score(
     smooth: Annotated[int, typer.Option(min=1, help="frames in the moving average used for events")] = 1,
     min_event: Annotated[float, typer.Option(help="drop events shorter than this (seconds)")] = 0.0,
     merge_gap: Annotated[float, typer.Option(help="join events separated by less than this (seconds)")] = 0.0,
-    batch_size: Annotated[int, typer.Option(min=1)] = 32,
+    batch_size: Annotated[int, typer.Option(min=1)] = 16,
+    threads: Annotated[
+        int | None, typer.Option(min=1, help="torch CPU threads (default: all cores but one, left for decoding)")
+    ] = None,
     device: DeviceOpt = "auto",
     stride: StrideOpt = 1,
     fps: FpsOpt = None,
@@ -171,6 +174,7 @@ def score(
     from pipelines.ingest import expand_sources
     from pipelines.score_videos import score_sources
 
+    set_torch_threads(threads)
     detector = load_detector(model, resolve_device(device))
     if threshold is not None:
         detector = detector.with_threshold(threshold)

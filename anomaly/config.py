@@ -44,7 +44,7 @@ class PreprocessConfig(_Frozen):
 class ModelConfig(_Frozen):
     """Network widths. Small by default: training takes minutes on a laptop CPU."""
 
-    widths: tuple[int, int, int] = (24, 48, 64)
+    widths: tuple[int, int, int] = (16, 32, 64)
     latent_channels: int = Field(8, ge=1, le=512)
     disc_widths: tuple[int, int, int] = (16, 32, 64)
 
@@ -99,3 +99,14 @@ class DetectorConfig(_Frozen):
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     calibration: CalibrationConfig = CalibrationConfig()
+
+    @model_validator(mode="after")
+    def _check_shift_fits(self) -> DetectorConfig:
+        # random_shift reflect-pads by shift_pixels, which needs a frame larger than the shift
+        smallest = min(self.preprocess.width, self.preprocess.height)
+        if self.train.shift_pixels >= smallest // 2:
+            raise ValueError(
+                f"train.shift_pixels={self.train.shift_pixels} is too large for a "
+                f"{self.preprocess.width}x{self.preprocess.height} input: use less than {smallest // 2}"
+            )
+        return self

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 
@@ -14,3 +16,11 @@ def resolve_device(name: str) -> torch.device:
     if name not in ("cpu", "cuda"):
         raise ValueError(f"unknown device {name!r}: use auto, cpu or cuda")
     return torch.device(name)
+
+
+def set_torch_threads(requested: int | None, leave_for_decoding: int = 1) -> int:
+    """Intra-op threads for torch. While a worker thread decodes video, leaving it a core is faster
+    (measured on 2 cores: 269 vs 223 frames/s) than letting torch and the decoder fight over both."""
+    threads = requested or max(1, (os.cpu_count() or 1) - leave_for_decoding)
+    torch.set_num_threads(threads)
+    return threads

@@ -126,7 +126,7 @@ def save_training_state(path: Path, config: DetectorConfig, model: AutoencoderGA
 def restore_training_state(path: Path, config: DetectorConfig, model: AutoencoderGAN, opts: tuple) -> int:
     """Load a saved training state into `model`/`opts`; returns the step to continue from."""
     state = read_checkpoint(path, KIND_TRAINING_STATE)
-    saved = parse_config(state["config"], path)
+    saved = parse_config(state, path)
     if (saved.preprocess, saved.model, saved.train.seed) != (config.preprocess, config.model, config.train.seed):
         raise CheckpointError(
             f"{path} was written with different model, preprocessing or seed settings; "
@@ -171,17 +171,19 @@ def evenly(frames: np.ndarray, limit: int) -> np.ndarray:
     return frames[np.linspace(0, len(frames) - 1, limit).round().astype(int)]
 
 
-def cross_fit_signals(raw: RawSignals, block: int = 16) -> dict[str, np.ndarray]:
+def cross_fit_signals(raw: RawSignals, max_block: int = 16) -> dict[str, np.ndarray]:
     """Signals of held-out frames, each scored with statistics fit on the *other* half of them.
 
-    Halves are alternating blocks of `block` consecutive frames. Scoring a frame with statistics that
+    Halves are alternating blocks of up to `max_block` consecutive frames (at least four blocks
+    each). Scoring a frame with statistics that
     already saw it would make normal frames look more normal than new ones will, and set the
     threshold too low; scoring it with the other half's statistics is as honest as a new frame.
     """
     n = len(raw.recon)
+    if n < 4:
+        raise ValueError(f"only {n} held-out frames to calibrate on; give longer or more sources")
+    block = max(1, min(max_block, n // 8))
     half_a = (np.arange(n) // block) % 2 == 0
-    if half_a.all() or not half_a.any():
-        raise ValueError(f"need more than {block} held-out frames to calibrate; give longer or more sources")
     signals: dict[str, np.ndarray] = {}
     for fit_on in (half_a, ~half_a):
         stats = fit_normal_stats(raw.error_cells[fit_on], raw.features[fit_on])

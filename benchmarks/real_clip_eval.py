@@ -17,7 +17,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-from pipelines.anomalies import KINDS, AnomalyEvent, apply_event
 
 from anomaly.baselines import PCABaseline
 from anomaly.config import DetectorConfig, TrainConfig
@@ -25,6 +24,7 @@ from anomaly.metrics import auroc
 from anomaly.preprocess import Preprocessor
 from anomaly.scoring import score_prepared
 from anomaly.train import TrainingData, train_detector
+from pipelines.anomalies import KINDS, AnomalyEvent, apply_event
 from pipelines.ingest import SamplingConfig, iter_source_frames
 
 REAL_CLIP = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "solidWhiteRight.mp4"

@@ -96,7 +96,7 @@ def score_sources(
     out_csv: Path,
     *,
     sampling: SamplingConfig | None = None,
-    batch_size: int = 32,
+    batch_size: int = 16,
     events_path: Path | None = None,
     event_config: EventConfig | None = None,
     annotate_dir: Path | None = None,

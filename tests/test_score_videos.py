@@ -1,7 +1,6 @@
 import json
 
 import cv2
-
 import numpy as np
 import pytest
 from factories import road_frames, tiny_detector, with_square, write_video

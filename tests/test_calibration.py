@@ -1,0 +1,200 @@
+import io
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from anomaly.calibration import (
+    Calibration,
+    NormalStats,
+    fit_normal_stats,
+    fit_scaling,
+    score_quantiles,
+    threshold_for_rate,
+)
+
+N = 20_000
+DISTRIBUTIONS = {
+    "normal": lambda rng, n: rng.normal(3.0, 2.0, n),
+    "exponential": lambda rng, n: rng.exponential(1.5, n),
+    "student-t2": lambda rng, n: rng.standard_t(2, n),  # heavy tails, infinite variance
+    "pareto": lambda rng, n: rng.pareto(1.5, n),
+}
+
+
+# --- threshold_for_rate --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("rate", [0.01, 0.05])
+@pytest.mark.parametrize("dist", sorted(DISTRIBUTIONS))
+def test_threshold_hits_the_target_rate(dist, rate):
+    draw = DISTRIBUTIONS[dist]
+    scores = draw(np.random.default_rng(0), N)
+    threshold = threshold_for_rate(scores, rate)
+    assert math.isfinite(threshold)
+    assert (scores > threshold).mean() == pytest.approx(rate, rel=0.2)
+    # and on new frames from the same distribution: the promise a user actually cares about
+    fresh = draw(np.random.default_rng(12345), N)
+    assert (fresh > threshold).mean() == pytest.approx(rate, rel=0.2)
+
+
+def test_lower_rate_gives_higher_threshold():
+    scores = np.random.default_rng(0).exponential(1.0, N)
+    assert threshold_for_rate(scores, 0.01) > threshold_for_rate(scores, 0.05) > threshold_for_rate(scores, 0.2)
+
+
+def test_threshold_accepts_lists_and_float32():
+    scores = np.arange(101, dtype=np.float32)
+    assert threshold_for_rate(scores, 0.1) == pytest.approx(90.0)
+    assert threshold_for_rate(list(range(101)), 0.1) == pytest.approx(90.0)
+
+
+@pytest.mark.parametrize("rate", [0.0, 1.0, -0.01, 1.5, float("nan")])
+def test_invalid_rate_raises(rate):
+    with pytest.raises(ValueError, match="false alarm rate"):
+        threshold_for_rate(np.ones(10), rate)
+
+
+def test_no_scores_raises():
+    with pytest.raises(ValueError, match="no normal scores"):
+        threshold_for_rate(np.array([]), 0.01)
+
+
+# --- fit_scaling ---------------------------------------------------------------------------------
+
+
+def test_fit_scaling_standard_normal_is_about_zero_and_one():
+    loc, scale = fit_scaling({"a": np.random.default_rng(0).standard_normal(N)})
+    assert loc["a"] == pytest.approx(0.0, abs=0.03)
+    assert scale["a"] == pytest.approx(1.0, abs=0.03)
+
+
+def test_fit_scaling_is_median_and_iqr_over_1349():
+    values = np.array([1.0, 2.0, 3.0, 4.0, 5.0, 100.0, -50.0])  # outliers move neither
+    loc, scale = fit_scaling({"x": values, "shifted": 10 * values + 7})
+    q25, q50, q75 = np.percentile(values, [25, 50, 75])
+    assert loc["x"] == pytest.approx(q50)
+    assert scale["x"] == pytest.approx((q75 - q25) / 1.349)
+    assert loc["shifted"] == pytest.approx(10 * q50 + 7)
+    assert scale["shifted"] == pytest.approx(10 * scale["x"])
+    assert set(loc) == set(scale) == {"x", "shifted"}
+
+
+def test_fit_scaling_zero_iqr_falls_back_to_std_then_tiny():
+    mostly_zero = np.zeros(100)
+    mostly_zero[:3] = 10.0
+    loc, scale = fit_scaling({"spiky": mostly_zero, "flat": np.full(10, 4.0)})
+    assert loc["spiky"] == 0.0
+    assert scale["spiky"] == pytest.approx(mostly_zero.std())
+    assert loc["flat"] == 4.0
+    assert scale["flat"] == pytest.approx(1e-6)
+
+
+# --- fit_normal_stats ----------------------------------------------------------------------------
+
+
+def test_fit_normal_stats_std_floor():
+    gen = torch.Generator().manual_seed(0)
+    cells = torch.rand(50, 3, 3, generator=gen) * torch.linspace(0.5, 2.0, 9).view(3, 3)
+    cells[:, 0, 0] = 0.25  # a cell that is always reconstructed exactly as well (flat sky)
+    stats = fit_normal_stats(cells, torch.randn(50, 5, generator=gen))
+    raw_std = cells.double().std(0)
+    floor = 0.1 * float(raw_std.median())
+    assert float(stats.cell_std[0, 0]) == pytest.approx(floor, rel=1e-5)
+    torch.testing.assert_close(stats.cell_std.flatten()[1:], raw_std.float().flatten()[1:])
+    torch.testing.assert_close(stats.cell_mean, cells.mean(0))
+    assert stats.cell_mean.dtype == stats.cell_std.dtype == torch.float32
+
+
+def test_fit_normal_stats_features():
+    gen = torch.Generator().manual_seed(1)
+    feats = torch.randn(400, 6, generator=gen) * 2 + torch.arange(6.0)
+    stats = fit_normal_stats(torch.rand(400, 2, 2, generator=gen), feats)
+    torch.testing.assert_close(stats.feature_mean, feats.mean(0), rtol=1e-4, atol=1e-4)
+    p = stats.feature_precision
+    assert p.shape == (6, 6)
+    torch.testing.assert_close(p, p.T, rtol=1e-4, atol=1e-5)
+    assert torch.linalg.eigvalsh(p.double()).min() > 0
+    # variance 4 per feature -> precision about 1/4 on the diagonal
+    assert torch.diagonal(p).mean().item() == pytest.approx(0.25, rel=0.2)
+
+
+def test_fit_normal_stats_needs_two_frames():
+    with pytest.raises(ValueError, match="at least two"):
+        fit_normal_stats(torch.rand(1, 2, 2), torch.rand(1, 3))
+
+
+# --- Calibration state ---------------------------------------------------------------------------
+
+
+def make_calibration() -> Calibration:
+    gen = torch.Generator().manual_seed(0)
+    stats = NormalStats(
+        cell_mean=torch.rand(11, 15, generator=gen),
+        cell_std=torch.rand(11, 15, generator=gen) + 0.1,
+        feature_mean=torch.randn(7, generator=gen),
+        feature_precision=torch.eye(7) * 2,
+    )
+    return Calibration(
+        stats=stats,
+        loc={"spatial": 1.5, "latent": 3.25},
+        scale={"spatial": 0.5, "latent": 2.0},
+        combine=("spatial", "latent"),
+        threshold=4.75,
+        target_false_alarm_rate=0.02,
+        n_frames=123,
+        score_quantiles={"p50": 0.1, "p90": 1.0, "p99": 3.0, "max": 5.0},
+    )
+
+
+def assert_same_calibration(a: Calibration, b: Calibration) -> None:
+    for k in ("cell_mean", "cell_std", "feature_mean", "feature_precision"):
+        torch.testing.assert_close(getattr(a.stats, k), getattr(b.stats, k), rtol=0, atol=0)
+    assert (a.loc, a.scale, a.combine, a.threshold) == (b.loc, b.scale, b.combine, b.threshold)
+    assert (a.target_false_alarm_rate, a.n_frames, a.score_quantiles) == (
+        b.target_false_alarm_rate,
+        b.n_frames,
+        b.score_quantiles,
+    )
+
+
+def test_calibration_state_round_trip():
+    cal = make_calibration()
+    back = Calibration.from_state(cal.to_state())
+    assert_same_calibration(cal, back)
+    assert isinstance(back.combine, tuple)
+
+
+def test_calibration_state_survives_a_weights_only_torch_load():
+    cal = make_calibration()
+    buf = io.BytesIO()
+    torch.save(cal.to_state(), buf)
+    buf.seek(0)
+    assert_same_calibration(cal, Calibration.from_state(torch.load(buf, weights_only=True)))
+
+
+def test_calibration_state_without_quantiles_loads():
+    state = make_calibration().to_state()
+    del state["score_quantiles"]
+    assert Calibration.from_state(state).score_quantiles == {}
+
+
+def test_normal_stats_state_is_float32_on_cpu():
+    stats = make_calibration().stats
+    stats.cell_mean = stats.cell_mean.double()
+    state = stats.to_state()
+    assert all(v.dtype == torch.float32 and v.device.type == "cpu" for v in state.values())
+    assert NormalStats.from_state(state).cell_mean.dtype == torch.float32
+
+
+def test_summary():
+    s = make_calibration().summary()
+    assert s["threshold"] == 4.75
+    assert s["calibration_frames"] == 123
+    assert s["signals"] == ["spatial", "latent"]
+
+
+def test_score_quantiles():
+    q = score_quantiles(np.arange(101.0))
+    assert q == pytest.approx({"p50": 50.0, "p90": 90.0, "p99": 99.0, "max": 100.0})

@@ -1,0 +1,261 @@
+import collections
+import os
+import pickle
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from anomaly import checkpoint
+from anomaly.checkpoint import (
+    FORMAT_VERSION,
+    KIND_MODEL,
+    CheckpointError,
+    atomic_torch_save,
+    load_detector,
+    read_checkpoint,
+    save_detector,
+)
+from anomaly.train import training_state_path
+
+CPU = torch.device("cpu")
+
+
+class Boom:
+    """Unpickling this creates a directory: proof that code ran."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.mkdir, (str(self.marker),))
+
+
+class SneakyDict(collections.OrderedDict):
+    """An OrderedDict subclass: looks like a state dict, but is a custom global."""
+
+
+def raw_state(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+@pytest.fixture
+def ckpt(tmp_path, tiny_trained) -> Path:
+    """A private copy of the session's checkpoint, free to tamper with."""
+    return Path(shutil.copy(tiny_trained.path, tmp_path / "model.pt"))
+
+
+@pytest.fixture
+def frames(tiny_trained, make_frames, prepare_all) -> np.ndarray:
+    return prepare_all(tiny_trained.config, make_frames(6, seed=99))
+
+
+def assert_same_scores(a, b) -> None:
+    for field in ("score", "recon_error", "disc_score", "spatial_score", "latent_score", "is_anomaly", "heatmap"):
+        np.testing.assert_array_equal(getattr(a, field), getattr(b, field), err_msg=field)
+    assert a.threshold == b.threshold
+
+
+# --- round trip ----------------------------------------------------------------------------------
+
+
+def test_checkpoint_written_by_training_scores_identically(tiny_trained, frames):
+    from anomaly.scoring import score_prepared
+
+    loaded = load_detector(tiny_trained.path, CPU)
+    assert loaded.config == tiny_trained.config
+    assert_same_scores(score_prepared(tiny_trained.detector, frames), score_prepared(loaded, frames))
+
+
+def test_save_then_load_round_trip(tmp_path, tiny_trained, frames):
+    from anomaly.scoring import score_prepared
+
+    path = tmp_path / "sub" / "again.pt"
+    save_detector(tiny_trained.detector, path)
+    loaded = load_detector(path, CPU)
+    assert_same_scores(score_prepared(tiny_trained.detector, frames), score_prepared(loaded, frames))
+    a, b = tiny_trained.detector.model.state_dict(), loaded.model.state_dict()
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert loaded.calibration.summary() == tiny_trained.detector.calibration.summary()
+    assert not loaded.model.training
+
+
+def test_checkpoint_contents(tiny_trained):
+    state = raw_state(tiny_trained.path)
+    assert state["kind"] == KIND_MODEL
+    assert state["format_version"] == FORMAT_VERSION
+    assert state["config"]["preprocess"]["width"] == 32
+    assert all(v.device.type == "cpu" for v in state["state_dict"].values())
+
+
+def test_saving_an_uncalibrated_detector_is_refused(tmp_path, tiny_trained):
+    from anomaly.detector import Detector
+
+    with pytest.raises(ValueError, match="not been calibrated"):
+        save_detector(Detector.new(tiny_trained.config, CPU), tmp_path / "x.pt")
+    assert not (tmp_path / "x.pt").exists()
+
+
+# --- refusals ------------------------------------------------------------------------------------
+
+
+def test_other_format_version_is_refused_with_the_version(ckpt):
+    state = raw_state(ckpt)
+    state["format_version"] = FORMAT_VERSION + 98
+    torch.save(state, ckpt)
+    with pytest.raises(
+        CheckpointError, match=rf"format version {FORMAT_VERSION + 98}\b.*reads version {FORMAT_VERSION}"
+    ):
+        load_detector(ckpt, CPU)
+
+
+def test_missing_format_version_is_refused(ckpt):
+    state = raw_state(ckpt)
+    del state["format_version"]
+    torch.save(state, ckpt)
+    with pytest.raises(CheckpointError, match="version None"):
+        load_detector(ckpt, CPU)
+
+
+def test_missing_file_is_refused(tmp_path):
+    with pytest.raises(CheckpointError, match="not found"):
+        load_detector(tmp_path / "nope.pt", CPU)
+
+
+def test_directory_is_refused(tmp_path):
+    with pytest.raises(CheckpointError, match="not found"):
+        load_detector(tmp_path, CPU)
+
+
+def test_text_file_is_refused(tmp_path):
+    path = tmp_path / "model.pt"
+    path.write_text("this is not a model\n")
+    with pytest.raises(CheckpointError, match="not a readable"):
+        load_detector(path, CPU)
+
+
+def test_empty_file_is_refused(tmp_path):
+    path = tmp_path / "model.pt"
+    path.write_bytes(b"")
+    with pytest.raises(CheckpointError):
+        load_detector(path, CPU)
+
+
+@pytest.mark.parametrize("how", ["pickle", "torch.save", "inside-a-checkpoint"])
+def test_pickled_code_is_refused_and_never_runs(tmp_path, how):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "model.pt"
+    if how == "pickle":
+        path.write_bytes(pickle.dumps(Boom(marker), protocol=2))
+    elif how == "torch.save":
+        torch.save(Boom(marker), path)
+    else:
+        torch.save({"kind": KIND_MODEL, "format_version": FORMAT_VERSION, "config": Boom(marker)}, path)
+    assert not marker.exists()
+    with pytest.raises(CheckpointError, match="not a readable"):
+        load_detector(path, CPU)
+    assert not marker.exists(), "unpickling ran code"
+
+
+def test_the_payload_is_live_when_unpickled_unsafely(tmp_path):
+    # control for the test above: plain pickle does run it
+    marker = tmp_path / "pwned"
+    pickle.loads(pickle.dumps(Boom(marker), protocol=2))
+    assert marker.is_dir()
+
+
+def test_custom_dict_subclass_is_refused(tmp_path):
+    path = tmp_path / "model.pt"
+    torch.save(SneakyDict(kind=KIND_MODEL, format_version=FORMAT_VERSION), path)
+    with pytest.raises(CheckpointError, match="not a readable"):
+        load_detector(path, CPU)
+
+
+def test_non_dict_and_wrong_kind_are_refused(tmp_path, tiny_trained):
+    path = tmp_path / "model.pt"
+    torch.save([1, 2, 3], path)
+    with pytest.raises(CheckpointError, match="not an anomaly-detector file"):
+        load_detector(path, CPU)
+    torch.save(torch.zeros(3), path)
+    with pytest.raises(CheckpointError, match="not an anomaly-detector file"):
+        load_detector(path, CPU)
+    # the training state written beside the model is a different kind
+    with pytest.raises(CheckpointError, match="not an anomaly-detector file"):
+        load_detector(training_state_path(tiny_trained.path), CPU)
+
+
+@pytest.mark.parametrize(
+    "tamper",
+    [
+        lambda c: c["preprocess"].update(width=30),  # not a multiple of 8
+        lambda c: c["preprocess"].update(roi=[0.5, 0.0, 0.2, 1.0]),
+        lambda c: c["calibration"].update(signals=["spatial", "telepathy"]),
+        lambda c: c.update(colour="red"),  # unknown field (extra="forbid")
+        lambda c: c["model"].update(latent_channels=0),
+    ],
+    ids=["size", "roi", "signal", "extra", "latent"],
+)
+def test_config_that_does_not_validate_is_refused(ckpt, tamper):
+    state = raw_state(ckpt)
+    tamper(state["config"])
+    torch.save(state, ckpt)
+    with pytest.raises(CheckpointError, match="config this version cannot read"):
+        load_detector(ckpt, CPU)
+
+
+def test_weights_that_do_not_fit_the_config_are_refused(ckpt):
+    state = raw_state(ckpt)
+    state["config"]["model"]["widths"] = [16, 8, 8]
+    torch.save(state, ckpt)
+    with pytest.raises(CheckpointError, match="do not match its config"):
+        load_detector(ckpt, CPU)
+
+
+def test_missing_calibration_is_refused(ckpt):
+    state = raw_state(ckpt)
+    del state["calibration"]
+    torch.save(state, ckpt)
+    with pytest.raises(CheckpointError, match="do not match"):
+        load_detector(ckpt, CPU)
+
+
+def test_missing_config_is_refused(ckpt):
+    state = raw_state(ckpt)
+    del state["config"]
+    torch.save(state, ckpt)
+    with pytest.raises(CheckpointError):
+        load_detector(ckpt, CPU)
+
+
+def test_read_checkpoint_returns_the_dict(tiny_trained):
+    state = read_checkpoint(tiny_trained.path, KIND_MODEL)
+    assert set(state) >= {"kind", "format_version", "config", "state_dict", "calibration"}
+
+
+# --- atomic writes -------------------------------------------------------------------------------
+
+
+def test_atomic_save_leaves_no_temporary_files(tmp_path):
+    path = tmp_path / "deep" / "er" / "obj.pt"
+    atomic_torch_save({"a": torch.arange(3)}, path)
+    assert os.listdir(path.parent) == ["obj.pt"]
+    assert torch.equal(torch.load(path, weights_only=True)["a"], torch.arange(3))
+
+
+def test_failed_save_keeps_the_old_file(tmp_path, monkeypatch):
+    path = tmp_path / "obj.pt"
+    atomic_torch_save({"v": 1}, path)
+
+    def broken_save(obj, f):
+        Path(f).write_bytes(b"half a mod")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(checkpoint.torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        atomic_torch_save({"v": 2}, path)
+    monkeypatch.undo()
+    assert torch.load(path, weights_only=True) == {"v": 1}
+    assert os.listdir(tmp_path) == ["obj.pt"]

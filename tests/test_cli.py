@@ -1,0 +1,102 @@
+"""The `anomaly` command end to end on tiny settings: train, score, errors."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from factories import road_frames, with_square, write_video
+from typer.testing import CliRunner
+
+from anomaly.cli import app
+from pipelines.score_videos import CSV_COLUMNS, read_scores_csv
+
+runner = CliRunner()
+TINY_TRAIN = [
+    "--steps",
+    "15",
+    "--batch-size",
+    "8",
+    "--width",
+    "32",
+    "--height",
+    "24",
+    "--device",
+    "cpu",
+    "--no-progress",
+]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cli")
+    train_a = write_video(d / "normal_a.mp4", road_frames(60, seed=1))
+    train_b = write_video(d / "normal_b.avi", road_frames(60, seed=2))
+    test_frames = road_frames(30, seed=3)
+    test_frames[12:18] = [with_square(f) for f in test_frames[12:18]]
+    test = write_video(d / "test.mp4", test_frames)
+    model = d / "model.pt"
+    result = runner.invoke(app, ["train", str(train_a), str(train_b), "--out", str(model), *TINY_TRAIN])
+    assert result.exit_code == 0, result.output
+    assert model.exists() and "threshold" in result.output
+    return {"dir": d, "model": model, "test": test}
+
+
+def test_score_writes_csv_events_and_annotated_video(trained, tmp_path):
+    out, events = tmp_path / "scores.csv", tmp_path / "events.json"
+    result = runner.invoke(
+        app,
+        ["score", str(trained["test"]), "--model", str(trained["model"]), "--out", str(out)]
+        + ["--events", str(events), "--annotate", str(tmp_path / "ann"), "--no-progress", "--device", "cpu"],
+    )
+    assert result.exit_code == 0, result.output
+    cols = read_scores_csv(out)
+    assert tuple(out.read_text().splitlines()[0].split(",")) == CSV_COLUMNS
+    assert list(cols["frame_index"]) == list(range(30))
+    assert np.isfinite(cols["score"]).all()
+    assert cols["spatial_score"][12:18].mean() > np.r_[cols["spatial_score"][:12], cols["spatial_score"][18:]].mean()
+    assert events.exists() and (tmp_path / "ann" / "test.annotated.mp4").exists()
+    assert "scored 30 frames" in result.output
+
+
+def test_threshold_override_and_sampling(trained, tmp_path):
+    out = tmp_path / "s.csv"
+    args = ["score", str(trained["test"]), "-m", str(trained["model"]), "-o", str(out), "--no-progress"]
+    result = runner.invoke(app, [*args, "--threshold", "-1000", "--stride", "5", "--start", "1.0"])
+    assert result.exit_code == 0, result.output
+    cols = read_scores_csv(out)
+    assert list(cols["frame_index"]) == [10, 15, 20, 25]
+    assert cols["is_anomaly"].all()
+
+
+def test_bad_inputs_give_clear_errors_and_exit_codes(trained, tmp_path):
+    missing = runner.invoke(app, ["score", str(trained["test"]), "-m", str(tmp_path / "nope.pt"), "-o", "x.csv"])
+    assert missing.exit_code == 2 and "model file not found" in missing.output
+    junk = tmp_path / "junk.mp4"
+    junk.write_text("this is not a video")
+    out = tmp_path / "s.csv"
+    mixed = runner.invoke(
+        app, ["score", str(junk), str(trained["test"]), "-m", str(trained["model"]), "-o", str(out), "--no-progress"]
+    )
+    assert mixed.exit_code == 1
+    assert "junk.mp4" in mixed.output
+    assert len(read_scores_csv(out)["score"]) == 30  # the good file was still scored
+    bad_roi = runner.invoke(app, ["train", str(trained["test"]), "--out", str(tmp_path / "m.pt"), "--roi", "1,2"])
+    assert bad_roi.exit_code == 2 and "--roi" in bad_roi.output
+
+
+def test_resume_continues_from_the_saved_state(trained, tmp_path):
+    model = tmp_path / "m.pt"
+    src = str(trained["dir"] / "normal_a.mp4")
+    first = runner.invoke(app, ["train", src, "--out", str(model), *TINY_TRAIN])
+    assert first.exit_code == 0, first.output
+    more = [a if a != "15" else "20" for a in TINY_TRAIN]
+    second = runner.invoke(app, ["train", src, "--out", str(model), "--resume", *more])
+    assert second.exit_code == 0, second.output
+    assert "resuming from step 15" in second.output
+
+
+def test_python_dash_m_entry_point():
+    out = subprocess.run([sys.executable, "-m", "anomaly", "--help"], capture_output=True, text=True, check=True)
+    for command in ("train", "score", "demo", "generate-samples"):
+        assert command in out.stdout

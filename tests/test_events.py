@@ -1,0 +1,154 @@
+import pytest
+from pydantic import ValidationError
+
+from anomaly.events import Event, EventConfig, EventTracker, find_events
+
+FPS = 10.0
+
+
+def rows(scores, fps: float = FPS):
+    """(frame_index, timestamp_s, score) rows at `fps`."""
+    return [(i, i / fps, float(s)) for i, s in enumerate(scores)]
+
+
+def events(scores, threshold: float = 1.0, **config) -> list[Event]:
+    return list(find_events("cam", rows(scores), threshold, EventConfig(**config)))
+
+
+def test_no_events_below_threshold():
+    assert events([0.0, 0.5, 0.99, 1.0, 0.2]) == []  # equal to the threshold is not above it
+
+
+def test_single_stretch():
+    (ev,) = events([0, 0, 2, 3, 5, 2, 0, 0])
+    assert (ev.source, ev.start_frame, ev.end_frame, ev.n_frames) == ("cam", 2, 5, 4)
+    assert ev.start_s == pytest.approx(0.2)
+    assert ev.end_s == pytest.approx(0.5)
+    assert ev.duration_s == pytest.approx(0.3)
+    assert (ev.peak_score, ev.peak_frame) == (5.0, 4)
+    d = ev.to_dict()
+    assert d["duration_s"] == pytest.approx(0.3)
+    assert d["peak_frame"] == 4
+
+
+def test_two_separate_stretches():
+    evs = events([0, 2, 2, 0, 0, 0, 3, 0])
+    assert [(e.start_frame, e.end_frame, e.peak_score) for e in evs] == [(1, 2, 2.0), (6, 6, 3.0)]
+
+
+def test_hysteresis_keeps_an_event_open_while_hovering():
+    hovering = [0, 1.5, 0.9, 0.8, 1.2, 0.7, 1.1, 0.4, 0]
+    # without hysteresis the dips below 1 split it into three events
+    assert [(e.start_frame, e.end_frame) for e in events(hovering)] == [(1, 1), (4, 4), (6, 6)]
+    # with hysteresis 0.35 it only ends when the score falls below 0.65 (frame 7)
+    (ev,) = events(hovering, hysteresis=0.35)
+    assert (ev.start_frame, ev.end_frame, ev.n_frames, ev.peak_frame) == (1, 6, 6, 1)
+
+
+def test_hysteresis_does_not_open_an_event():
+    assert events([0, 0.8, 0.9, 0.95, 0.5], hysteresis=0.3) == []
+
+
+def test_smoothing_suppresses_a_one_frame_spike():
+    assert events([0, 0, 0, 2.5, 0, 0, 0], window=3) == []  # 2.5 / 3 < 1
+    assert len(events([0, 0, 0, 2.5, 0, 0, 0], window=1)) == 1
+
+
+def test_smoothing_delays_the_start_and_end():
+    scores = [0] * 5 + [2] * 5 + [0] * 5  # raw stretch: frames 5..9
+    (raw,) = events(scores)
+    assert (raw.start_frame, raw.end_frame) == (5, 9)
+    (smoothed,) = events(scores, window=3)
+    # moving average over 3: 2/3, 4/3, 2, 2, 2, 4/3, 2/3 from frame 5 on
+    assert (smoothed.start_frame, smoothed.end_frame) == (6, 10)
+    assert smoothed.peak_score == pytest.approx(2.0)
+    assert smoothed.start_s == pytest.approx(0.6)
+
+
+def test_smoothed_value_is_reported():
+    tracker = EventTracker("cam", 1.0, EventConfig(window=2))
+    assert tracker.update(0, 0.0, 4.0).smoothed == 4.0  # fewer frames than the window so far
+    assert tracker.update(1, 0.1, 0.0).smoothed == 2.0
+    assert tracker.update(2, 0.2, 1.0).smoothed == 0.5
+
+
+def test_min_duration_drops_short_blips():
+    scores = [0, 2, 0, 0, 2, 2, 2, 2, 2, 0]  # a one-frame blip (0 s) and a 0.4 s stretch
+    assert len(events(scores)) == 2
+    (ev,) = events(scores, min_duration_s=0.3)
+    assert (ev.start_frame, ev.end_frame) == (4, 8)
+
+
+def test_merge_gap_joins_two_stretches():
+    scores = [0, 2, 2, 0, 0, 3, 2, 0, 0, 0, 0, 0]  # gap: frames 3-4, next stretch at 0.5 s, 0.3 s after 0.2 s
+    assert len(events(scores)) == 2
+    (ev,) = events(scores, merge_gap_s=0.35)
+    assert (ev.start_frame, ev.end_frame, ev.peak_score, ev.peak_frame) == (1, 6, 3.0, 5)
+    assert ev.n_frames == 4  # anomalous frames only, not the gap
+    # a gap longer than merge_gap_s keeps them apart
+    assert len(events(scores, merge_gap_s=0.25)) == 2
+
+
+def test_merge_then_min_duration():
+    # two 0-s blips 0.2 s apart merge into one 0.2 s event that survives min_duration 0.15
+    scores = [0, 2, 0, 2, 0, 0, 0, 0]
+    assert events(scores, min_duration_s=0.15) == []
+    (ev,) = events(scores, min_duration_s=0.15, merge_gap_s=0.25)
+    assert (ev.start_frame, ev.end_frame) == (1, 3)
+
+
+def test_open_event_is_closed_by_close():
+    tracker = EventTracker("cam", 1.0)
+    finished = []
+    for i, t, s in rows([0, 0, 2, 3, 4]):
+        finished += tracker.update(i, t, s).finished
+    assert finished == []
+    (ev,) = tracker.close()
+    assert (ev.start_frame, ev.end_frame, ev.peak_score) == (2, 4, 4.0)
+    assert tracker.close() == []  # nothing left
+
+
+def test_close_releases_a_pending_event_waiting_for_a_merge():
+    tracker = EventTracker("cam", 1.0, EventConfig(merge_gap_s=1.0))
+    finished = []
+    for i, t, s in rows([2, 2, 0, 0]):
+        finished += tracker.update(i, t, s).finished
+    assert finished == []  # might still merge with a stretch in the next second
+    (ev,) = tracker.close()
+    assert (ev.start_frame, ev.end_frame) == (0, 1)
+
+
+def test_pending_event_is_released_once_the_gap_is_exceeded():
+    tracker = EventTracker("cam", 1.0, EventConfig(merge_gap_s=0.25))
+    out = [tracker.update(i, t, s) for i, t, s in rows([2, 0, 0, 0, 0])]
+    assert [len(u.finished) for u in out] == [0, 0, 0, 1, 0]  # 0.3 s after the last anomalous frame
+
+
+def test_update_flags():
+    tracker = EventTracker("cam", 1.0)
+    ups = [tracker.update(i, t, s) for i, t, s in rows([0, 2, 2, 0])]
+    assert [u.active for u in ups] == [False, True, True, False]
+    assert [u.started for u in ups] == [False, True, False, False]
+    assert [u.ended for u in ups] == [False, False, False, True]
+    assert [len(u.finished) for u in ups] == [0, 0, 0, 1]
+
+
+def test_find_events_on_a_sequence():
+    scores = [0.1, 0.2, 1.4, 1.8, 1.1, 0.3, 0.2, 0.1, 2.5, 0.2, 0.1, 1.5, 1.7, 1.6, 1.2, 0.9, 0.2]
+    evs = list(find_events("drive.mp4", rows(scores, fps=5.0), 1.0, EventConfig(min_duration_s=0.1)))
+    assert [(e.start_frame, e.end_frame, e.peak_frame) for e in evs] == [(2, 4, 3), (11, 14, 12)]
+    assert all(e.source == "drive.mp4" for e in evs)
+    assert evs[1].start_s == pytest.approx(2.2)
+    assert evs[1].end_s == pytest.approx(2.8)
+
+
+def test_find_events_is_lazy_and_handles_empty_input():
+    assert list(find_events("x", [], 1.0)) == []
+
+
+@pytest.mark.parametrize(
+    "bad", [{"window": 0}, {"hysteresis": -0.1}, {"min_duration_s": -1}, {"merge_gap_s": -1}, {"colour": 1}]
+)
+def test_event_config_validation(bad):
+    with pytest.raises(ValidationError):
+        EventConfig(**bad)

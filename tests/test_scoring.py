@@ -1,0 +1,150 @@
+import numpy as np
+import pytest
+import torch
+
+from anomaly.calibration import NormalStats
+from anomaly.detector import Detector
+from anomaly.scoring import (
+    FrameScores,
+    RawSignals,
+    combine,
+    pool_errors,
+    score_frames,
+    score_prepared,
+    signal_values,
+)
+
+# error_pool 4 on a 24x32 model input: cells of 4 px, stride 2 -> 11 x 15 cells
+HEAT_SHAPE = (11, 15)
+FIELDS = ("score", "recon_error", "disc_score", "spatial_score", "latent_score", "is_anomaly")
+
+
+def with_square(frame: np.ndarray, cx: int, cy: int, side: int = 8) -> np.ndarray:
+    """A bright square (an 'obstacle') centred at source pixel (cx, cy)."""
+    out = frame.copy()
+    out[cy - side // 2 : cy + side // 2, cx - side // 2 : cx + side // 2] = 255
+    return out
+
+
+@pytest.fixture
+def detector(tiny_trained) -> Detector:
+    return tiny_trained.detector
+
+
+@pytest.fixture
+def source_frames(make_frames) -> np.ndarray:
+    return make_frames(8, seed=7)  # 64x48 BGR, unseen in training
+
+
+def test_score_frames_equals_score_prepared_of_prepare(detector, source_frames):
+    a = score_frames(detector, list(source_frames))
+    b = score_prepared(detector, [detector.preprocessor.prepare(f) for f in source_frames])
+    for name in (*FIELDS, "heatmap"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
+    assert a.threshold == b.threshold
+
+
+def test_frame_scores_shapes_and_types(detector, source_frames):
+    s = score_frames(detector, list(source_frames))
+    assert isinstance(s, FrameScores)
+    assert len(s) == 8
+    for name in FIELDS:
+        assert getattr(s, name).shape == (8,), name
+    assert s.is_anomaly.dtype == bool
+    assert s.heatmap.shape == (8, *HEAT_SHAPE)
+    assert s.threshold == detector.threshold
+    assert np.isfinite(s.score).all()
+    assert ((s.disc_score >= 0) & (s.disc_score <= 1)).all()
+    assert (s.recon_error >= 0).all() and (s.latent_score >= 0).all()
+
+
+def test_scores_do_not_depend_on_the_batch(detector, source_frames):
+    prepared = np.stack([detector.preprocessor.prepare(f) for f in source_frames])
+    whole = score_prepared(detector, prepared)
+    one = score_prepared(detector, prepared[3:4])
+    np.testing.assert_allclose(one.score, whole.score[3:4], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(one.heatmap, whole.heatmap[3:4], rtol=1e-4, atol=1e-4)
+
+
+def test_is_anomaly_is_score_above_threshold(detector, source_frames):
+    frames = [*source_frames, with_square(source_frames[0], 32, 34)]
+    s = score_frames(detector, frames)
+    np.testing.assert_array_equal(s.is_anomaly, s.score > s.threshold)
+
+
+@pytest.mark.parametrize("centre", [(16, 16), (48, 32), (40, 12), (24, 36)])
+def test_bright_square_raises_spatial_score_and_heatmap_peaks_on_it(detector, source_frames, centre):
+    cx, cy = centre
+    clean = source_frames[1]
+    s = score_frames(detector, [clean, with_square(clean, cx, cy)])
+    assert s.spatial_score[1] > s.spatial_score[0] + 1.0
+    assert s.score[1] > s.score[0]
+    row, col = np.unravel_index(s.heatmap[1].argmax(), HEAT_SHAPE)
+    # cell (row, col) covers model pixels [2*row, 2*row + 4); the model is at half the source scale
+    centre_x, centre_y = 2 * col + 2, 2 * row + 2
+    assert abs(centre_x - cx / 2) <= 3
+    assert abs(centre_y - cy / 2) <= 3
+
+
+def test_with_threshold_changes_is_anomaly_only(detector, source_frames):
+    frames = list(source_frames)
+    base = score_frames(detector, frames)
+    middle = float(np.median(base.score))
+    moved = detector.with_threshold(middle)
+    s = score_frames(moved, frames)
+    for name in ("score", "recon_error", "disc_score", "spatial_score", "latent_score", "heatmap"):
+        np.testing.assert_array_equal(getattr(s, name), getattr(base, name), err_msg=name)
+    assert s.threshold == middle == moved.threshold
+    np.testing.assert_array_equal(s.is_anomaly, base.score > middle)
+    assert 0 < s.is_anomaly.sum() < len(frames)
+    # the original detector is untouched
+    assert detector.threshold == base.threshold
+    assert moved.calibration.loc == detector.calibration.loc
+
+
+def test_uncalibrated_detector_cannot_score(tiny_trained, source_frames):
+    fresh = Detector.new(tiny_trained.config, torch.device("cpu"))
+    with pytest.raises(ValueError, match="not been calibrated"):
+        score_frames(fresh, list(source_frames[:1]))
+
+
+def test_wrong_size_prepared_frames_are_rejected(detector):
+    with pytest.raises(ValueError):
+        score_prepared(detector, np.zeros((2, 48, 64, 3), np.uint8))
+
+
+# --- the pieces ----------------------------------------------------------------------------------
+
+
+def test_pool_errors_overlapping_cells():
+    error = torch.arange(4 * 6, dtype=torch.float32).view(1, 4, 6)
+    pooled = pool_errors(error, 2)  # stride 1
+    assert pooled.shape == (1, 3, 5)
+    assert pooled[0, 0, 0].item() == pytest.approx((0 + 1 + 6 + 7) / 4)
+    assert pool_errors(torch.ones(3, 24, 32), 4).shape == (3, *HEAT_SHAPE)
+
+
+def test_signal_values_and_combine_by_hand():
+    stats = NormalStats(
+        cell_mean=torch.tensor([[1.0, 1.0]]),
+        cell_std=torch.tensor([[0.5, 2.0]]),
+        feature_mean=torch.tensor([1.0, -1.0]),
+        feature_precision=torch.tensor([[4.0, 0.0], [0.0, 1.0]]),
+    )
+    raw = RawSignals(
+        recon=torch.tensor([0.3]),
+        error_cells=torch.tensor([[[2.0, 5.0]]]),
+        features=torch.tensor([[2.0, 1.0]]),
+        disc=torch.tensor([0.25]),
+    )
+    signals, heat = signal_values(raw, stats)
+    torch.testing.assert_close(heat, torch.tensor([[[2.0, 2.0]]]))
+    assert signals["spatial"].item() == pytest.approx(2.0)
+    assert signals["latent"].item() == pytest.approx((4 * 1 + 1 * 4) ** 0.5)
+    assert signals["recon"].item() == pytest.approx(0.3)
+    assert signals["disc"].item() == pytest.approx(0.25)
+
+    values = {"spatial": np.array([2.0, 0.0]), "latent": np.array([1.0, 9.0])}
+    score = combine(values, {"spatial": 1.0, "latent": 1.0}, {"spatial": 0.5, "latent": 4.0}, ["spatial", "latent"])
+    np.testing.assert_allclose(score, [2.0, 2.0])  # max of (2, 0) and (-2, 2)
+    np.testing.assert_allclose(combine(values, {"latent": 1.0}, {"latent": 4.0}, ["latent"]), [0.0, 2.0])
