@@ -4,43 +4,47 @@ No single signal catches every anomaly (fog makes frames *easier* to reconstruct
 barely moves the mean error), so scoring combines several. To combine them they must share a
 scale, and that scale is learned here from normal frames only:
 
-1. `fit_normal_stats`: the usual reconstruction error in each cell of the image, and a Gaussian
-   over the encoder's summary features. Scoring turns a frame into "how many standard deviations
-   above normal is its worst cell" and "how far is it from normal features".
+1. `fit_normal_stats`: the usual reconstruction error in each cell of the image (its median and
+   its upper spread), and the main directions in which normal frames' encoder features vary.
+   Scoring turns a frame into "how far beyond the normal range is its worst cell" and "how far
+   is it from normal features along those directions".
 2. `fit_scaling`: each signal's median and spread, so that signals become comparable z-scores.
 3. `threshold_for_rate`: the combined score's upper quantile at the user's target false-alarm rate.
 
-All three are fit on frames held out from training and later in time than it: the next seconds of
-a drive look different from the last, and the networks reconstruct frames they were trained on
-better than new ones, so statistics or a threshold from training frames would fire far more often
+Statistics come from the training frames (many scenes, so they know how much roadside scenery
+varies); scaling and threshold come from frames held out from training and later in time: the next
+seconds of a drive look different from the last, and the networks reconstruct frames they were
+trained on better than new ones, so a threshold from training frames would fire far more often
 than promised. `anomaly.train.calibrate` does the fitting.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from sklearn.covariance import LedoitWolf
+from sklearn.decomposition import PCA
 
 SIGNALS = ("spatial", "latent", "recon", "disc")
 
 
 @dataclass
 class NormalStats:
-    cell_mean: torch.Tensor  # h x w, mean squared error of each cell on normal frames
-    cell_std: torch.Tensor  # h x w
+    cell_center: torch.Tensor  # h x w, median squared error of each cell on normal frames
+    cell_spread: torch.Tensor  # h x w, upper quantile minus median (floored)
     feature_mean: torch.Tensor  # d
-    feature_precision: torch.Tensor  # d x d, inverse of the shrunk covariance
+    feature_whitening: torch.Tensor  # d x k: projects centred features on k principal axes, unit variance each
+
+    FIELDS: ClassVar[tuple[str, ...]] = ("cell_center", "cell_spread", "feature_mean", "feature_whitening")
 
     def to_state(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().cpu().float() for k, v in asdict(self).items()}
 
     @classmethod
     def from_state(cls, state: dict[str, torch.Tensor]) -> NormalStats:
-        return cls(**{k: state[k].float() for k in ("cell_mean", "cell_std", "feature_mean", "feature_precision")})
+        return cls(**{k: state[k].float() for k in cls.FIELDS})
 
     def to(self, device: torch.device) -> NormalStats:
         return NormalStats(**{k: v.to(device) for k, v in asdict(self).items()})
@@ -92,25 +96,39 @@ class Calibration:
         }
 
 
-def fit_normal_stats(error_cells: torch.Tensor, features: torch.Tensor) -> NormalStats:
-    """Per-cell error mean/std and a shrunk Gaussian over features, from normal training frames.
+def fit_normal_stats(
+    error_cells: torch.Tensor,
+    features: torch.Tensor,
+    *,
+    cell_quantile: float = 0.95,
+    spread_floor: float = 0.1,
+    components: int = 8,
+) -> NormalStats:
+    """Per-cell error range and the principal axes of features, from normal frames.
 
-    The std gets a floor (a tenth of its median) so a cell that is always reconstructed perfectly
-    (flat sky) cannot turn a tiny change into a huge z-score.
+    A cell's spread is its upper quantile minus its median rather than a standard deviation:
+    roadside cells (trees, buildings passing by) have heavy-tailed errors, and a std would let
+    their rare large errors dominate the heat map. The floor (a fraction of the median cell's
+    spread) keeps a cell that always reconstructs perfectly (flat sky) from turning a tiny change
+    into a huge score. The latent distance uses only the leading principal components: the
+    trailing ones describe the training scenes rather than driving in general, and a full
+    covariance made every new drive look anomalous.
     """
     if len(error_cells) < 2:
         raise ValueError("need at least two normal frames to fit statistics")
     cells = error_cells.double()
-    cell_mean = cells.mean(0)
-    cell_std = cells.std(0)
-    cell_std = torch.clamp(cell_std, min=0.1 * float(cell_std.median()) + 1e-12)
+    center = cells.median(0).values
+    spread = torch.quantile(cells.flatten(1), cell_quantile, dim=0).view_as(center) - center
+    spread = torch.clamp(spread, min=spread_floor * float(spread.median()) + 1e-12)
     feats = features.double().cpu().numpy()
-    lw = LedoitWolf().fit(feats)
+    k = max(1, min(components, len(feats) - 1, feats.shape[1]))
+    pca = PCA(n_components=k, whiten=True).fit(feats)
+    whitening = pca.components_.T / np.sqrt(pca.explained_variance_ + 1e-12)
     return NormalStats(
-        cell_mean=cell_mean.float(),
-        cell_std=cell_std.float(),
-        feature_mean=torch.from_numpy(lw.location_).float(),
-        feature_precision=torch.from_numpy(lw.precision_).float(),
+        cell_center=center.float(),
+        cell_spread=spread.float(),
+        feature_mean=torch.from_numpy(pca.mean_).float(),
+        feature_whitening=torch.from_numpy(whitening).float(),
     )
 
 

@@ -79,7 +79,14 @@ class CalibrationConfig(_Frozen):
 
     target_false_alarm_rate: float = Field(0.01, gt=0.0, lt=0.5)
     error_pool: int = Field(8, ge=1, description="side (model pixels) of the cells the error map is averaged over")
-    max_stat_frames: int = Field(5000, ge=10, description="held-out frames used to fit normal statistics")
+    max_stat_frames: int = Field(3000, ge=10, description="training frames used to fit normal statistics")
+    cell_quantile: float = Field(
+        0.95, gt=0.5, lt=1.0, description="cell errors count in units of (this quantile - median) on normal frames"
+    )
+    spread_floor: float = Field(
+        0.1, ge=0.0, lt=1.0, description="per-cell spread floor, as a fraction of the median cell's spread"
+    )
+    latent_components: int = Field(8, ge=1, le=256, description="principal components of the latent distance")
     signals: tuple[str, ...] = Field(
         ("spatial", "latent"), min_length=1, description="signals whose calibrated z-scores are combined"
     )

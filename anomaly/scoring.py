@@ -3,11 +3,13 @@
 Per frame, one pass through the networks gives four raw signals:
 
 - `recon`   mean squared reconstruction error over the frame.
-- `spatial` the worst cell of the error map, in standard deviations above what that cell normally
-            shows. The camera is fixed to the car, so the road ahead normally reconstructs well and
-            an object on it stands out even when it covers 1% of the frame.
-- `latent`  Mahalanobis distance of the encoder's summary features from normal frames'. Catches
-            global changes (fog, night, glare, a smeared lens) that can *lower* the error.
+- `spatial` the worst cell of the error map, in units of that cell's normal range (its 95th
+            percentile minus its median on normal frames). The camera is fixed to the car, so the
+            road ahead normally reconstructs well and an object on it stands out even when it
+            covers 1% of the frame.
+- `latent`  Mahalanobis distance of the encoder's summary features from normal frames', along
+            their leading principal axes. Catches global changes (fog, night, glare, a smeared
+            lens) that can *lower* the error.
 - `disc`    the discriminator's belief that the frame is not a real normal frame, 0..1.
 
 Each signal becomes a z-score against held-out normal frames, and the anomaly score is the largest
@@ -46,7 +48,7 @@ class FrameScores:
     spatial_score: np.ndarray
     latent_score: np.ndarray
     is_anomaly: np.ndarray
-    heatmap: np.ndarray  # N x h x w: each cell's error in standard deviations above normal
+    heatmap: np.ndarray  # N x h x w: each cell's error above its normal median, in units of its normal range
     threshold: float
 
     def __len__(self) -> int:
@@ -85,9 +87,8 @@ def raw_signals(model: AutoencoderGAN, x: torch.Tensor, cell: int) -> RawSignals
 
 def signal_values(raw: RawSignals, stats: NormalStats) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """The four per-frame signals, and the heat map (per-cell z-scores) they were taken from."""
-    heat = (raw.error_cells - stats.cell_mean) / stats.cell_std
-    centred = raw.features - stats.feature_mean
-    mahalanobis = torch.einsum("nd,de,ne->n", centred, stats.feature_precision, centred).clamp_min(0).sqrt()
+    heat = (raw.error_cells - stats.cell_center) / stats.cell_spread
+    mahalanobis = ((raw.features - stats.feature_mean) @ stats.feature_whitening).norm(dim=1)
     signals = {
         "spatial": heat.flatten(1).amax(dim=1),
         "latent": mahalanobis,

@@ -171,40 +171,29 @@ def evenly(frames: np.ndarray, limit: int) -> np.ndarray:
     return frames[np.linspace(0, len(frames) - 1, limit).round().astype(int)]
 
 
-def cross_fit_signals(raw: RawSignals, max_block: int = 16) -> dict[str, np.ndarray]:
-    """Signals of held-out frames, each scored with statistics fit on the *other* half of them.
-
-    Halves are alternating blocks of up to `max_block` consecutive frames (at least four blocks
-    each). Scoring a frame with statistics that
-    already saw it would make normal frames look more normal than new ones will, and set the
-    threshold too low; scoring it with the other half's statistics is as honest as a new frame.
-    """
-    n = len(raw.recon)
-    if n < 4:
-        raise ValueError(f"only {n} held-out frames to calibrate on; give longer or more sources")
-    block = max(1, min(max_block, n // 8))
-    half_a = (np.arange(n) // block) % 2 == 0
-    signals: dict[str, np.ndarray] = {}
-    for fit_on in (half_a, ~half_a):
-        stats = fit_normal_stats(raw.error_cells[fit_on], raw.features[fit_on])
-        rest = ~fit_on
-        part = RawSignals(raw.recon[rest], raw.error_cells[rest], raw.features[rest], raw.disc[rest])
-        values, _ = signal_values(part, stats)
-        for name, v in values.items():
-            signals.setdefault(name, np.empty(n, dtype=np.float64))[rest] = v.numpy()
-    return signals
-
-
 def calibrate(detector: Detector, data: TrainingData) -> Calibration:
-    """Normal statistics, signal scales and the threshold, all from held-out frames the networks never saw."""
+    """Normal statistics from training frames; signal scales and threshold from held-out frames.
+
+    The held-out frames are scored exactly as new frames will be (statistics they did not shape,
+    networks that never saw them), so the threshold's false-alarm rate carries over to new drives.
+    """
     cfg = detector.config.calibration
     detector.model.eval()
+    seen = collect_raw(detector, evenly(data.train, cfg.max_stat_frames))
+    stats = fit_normal_stats(
+        seen.error_cells,
+        seen.features,
+        cell_quantile=cfg.cell_quantile,
+        spread_floor=cfg.spread_floor,
+        components=cfg.latent_components,
+    )
     held = collect_raw(detector, evenly(data.holdout, cfg.max_stat_frames))
-    signals = cross_fit_signals(held)
+    values, _ = signal_values(held, stats)
+    signals = {name: v.numpy().astype(np.float64) for name, v in values.items()}
     loc, scale = fit_scaling(signals)
     scores = combine(signals, loc, scale, cfg.signals)
     return Calibration(
-        stats=fit_normal_stats(held.error_cells, held.features),
+        stats=stats,
         loc=loc,
         scale=scale,
         combine=tuple(cfg.signals),

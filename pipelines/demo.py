@@ -69,6 +69,10 @@ def run_demo(
     return metrics
 
 
+def _or_nan(value: float | None) -> float:
+    return float("nan") if value is None else value
+
+
 def format_report(metrics: dict) -> str:
     """A short plain-text table of the demo's figures."""
     kinds = sorted(metrics["auroc_per_kind"])
@@ -83,7 +87,7 @@ def format_report(metrics: dict) -> str:
     ]
     for kind in kinds:
         row = f"{kind:<16}{metrics['auroc_per_kind'][kind]:>10.3f}"
-        row += "".join(f"{s['auroc_per_kind'].get(kind) or float('nan'):>10.3f}" for s in metrics["signals"].values())
+        row += "".join(f"{_or_nan(s['auroc_per_kind'].get(kind)):>10.3f}" for s in metrics["signals"].values())
         lines.append(row)
     lines.append(
         f"{'all':<16}{metrics['auroc']:>10.3f}" + "".join(f"{s['auroc']:>10.3f}" for s in metrics["signals"].values())

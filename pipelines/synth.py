@@ -900,6 +900,19 @@ _PROP_DRAW = {
 # ---------------------------------------------------------------------------------------- clips
 
 
+CAMERA_FIELDS = ("hfov_deg", "cam_height", "horizon", "hood", "hood_colour", "vignette")
+
+
+def mounted_camera(params: SceneParams, camera_seed: int) -> SceneParams:
+    """The drive `params` seen through the dashcam `camera_seed`: lens, mount height, pitch and bonnet.
+
+    A fleet model watches one kind of camera mount; every clip of a sample set shares one, so the
+    clips differ in road, scenery, light and traffic, as different drives of one vehicle do.
+    """
+    camera = SceneParams.sample(np.random.default_rng([camera_seed, 7]))
+    return replace(params, **{name: getattr(camera, name) for name in CAMERA_FIELDS})
+
+
 def render_clip(
     seed: int,
     n_frames: int,
@@ -907,6 +920,7 @@ def render_clip(
     width: int = 640,
     height: int = 360,
     events: Sequence[AnomalyEvent] = (),
+    camera_seed: int | None = None,
 ) -> Iterator[np.ndarray]:
     """BGR uint8 frames of the drive `seed`, with the events' anomalies on their frames.
 
@@ -916,7 +930,10 @@ def render_clip(
     noise, everything else before.
     """
     rng = np.random.default_rng(seed)
-    scene = DashcamScene(SceneParams.sample(rng), width, height, fps, rng)
+    params = SceneParams.sample(rng)
+    if camera_seed is not None:
+        params = mounted_camera(params, camera_seed)
+    scene = DashcamScene(params, width, height, fps, rng)
     for i in range(n_frames):
         frame = scene.render()
         active = [e for e in events if e.covers(i)]
@@ -949,6 +966,7 @@ class ClipPlan:
     seed: int
     n_frames: int
     events: tuple[AnomalyEvent, ...] = ()
+    camera_seed: int | None = None  # the dashcam mount shared by the clips of a set
 
     @property
     def labels_name(self) -> str | None:
@@ -1018,7 +1036,7 @@ def plan_sample_set(
         raise ValueError("scale must be >= 1")
     rng = np.random.default_rng([seed, 99])
     plans = [
-        ClipPlan(f"normal_{j:02d}.mp4", "train", seed * 1000 + j, round(train_seconds * scale * fps))
+        ClipPlan(f"normal_{j:02d}.mp4", "train", seed * 1000 + j, round(train_seconds * scale * fps), (), seed)
         for j in range(n_train)
     ]
     n_test_frames = [round(test_seconds * scale * fps)] * n_test
@@ -1033,7 +1051,7 @@ def plan_sample_set(
         spans = _layout(rng, n, durations, round(LEAD_SECONDS * fps), round(GAP_SECONDS * fps))
         # tiny clips may have room for fewer events than kinds dealt: strict=False drops the extra kinds
         events = tuple(_varied_event(rng, kind, a, b, seen) for kind, (a, b) in zip(clip_kinds, spans, strict=False))
-        plans.append(ClipPlan(f"test_{j:02d}.mp4", "test", seed * 1000 + 500 + j, n, events))
+        plans.append(ClipPlan(f"test_{j:02d}.mp4", "test", seed * 1000 + 500 + j, n, events, seed))
     return plans
 
 
@@ -1069,7 +1087,7 @@ def _write_clip(plan: ClipPlan, out_dir: Path, fps: float, width: int, height: i
         raise RuntimeError(f"cannot write {path} (mp4v)")
     written = 0
     try:
-        for frame in render_clip(plan.seed, plan.n_frames, fps, width, height, plan.events):
+        for frame in render_clip(plan.seed, plan.n_frames, fps, width, height, plan.events, plan.camera_seed):
             writer.write(frame)
             written += 1
     finally:

@@ -126,10 +126,10 @@ def test_pool_errors_overlapping_cells():
 
 def test_signal_values_and_combine_by_hand():
     stats = NormalStats(
-        cell_mean=torch.tensor([[1.0, 1.0]]),
-        cell_std=torch.tensor([[0.5, 2.0]]),
+        cell_center=torch.tensor([[1.0, 1.0]]),
+        cell_spread=torch.tensor([[0.5, 2.0]]),
         feature_mean=torch.tensor([1.0, -1.0]),
-        feature_precision=torch.tensor([[4.0, 0.0], [0.0, 1.0]]),
+        feature_whitening=torch.tensor([[2.0], [0.0]]),  # one axis: the first feature, variance 1/4
     )
     raw = RawSignals(
         recon=torch.tensor([0.3]),
@@ -140,7 +140,7 @@ def test_signal_values_and_combine_by_hand():
     signals, heat = signal_values(raw, stats)
     torch.testing.assert_close(heat, torch.tensor([[[2.0, 2.0]]]))
     assert signals["spatial"].item() == pytest.approx(2.0)
-    assert signals["latent"].item() == pytest.approx((4 * 1 + 1 * 4) ** 0.5)
+    assert signals["latent"].item() == pytest.approx(2.0)  # (2 - 1) * 2; the second feature is off-axis
     assert signals["recon"].item() == pytest.approx(0.3)
     assert signals["disc"].item() == pytest.approx(0.25)
 

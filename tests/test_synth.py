@@ -12,11 +12,13 @@ import pytest
 
 from pipelines.anomalies import KINDS, AnomalyEvent, event_variant
 from pipelines.synth import (
+    CAMERA_FIELDS,
     EVENT_SECONDS,
     LABEL_HEADER,
     SceneParams,
     count_decoded_frames,
     generate_sample_set,
+    mounted_camera,
     plan_sample_set,
     render_clip,
 )
@@ -126,3 +128,18 @@ def test_generate_tiny_sample_set(tmp_path: Path) -> None:
             active = [e.kind for e in events if e.covers(i)]
             assert label == ("1" if active else "0")
             assert kind == "+".join(active)
+
+
+def test_clips_of_a_set_share_one_camera_mount_but_not_the_road() -> None:
+    plans = plan_sample_set(seed=3)
+    assert {p.camera_seed for p in plans} == {3}
+    scenes = [mounted_camera(SceneParams.sample(np.random.default_rng(p.seed)), 3) for p in plans[:3]]
+    for name in CAMERA_FIELDS:
+        assert len({getattr(s, name) for s in scenes}) == 1, name
+    assert len({(s.n_lanes, s.lane_width, s.asphalt) for s in scenes}) == 3
+
+
+def test_camera_seed_changes_only_the_camera() -> None:
+    plain, mounted = _frames(4, n=1), _frames(4, n=1, camera_seed=11)
+    assert plain.shape == mounted.shape
+    assert np.abs(plain.astype(np.int16) - mounted).mean() > 1
