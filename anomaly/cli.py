@@ -233,6 +233,116 @@ def generate_samples(
     typer.echo(json.dumps([str(p) for p in written], indent=2))
 
 
+def expand_patterns(values: list[str] | None, what: str) -> list[str]:
+    """Paths as given, with quoted glob patterns ('clips/normal_*.mp4') expanded: an option takes one value."""
+    import glob
+
+    out: list[str] = []
+    for value in values or []:
+        if glob.has_magic(value) and not Path(value).exists():
+            matches = sorted(glob.glob(value))
+            if not matches:
+                raise UserError(f"{what} {value!r} matches no file")
+            out.extend(matches)
+        else:
+            out.append(value)
+    return out
+
+
+@app.command()
+@friendly_errors
+def evaluate(
+    out: Annotated[Path, typer.Option("--out", "-o", help="folder for metrics.json, sweep.csv, plots, report.html")],
+    sources: Annotated[
+        list[str] | None, typer.Argument(help="labeled clips to score with --model (or give --scores instead)")
+    ] = None,
+    model: Annotated[Path | None, typer.Option("--model", "-m", help="model file from `anomaly train`")] = None,
+    scores: Annotated[
+        Path | None, typer.Option("--scores", help="scores CSV from `anomaly score`, instead of clips to score")
+    ] = None,
+    labels: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--labels",
+            help="label CSV, repeatable or a quoted glob; per frame (source,frame_index,label[,kind]) or intervals "
+            "(source,start_s,end_s[,kind] or source,start_frame,end_frame[,kind]; ends inclusive, uncovered frames "
+            "normal). Default: <clip>.labels.csv beside each clip",
+        ),
+    ] = None,
+    threshold: Annotated[
+        str | None,
+        typer.Option(
+            help="operating threshold for the events and --write-model: a number, best-f1 (highest F1 on these "
+            "labels), far:RATE (most detections with at most RATE of normal frames flagged, e.g. far:0.01) or "
+            "calibrated (the model's own, the default)"
+        ),
+    ] = None,
+    write_model: Annotated[
+        Path | None,
+        typer.Option(help="write a copy of --model with the operating threshold here, for `score` and the service"),
+    ] = None,
+    target_far: Annotated[
+        float, typer.Option(help="false-positive rate whose threshold the report lists next to best F1")
+    ] = 0.01,
+    baseline_train: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="normal clips (repeatable, folder or quoted glob) to train the PCA and AE-only baselines on; "
+            "they are scored on the same frames"
+        ),
+    ] = None,
+    baseline_steps: Annotated[
+        int | None, typer.Option(min=1, help="AE-only training steps (default: the model's)")
+    ] = None,
+    smooth: Annotated[int, typer.Option(min=1, help="frames in the moving average used for events")] = 1,
+    hysteresis: Annotated[float, typer.Option(min=0.0, help="score drop below the threshold that ends an event")] = 0.0,
+    min_event: Annotated[float, typer.Option(min=0.0, help="drop events shorter than this (seconds)")] = 0.0,
+    merge_gap: Annotated[float, typer.Option(min=0.0, help="join events separated by less than this (seconds)")] = 0.0,
+    top_k: Annotated[int, typer.Option(min=0, help="most anomalous frames shown with heat maps in the report")] = 12,
+    batch_size: Annotated[int, typer.Option(min=1)] = 16,
+    threads: Annotated[int | None, typer.Option(min=1, help="torch CPU threads")] = None,
+    device: DeviceOpt = "auto",
+    stride: StrideOpt = 1,
+    fps: FpsOpt = None,
+    start: StartOpt = 0.0,
+    end: EndOpt = None,
+    max_frames: MaxFramesOpt = None,
+    folder_fps: FolderFpsOpt = 10.0,
+    progress: ProgressOpt = True,
+) -> None:
+    """Measure a model on labeled clips: AUROC/AP per kind, threshold sweep, events, baselines, HTML report."""
+    from pipelines.evaluate import EvaluationConfig, format_summary
+    from pipelines.evaluate import evaluate as run_evaluation
+    from pipelines.ingest import expand_sources
+
+    config = EvaluationConfig(
+        out_dir=out,
+        sources=tuple(expand_sources(expand_patterns(sources, "clip"))) if sources else (),
+        scores_csv=scores,
+        model_path=model,
+        labels=tuple(Path(p) for p in expand_patterns(labels, "--labels")),
+        threshold=threshold,
+        write_model=write_model,
+        target_far=target_far,
+        events=EventConfig(window=smooth, hysteresis=hysteresis, min_duration_s=min_event, merge_gap_s=merge_gap),
+        baseline_train=tuple(expand_patterns(baseline_train, "--baseline-train")),
+        baseline_steps=baseline_steps,
+        top_k=top_k,
+        sampling=sampling_config(stride, fps, start, end, max_frames, folder_fps),
+        batch_size=batch_size,
+        device=device,
+        progress=progress,
+    )
+    set_torch_threads(threads)
+    detector = load_detector(model, resolve_device(device)) if model else None
+    result = run_evaluation(config, detector, log=typer.echo)
+    typer.echo("")
+    typer.echo(format_summary(result.metrics))
+    for note in result.notes:
+        typer.echo(f"note: {note}")
+    typer.echo(f"\nreport: {result.files['report_html']}  (metrics.json, sweep.csv, plots in {out})")
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app(prog_name="anomaly")
 

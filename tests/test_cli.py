@@ -98,5 +98,5 @@ def test_resume_continues_from_the_saved_state(trained, tmp_path):
 
 def test_python_dash_m_entry_point():
     out = subprocess.run([sys.executable, "-m", "anomaly", "--help"], capture_output=True, text=True, check=True)
-    for command in ("train", "score", "demo", "generate-samples"):
+    for command in ("train", "score", "evaluate", "demo", "generate-samples"):
         assert command in out.stdout
