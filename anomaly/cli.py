@@ -343,6 +343,76 @@ def evaluate(
     typer.echo(f"\nreport: {result.files['report_html']}  (metrics.json, sweep.csv, plots in {out})")
 
 
+@app.command()
+@friendly_errors
+def serve(
+    model: Annotated[Path, typer.Option("--model", "-m", help="model file from `anomaly train`")],
+    host: Annotated[str, typer.Option(help="interface to listen on (0.0.0.0 for every interface)")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="TCP port (0 picks a free one)")] = 8000,
+    device: DeviceOpt = "auto",
+    threads: Annotated[
+        int | None, typer.Option(min=1, help="torch CPU threads (default: all cores but one, left for HTTP/decoding)")
+    ] = None,
+    max_batch: Annotated[int, typer.Option(min=1, help="most frames per model pass")] = 16,
+    batch_wait_ms: Annotated[float, typer.Option(min=0.0, help="how long a frame waits for others to join it")] = 5.0,
+    queue_size: Annotated[int, typer.Option(min=1, help="frames accepted but not scored before 503")] = 128,
+    max_body_mb: Annotated[float, typer.Option(min=0.01, help="largest request body / WebSocket message, MiB")] = 8.0,
+    max_width: Annotated[int, typer.Option(min=16, help="widest image accepted")] = 3840,
+    max_height: Annotated[int, typer.Option(min=16, help="tallest image accepted")] = 2160,
+    max_frames_per_message: Annotated[int, typer.Option(min=1, help="frames in one multipart stream message")] = 16,
+    stream_idle: Annotated[float, typer.Option(help="seconds before an idle stream's state is dropped")] = 60.0,
+    max_streams: Annotated[int, typer.Option(min=1, help="streams held at once")] = 1000,
+    ws_max_in_flight: Annotated[
+        int, typer.Option(min=1, help="unanswered frames per WebSocket before it is told to slow down")
+    ] = 32,
+    fps: Annotated[float, typer.Option(help="frame rate for timestamps a client does not send")] = 25.0,
+    smooth: Annotated[int, typer.Option(min=1, help="frames in the moving average used for events")] = 1,
+    hysteresis: Annotated[float, typer.Option(min=0.0, help="score drop below the threshold that ends an event")] = 0.0,
+    min_event: Annotated[float, typer.Option(min=0.0, help="events shorter than this (seconds) are dropped")] = 0.0,
+    merge_gap: Annotated[float, typer.Option(min=0.0, help="join events separated by less than this (seconds)")] = 0.0,
+    token_file: Annotated[
+        Path | None, typer.Option(help="file holding the bearer token clients must send (or set the --token-env var)")
+    ] = None,
+    token_env: Annotated[str, typer.Option(help="environment variable holding the bearer token")] = "ANOMALY_API_TOKEN",
+    shutdown_timeout: Annotated[float, typer.Option(help="seconds to answer accepted frames on shutdown")] = 30.0,
+    access_log: Annotated[bool, typer.Option("--access-log/--no-access-log", help="log every HTTP request")] = True,
+    log_level: Annotated[str, typer.Option(help="critical, error, warning, info or debug")] = "info",
+) -> None:
+    """Serve the model over HTTP and WebSocket: single frames, and streams with events (see README)."""
+    import os
+
+    from service.server import serve as run_service
+    from service.settings import BatchSettings, Limits, ServiceSettings, StreamSettings, read_auth_token
+
+    settings = ServiceSettings(
+        model_path=model,
+        device=device,  # type: ignore[arg-type]
+        host=host,
+        port=port,
+        torch_threads=threads,
+        auth_token=read_auth_token(token_env, token_file, os.environ),
+        limits=Limits(
+            max_body_bytes=int(max_body_mb * 2**20),
+            max_width=max_width,
+            max_height=max_height,
+            max_frames_per_message=max_frames_per_message,
+        ),
+        batching=BatchSettings(max_batch=max_batch, max_wait_ms=batch_wait_ms, queue_size=queue_size),
+        streams=StreamSettings(
+            idle_timeout_s=stream_idle,
+            max_streams=max_streams,
+            ws_max_in_flight=ws_max_in_flight,
+            default_fps=fps,
+            events=EventConfig(window=smooth, hysteresis=hysteresis, min_duration_s=min_event, merge_gap_s=merge_gap),
+        ),
+        shutdown_timeout_s=shutdown_timeout,
+        access_log=access_log,
+        log_level=log_level,  # type: ignore[arg-type]
+    )
+    typer.echo(f"auth: {'bearer token required' if settings.auth_token else 'off'}", err=True)
+    run_service(settings)
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app(prog_name="anomaly")
 

@@ -1,0 +1,112 @@
+"""The app factory: `create_app(settings)` builds the FastAPI app around one loaded model.
+
+The model is loaded (if not handed in), the batcher's worker thread started and the stream
+expiry task scheduled in the lifespan; on shutdown the service first answers every frame it
+accepted, then stops the worker. Settings and state live on `app.state`, never in globals, so
+several apps can run in one process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
+
+from anomaly import __version__
+from anomaly.checkpoint import load_detector
+from anomaly.detector import Detector
+from anomaly.device import resolve_device
+from service.auth import require_token
+from service.engine import ScoringService, describe_model
+from service.errors import ServiceError, service_error_handler
+from service.metrics import RequestMetricsMiddleware, ServiceMetrics
+from service.routers import health, model, score, streams
+from service.settings import ServiceSettings
+
+log = logging.getLogger("anomaly.service")
+
+DESCRIPTION = """
+Anomaly scores for dashcam frames, from the same scoring core as `anomaly score`.
+
+* `POST /v1/score`: one frame, stateless.
+* `POST /v1/streams/{stream_id}/frames` and the WebSocket `/v1/streams/{stream_id}/ws`: frames of a
+  stream; the service keeps each stream's smoothing and event state and answers in send order.
+
+Frames from all clients are scored together in micro-batches. When the queue is full, HTTP calls
+get `503` with `Retry-After`; WebSocket clients get a `slow_down` message and the server stops
+reading them until results catch up (no frame is dropped). Errors are JSON `{"detail", "code"}`.
+When the service runs with a token, every endpoint but `/healthz` and `/readyz` needs
+`Authorization: Bearer <token>` (this documentation included).
+"""
+
+TAGS = [
+    {"name": "scoring", "description": "stateless scoring of single frames"},
+    {"name": "streams", "description": "stateful streams: smoothing, events, in-order results"},
+    {"name": "model", "description": "the model being served"},
+    {"name": "health", "description": "liveness and readiness probes (no auth)"},
+    {"name": "monitoring", "description": "Prometheus metrics"},
+]
+
+
+def create_app(settings: ServiceSettings, detector: Detector | None = None) -> FastAPI:
+    """The service app. `detector`: an already loaded model (the CLI loads it first, so a bad model file
+    fails with a clear message before the port opens); None loads `settings.model_path` at startup."""
+    metrics = ServiceMetrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        det = detector
+        if det is None:
+            det = await asyncio.to_thread(load_detector, settings.model_path, resolve_device(settings.device))
+        info = await asyncio.to_thread(describe_model, settings, det)
+        service = ScoringService(settings, det, info, metrics)
+        await service.start()
+        app.state.service = service
+        try:
+            yield
+        finally:
+            await service.stop(settings.shutdown_timeout_s)
+            log.info("stopped after answering every accepted frame")
+
+    app = FastAPI(
+        title="anomaly streaming detection",
+        version=__version__,
+        description=DESCRIPTION,
+        openapi_tags=TAGS,
+        lifespan=lifespan,
+        docs_url=None,  # served below, behind the token when one is set
+        redoc_url=None,
+        openapi_url=None,
+    )
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
+    app.add_exception_handler(ServiceError, service_error_handler)
+    app.add_exception_handler(Exception, _internal_error)
+
+    guarded = [Depends(require_token)]
+    app.include_router(health.router)
+    app.include_router(score.router, dependencies=guarded)
+    app.include_router(streams.router, dependencies=guarded)
+    app.include_router(streams.ws_router)
+    app.include_router(model.router, dependencies=guarded)
+
+    @app.get("/openapi.json", include_in_schema=False, dependencies=guarded)
+    async def openapi_schema() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", include_in_schema=False, dependencies=guarded)
+    async def swagger_ui() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title=f"{app.title} - docs")
+
+    return app
+
+
+async def _internal_error(_: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error", exc_info=exc)
+    return JSONResponse({"detail": "internal error", "code": "internal_error"}, status_code=500)

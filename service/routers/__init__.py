@@ -1,0 +1,1 @@
+"""API routes, one module per concern (FastAPI's bigger-applications layout)."""

@@ -1,0 +1,247 @@
+"""JSON shapes of the API (responses, WebSocket messages), with the examples shown in the OpenAPI docs."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from anomaly.events import Event, EventConfig, TrackerUpdate
+from service.batcher import ScoredFrame
+from service.errors import ServiceError
+from service.streams import FrameTag, StreamOutcome
+
+_SCORES_EXAMPLE = {
+    "score": 4.71,
+    "recon_error": 0.0213,
+    "disc_score": 0.41,
+    "spatial_score": 9.8,
+    "latent_score": 2.3,
+    "is_anomaly": True,
+    "threshold": 3.05,
+    "model_version": "3f9a1c0d27be",
+}
+
+
+class _Schema(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+
+
+class Scores(_Schema):
+    score: float = Field(description="combined anomaly score: the largest calibrated z-score of the chosen signals")
+    recon_error: float = Field(description="mean squared reconstruction error")
+    disc_score: float = Field(description="discriminator's belief that the frame is not a normal one, 0..1")
+    spatial_score: float = Field(description="worst cell of the error map, in units of its normal range")
+    latent_score: float = Field(description="distance of the encoder features from normal frames'")
+    is_anomaly: bool = Field(description="score > threshold")
+    threshold: float
+    model_version: str = Field(description="first 12 hex digits of the model file's SHA-256")
+
+    @classmethod
+    def fields_of(cls, scored: ScoredFrame, model_version: str) -> dict[str, Any]:
+        return {
+            "score": scored.score,
+            "recon_error": scored.recon_error,
+            "disc_score": scored.disc_score,
+            "spatial_score": scored.spatial_score,
+            "latent_score": scored.latent_score,
+            "is_anomaly": scored.is_anomaly,
+            "threshold": scored.threshold,
+            "model_version": model_version,
+        }
+
+
+class ScoreResponse(Scores):
+    model_config = ConfigDict(json_schema_extra={"examples": [_SCORES_EXAMPLE]})
+
+    heatmap_png: str | None = Field(
+        None,
+        description="with ?heatmap=true: base64 PNG of the frame with its error heat map overlaid "
+        "(blue = normal, red = twice the threshold or more)",
+    )
+
+
+class EventState(_Schema):
+    open: bool = Field(description="an anomalous stretch is open after this frame")
+    started: bool = Field(description="this frame opened a stretch")
+    ended: bool = Field(description="this frame closed a stretch")
+
+
+class FinishedEvent(_Schema):
+    start_frame: int
+    end_frame: int = Field(description="last anomalous frame (inclusive)")
+    start_s: float
+    end_s: float
+    duration_s: float
+    peak_score: float
+    peak_frame: int
+    n_frames: int
+
+    @classmethod
+    def of(cls, event: Event) -> FinishedEvent:
+        d = event.to_dict()
+        d.pop("source")
+        return cls(**d)
+
+
+class StreamFrameResult(Scores):
+    model_config = ConfigDict(
+        protected_namespaces=(),
+        json_schema_extra={
+            "examples": [
+                {
+                    "type": "result",
+                    "frame_index": 412,
+                    "timestamp_s": 16.48,
+                    **_SCORES_EXAMPLE,
+                    "smoothed_score": 3.9,
+                    "event": {"open": True, "started": True, "ended": False},
+                    "finished_events": [],
+                }
+            ]
+        },
+    )
+
+    type: Literal["result"] = "result"
+    frame_index: int
+    timestamp_s: float
+    smoothed_score: float = Field(description="moving average the events are found on")
+    event: EventState
+    finished_events: list[FinishedEvent] = Field(
+        default_factory=list, description="events that became final with this frame (after merge and min-duration)"
+    )
+
+    @classmethod
+    def of(cls, tag: FrameTag, scored: ScoredFrame, update: TrackerUpdate, model_version: str) -> StreamFrameResult:
+        return cls(
+            frame_index=tag.frame_index,
+            timestamp_s=tag.timestamp_s,
+            **cls.fields_of(scored, model_version),
+            smoothed_score=update.smoothed,
+            event=EventState(open=update.active, started=update.started, ended=update.ended),
+            finished_events=[FinishedEvent.of(e) for e in update.finished],
+        )
+
+
+class FrameError(_Schema):
+    """A frame that was not scored, in its place in the stream's order."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "type": "error",
+                    "frame_index": 413,
+                    "timestamp_s": 16.52,
+                    "status": 400,
+                    "code": "corrupt_image",
+                    "detail": "the JPEG image could not be decoded (truncated or corrupt)",
+                }
+            ]
+        }
+    )
+
+    type: Literal["error"] = "error"
+    frame_index: int | None = None
+    timestamp_s: float | None = None
+    status: int
+    code: str
+    detail: str
+
+    @classmethod
+    def of(cls, error: ServiceError, tag: FrameTag | None = None) -> FrameError:
+        return cls(
+            frame_index=tag.frame_index if tag else None,
+            timestamp_s=tag.timestamp_s if tag else None,
+            **error.to_dict(),
+        )
+
+
+def outcome_message(outcome: StreamOutcome, model_version: str) -> StreamFrameResult | FrameError:
+    if outcome.scored is not None and outcome.update is not None:
+        return StreamFrameResult.of(outcome.tag, outcome.scored, outcome.update, model_version)
+    assert outcome.error is not None
+    return FrameError.of(outcome.error, outcome.tag)
+
+
+class StreamFramesResponse(_Schema):
+    stream_id: str
+    results: list[StreamFrameResult] = Field(description="one per frame of the message, in the order sent")
+
+
+class SlowDown(_Schema):
+    """Sent on a WebSocket when the server stops reading it until results catch up; no frame is dropped."""
+
+    type: Literal["slow_down"] = "slow_down"
+    in_flight: int = Field(description="frames of this connection not yet answered")
+    limit: int
+    detail: str = "the model is behind this stream; reading paused until results catch up"
+
+
+class WebSocketFrameTag(_Schema):
+    """Optional text message before a binary frame: tags for that frame (defaults: next index, index / fps)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    frame_index: int | None = Field(None, ge=0)
+    timestamp_s: float | None = Field(None, ge=0.0, allow_inf_nan=False)
+
+
+class StreamClosed(_Schema):
+    stream_id: str
+    frames: int = Field(description="frames scored on this stream")
+    events: list[FinishedEvent] = Field(description="the stretch still open, finished by closing the stream")
+
+
+class ModelInfo(_Schema):
+    model_config = ConfigDict(
+        protected_namespaces=(),
+        json_schema_extra={
+            "examples": [
+                {
+                    "version": "3f9a1c0d27be",
+                    "file": "model.pt",
+                    "anomaly_version": "0.1.0",
+                    "device": "cpu",
+                    "input_width": 128,
+                    "input_height": 72,
+                    "roi": None,
+                    "threshold": 3.05,
+                    "calibration": {
+                        "threshold": 3.05,
+                        "target_false_alarm_rate": 0.01,
+                        "calibration_frames": 525,
+                        "signals": ["spatial", "latent"],
+                        "score_quantiles": {"p50": 0.1, "p90": 1.7, "p99": 3.0, "max": 4.2},
+                    },
+                    "events": {"window": 1, "hysteresis": 0.0, "min_duration_s": 0.0, "merge_gap_s": 0.0},
+                }
+            ]
+        },
+    )
+
+    version: str = Field(description="first 12 hex digits of the model file's SHA-256")
+    file: str
+    anomaly_version: str
+    device: str
+    input_width: int
+    input_height: int
+    roi: tuple[float, float, float, float] | None
+    threshold: float
+    calibration: dict[str, Any]
+    events: EventConfig = Field(description="smoothing and event settings applied to every stream")
+
+
+class Health(_Schema):
+    status: str
+    model_version: str | None = None
+    detail: str | None = None
+
+
+class ErrorResponse(_Schema):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"detail": "the body is not a JPEG or PNG image", "code": "unsupported_image"}]}
+    )
+
+    detail: str
+    code: str

@@ -1,0 +1,152 @@
+"""Per-stream state: frame tags, in-order delivery, temporal smoothing and events, idle expiry.
+
+Frames of one stream are batched with other streams' frames and may finish decoding out of
+order, but the event tracker must see them in the order they were sent. Each frame therefore
+takes a slot in its stream's queue when it arrives; when it is scored the slot is filled, and
+slots are released strictly from the head: the tracker is updated and the frame's result
+published in send order. Everything here runs on the event loop, so no locks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from anomaly.events import Event, EventConfig, EventTracker, TrackerUpdate
+from service.batcher import ScoredFrame
+from service.errors import ServiceError, unavailable
+from service.settings import StreamSettings
+
+
+@dataclass(frozen=True)
+class FrameTag:
+    frame_index: int
+    timestamp_s: float
+
+
+@dataclass
+class StreamOutcome:
+    """A frame's result in its stream: scores with the tracker's update, or why it was not scored."""
+
+    tag: FrameTag
+    scored: ScoredFrame | None = None
+    update: TrackerUpdate | None = None
+    error: ServiceError | None = None
+
+
+@dataclass
+class Slot:
+    tag: FrameTag
+    future: asyncio.Future[StreamOutcome]
+    scored: ScoredFrame | None = None
+    error: ServiceError | None = None
+
+    @property
+    def filled(self) -> bool:
+        return self.scored is not None or self.error is not None
+
+
+@dataclass
+class Stream:
+    stream_id: str
+    tracker: EventTracker
+    last_seen: float
+    next_index: int = 0
+    websockets: int = 0
+    frames: int = 0
+    _slots: deque[Slot] = field(default_factory=deque)
+
+    def tag(self, frame_index: int | None, timestamp_s: float | None, fps: float) -> FrameTag:
+        """The client's tags, or the next index and index / fps where it sent none."""
+        index = self.next_index if frame_index is None else frame_index
+        self.next_index = index + 1
+        return FrameTag(index, index / fps if timestamp_s is None else timestamp_s)
+
+    def reserve(self, tag: FrameTag, now: float) -> Slot:
+        slot = Slot(tag, asyncio.get_running_loop().create_future())
+        self._slots.append(slot)
+        self.last_seen = now
+        return slot
+
+    def fill(self, slot: Slot, outcome: ScoredFrame | ServiceError, now: float) -> None:
+        if isinstance(outcome, ServiceError):
+            slot.error = outcome
+        else:
+            slot.scored = outcome
+        self.last_seen = now
+        while self._slots and self._slots[0].filled:
+            self._publish(self._slots.popleft())
+
+    def _publish(self, slot: Slot) -> None:
+        result = StreamOutcome(slot.tag, scored=slot.scored, error=slot.error)
+        if slot.scored is not None:
+            result.update = self.tracker.update(slot.tag.frame_index, slot.tag.timestamp_s, slot.scored.score)
+            self.frames += 1
+        if not slot.future.done():
+            slot.future.set_result(result)
+
+    @property
+    def pending(self) -> int:
+        return len(self._slots)
+
+    @property
+    def busy(self) -> bool:
+        return bool(self._slots) or self.websockets > 0
+
+
+class StreamRegistry:
+    def __init__(self, settings: StreamSettings, threshold: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.settings = settings
+        self.threshold = threshold
+        self.clock = clock
+        self._streams: dict[str, Stream] = {}
+
+    def __len__(self) -> int:
+        return len(self._streams)
+
+    def get(self, stream_id: str) -> Stream | None:
+        return self._streams.get(stream_id)
+
+    def open(self, stream_id: str, retry_after_s: int) -> Stream:
+        stream = self._streams.get(stream_id)
+        if stream is not None:
+            stream.last_seen = self.clock()
+            return stream
+        if len(self._streams) >= self.settings.max_streams:
+            self.expire()
+            if len(self._streams) >= self.settings.max_streams:
+                raise unavailable(
+                    "too_many_streams",
+                    f"the service already holds {self.settings.max_streams} streams; close one or retry later",
+                    retry_after_s,
+                )
+        stream = Stream(stream_id, EventTracker(stream_id, self.threshold, self.settings.events), self.clock())
+        self._streams[stream_id] = stream
+        return stream
+
+    def close(self, stream_id: str) -> list[Event] | None:
+        """Forget a stream; returns the events its open stretch finishes, or None if it is unknown."""
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            return None
+        if stream.busy:
+            raise ServiceError(409, "stream_busy", "the stream has frames in flight or an open WebSocket")
+        del self._streams[stream_id]
+        return stream.tracker.close()
+
+    def expire(self) -> list[str]:
+        """Drop streams idle for longer than the timeout (never one with frames in flight or a WebSocket)."""
+        now = self.clock()
+        idle = [
+            sid for sid, s in self._streams.items() if not s.busy and now - s.last_seen > self.settings.idle_timeout_s
+        ]
+        for sid in idle:
+            del self._streams[sid]
+        return idle
+
+    @property
+    def event_config(self) -> EventConfig:
+        return self.settings.events
