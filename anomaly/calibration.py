@@ -8,7 +8,8 @@ scale, and that scale is learned here from normal frames only:
    its upper spread), and the main directions in which normal frames' encoder features vary.
    Scoring turns a frame into "how far beyond the normal range is its worst cell" and "how far
    is it from normal features along those directions".
-2. `fit_scaling`: each signal's median and spread, so that signals become comparable z-scores.
+2. `fit_scaling`: each signal's median and upper-tail spread, so that signals become comparable
+   z-scores.
 3. `threshold_for_rate`: the combined score's upper quantile at the user's target false-alarm rate.
 
 Statistics come from the training frames (many scenes, so they know how much roadside scenery
@@ -133,12 +134,18 @@ def fit_normal_stats(
 
 
 def fit_scaling(signals: dict[str, np.ndarray]) -> tuple[dict[str, float], dict[str, float]]:
-    """Median and robust spread (IQR / 1.349, the std of a Gaussian) of each signal on normal frames."""
+    """Median and upper-tail spread ((95th percentile - median) / 1.645) of each signal on normal frames.
+
+    The score is the largest of several z-scores, so what must be comparable between signals is how
+    far their normal frames reach *upwards*: scaled by the upper tail, each signal puts about as
+    many normal frames above a given score. (For a Gaussian this is its standard deviation.) A scale
+    from the central spread instead let a signal with a long normal tail dominate the combination.
+    """
     loc, scale = {}, {}
     for name, values in signals.items():
         v = np.asarray(values, dtype=np.float64)
-        q25, q50, q75 = np.percentile(v, [25, 50, 75])
-        spread = (q75 - q25) / 1.349
+        q50, q95 = np.percentile(v, [50, 95])
+        spread = (q95 - q50) / 1.645
         if spread <= 0:
             spread = float(v.std()) or 1e-6
         loc[name], scale[name] = float(q50), float(spread)

@@ -21,7 +21,7 @@ from anomaly.config import DetectorConfig
 from anomaly.detector import Detector
 from anomaly.model import AutoencoderGAN
 
-FORMAT_VERSION = 2  # 2: per-cell quantile spreads and PCA latent distance
+FORMAT_VERSION = 3  # 2: per-cell quantile spreads and PCA latent distance; 3: blurred heat map
 KIND_MODEL = "anomaly-detector"
 KIND_TRAINING_STATE = "anomaly-training-state"
 

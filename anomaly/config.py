@@ -79,6 +79,9 @@ class CalibrationConfig(_Frozen):
 
     target_false_alarm_rate: float = Field(0.01, gt=0.0, lt=0.5)
     error_pool: int = Field(8, ge=1, description="side (model pixels) of the cells the error map is averaged over")
+    error_blur_sigma: float = Field(
+        1.0, ge=0.0, le=8.0, description="Gaussian blur (model pixels) of frame and reconstruction before the heat map"
+    )
     max_stat_frames: int = Field(3000, ge=10, description="training frames used to fit normal statistics")
     cell_quantile: float = Field(
         0.95, gt=0.5, lt=1.0, description="cell errors count in units of (this quantile - median) on normal frames"

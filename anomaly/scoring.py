@@ -3,7 +3,7 @@
 Per frame, one pass through the networks gives four raw signals:
 
 - `recon`   mean squared reconstruction error over the frame.
-- `spatial` the worst cell of the error map, in units of that cell's normal range (its 95th
+- `spatial` the worst cell of the (lightly blurred) error map, in units of that cell's normal range (its 95th
             percentile minus its median on normal frames). The camera is fixed to the car, so the
             road ahead normally reconstructs well and an object on it stands out even when it
             covers 1% of the frame.
@@ -18,14 +18,17 @@ z-score among the signals the calibration selected. `is_anomaly` is score > thre
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torchvision.transforms.v2 import functional as TF
 
 from anomaly.calibration import NormalStats
+from anomaly.config import CalibrationConfig
 from anomaly.detector import Detector
 from anomaly.model import AutoencoderGAN
 
@@ -73,13 +76,31 @@ def summary_features(stage_features: Sequence[torch.Tensor], latent: torch.Tenso
     return torch.cat(parts, dim=1)
 
 
+def smooth(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Gaussian blur: keeps the shapes an anomaly is made of, drops pixel-level texture and noise."""
+    if sigma <= 0:
+        return x
+    size = 2 * math.ceil(2 * sigma) + 1
+    return TF.gaussian_blur(x.contiguous(), [size, size], [sigma, sigma])
+
+
 @torch.inference_mode()
-def raw_signals(model: AutoencoderGAN, x: torch.Tensor, cell: int) -> RawSignals:
+def raw_signals(model: AutoencoderGAN, x: torch.Tensor, config: CalibrationConfig) -> RawSignals:
+    """One pass through the networks; the heat map compares frame and reconstruction after a light blur.
+
+    The autoencoder never reproduces foliage texture, sensor noise or the exact sub-pixel edge of a
+    lane marking, and those pixel-level misses dominate the raw error of normal frames. Blurring
+    both images by about a pixel first leaves the errors an object, a smear or a torn block makes.
+    """
     out = model(x)
     error_map = (x - out.recon).pow(2).mean(dim=1)
+    if config.error_blur_sigma > 0:
+        heat_error = (smooth(x, config.error_blur_sigma) - smooth(out.recon, config.error_blur_sigma)).pow(2).mean(1)
+    else:
+        heat_error = error_map
     return RawSignals(
         recon=error_map.mean(dim=(1, 2)),
-        error_cells=pool_errors(error_map, cell),
+        error_cells=pool_errors(heat_error, config.error_pool),
         features=summary_features(out.stage_features, out.latent),
         disc=1.0 - torch.sigmoid(out.disc_logits).mean(dim=(1, 2, 3)),
     )
@@ -109,7 +130,7 @@ def score_prepared(detector: Detector, prepared: Sequence[np.ndarray] | np.ndarr
     """Score frames already passed through `detector.preprocessor.prepare` (RGB, model size)."""
     cal = detector.calibrated
     x = detector.preprocessor.to_tensor(prepared, detector.device)
-    raw = raw_signals(detector.model, x, detector.config.calibration.error_pool)
+    raw = raw_signals(detector.model, x, detector.config.calibration)
     signals_t, heat = signal_values(raw, detector.normal_stats)
     signals = {k: v.float().cpu().numpy() for k, v in signals_t.items()}
     score = combine(signals, cal.loc, cal.scale, cal.combine)

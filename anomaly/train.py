@@ -158,7 +158,7 @@ def collect_raw(detector: Detector, frames: np.ndarray, batch_size: int = 128) -
     parts = []
     for i in range(0, len(frames), batch_size):
         x = detector.preprocessor.to_tensor(frames[i : i + batch_size], detector.device)
-        r = raw_signals(detector.model, x, detector.config.calibration.error_pool)
+        r = raw_signals(detector.model, x, detector.config.calibration)
         parts.append(RawSignals(*(t.cpu() for t in (r.recon, r.error_cells, r.features, r.disc))))
     return RawSignals(
         *(torch.cat([getattr(p, f) for p in parts]) for f in ("recon", "error_cells", "features", "disc"))

@@ -258,6 +258,7 @@ class DashcamScene:
 
     Z_FAR = 400.0  # metres: ground beyond this is drawn at this distance (hazy anyway)
     Z_PROPS = 260.0  # draw distance for props and vehicles
+    MIN_GAP = 15.0  # metres to the vehicle ahead in the ego lane: closer would be an incident, not normal driving
     SOFTNESS = 0.9  # optical blur sigma, pixels at 360 rows
 
     def __init__(self, params: SceneParams, width: int, height: int, fps: float, rng: np.random.Generator) -> None:
@@ -505,14 +506,16 @@ class DashcamScene:
             if v.v > 0:  # same direction: speed difference wanders, never drive into the ego car
                 v.dv = float(np.clip(v.dv * 0.995 + r.normal(0, 0.25), -4, 4))
                 Z = v.L - self.s
-                if v.lane == self.p.ego_lane and Z < 14:
-                    v.dv = max(v.dv, 0.4 * (14 - Z))
+                if v.lane == self.p.ego_lane and Z < self.MIN_GAP + 10:
+                    v.dv = max(v.dv, 0.4 * (self.MIN_GAP + 10 - Z))
                 ahead = [o for o in self.vehicles if o is not v and o.lane == v.lane and 0 < o.L - v.L < 12]
                 if ahead:
                     v.dv = min(v.dv, ahead[0].dv - 0.5)
                 v.brake = v.dv < -1.5
                 v.v = v_ego + v.dv
             v.L += v.v * dt
+            if v.v > 0 and v.lane == self.p.ego_lane:  # the ego car brakes rather than tailgate
+                v.L = max(v.L, self.s + self.MIN_GAP)
             Z = v.L - self.s
             if -2 < Z < self.Z_PROPS + 40 and not (v.v < 0 and Z < 2):
                 keep.append(v)

@@ -70,18 +70,28 @@ def test_fit_scaling_standard_normal_is_about_zero_and_one():
     assert scale["a"] == pytest.approx(1.0, abs=0.03)
 
 
-def test_fit_scaling_is_median_and_iqr_over_1349():
-    values = np.array([1.0, 2.0, 3.0, 4.0, 5.0, 100.0, -50.0])  # outliers move neither
+def test_fit_scaling_is_median_and_upper_tail_over_1645():
+    values = np.r_[np.arange(1.0, 41.0), 1000.0, -500.0]  # the two extremes move neither figure
     loc, scale = fit_scaling({"x": values, "shifted": 10 * values + 7})
-    q25, q50, q75 = np.percentile(values, [25, 50, 75])
+    q50, q95 = np.percentile(values, [50, 95])
     assert loc["x"] == pytest.approx(q50)
-    assert scale["x"] == pytest.approx((q75 - q25) / 1.349)
+    assert scale["x"] == pytest.approx((q95 - q50) / 1.645)
+    assert scale["x"] < 15  # not pulled up by the 1000
     assert loc["shifted"] == pytest.approx(10 * q50 + 7)
     assert scale["shifted"] == pytest.approx(10 * scale["x"])
     assert set(loc) == set(scale) == {"x", "shifted"}
 
 
-def test_fit_scaling_zero_iqr_falls_back_to_std_then_tiny():
+def test_fit_scaling_gives_signals_with_different_tails_the_same_false_alarm_share():
+    rng = np.random.default_rng(5)
+    signals = {"gaussian": rng.normal(0.0, 1.0, N), "long_tail": rng.exponential(1.0, N)}
+    loc, scale = fit_scaling(signals)
+    for name, v in signals.items():
+        z = (v - loc[name]) / scale[name]
+        assert (z > 1.645).mean() == pytest.approx(0.05, abs=0.005), name
+
+
+def test_fit_scaling_zero_spread_falls_back_to_std_then_tiny():
     mostly_zero = np.zeros(100)
     mostly_zero[:3] = 10.0
     loc, scale = fit_scaling({"spiky": mostly_zero, "flat": np.full(10, 4.0)})

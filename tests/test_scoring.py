@@ -12,6 +12,7 @@ from anomaly.scoring import (
     score_frames,
     score_prepared,
     signal_values,
+    smooth,
 )
 
 # error_pool 4 on a 24x32 model input: cells of 4 px, stride 2 -> 11 x 15 cells
@@ -148,3 +149,22 @@ def test_signal_values_and_combine_by_hand():
     score = combine(values, {"spatial": 1.0, "latent": 1.0}, {"spatial": 0.5, "latent": 4.0}, ["spatial", "latent"])
     np.testing.assert_allclose(score, [2.0, 2.0])  # max of (2, 0) and (-2, 2)
     np.testing.assert_allclose(combine(values, {"latent": 1.0}, {"latent": 4.0}, ["latent"]), [0.0, 2.0])
+
+
+def test_smoothing_drops_pixel_texture_but_keeps_an_object():
+    x = torch.zeros(1, 3, 24, 32)
+    texture = torch.ones(1, 3, 24, 32)
+    texture[..., ::2, :] *= -1
+    texture[..., :, ::2] *= -1  # a checkerboard: the kind of detail an autoencoder never reproduces
+    obj = torch.zeros(1, 3, 24, 32)
+    obj[..., 8:14, 10:16] = 1.0  # a 6x6 object the reconstruction lacks
+
+    def blurred_error(recon):
+        return (smooth(x, 1.0) - smooth(recon, 1.0)).pow(2).mean()
+
+    def raw_error(recon):
+        return (x - recon).pow(2).mean()
+
+    assert blurred_error(x + texture) < 0.05 * raw_error(x + texture)
+    assert blurred_error(x + obj) > 0.4 * raw_error(x + obj)
+    assert torch.equal(smooth(x + texture, 0.0), x + texture)  # sigma 0: no blur

@@ -15,6 +15,7 @@ from pipelines.synth import (
     CAMERA_FIELDS,
     EVENT_SECONDS,
     LABEL_HEADER,
+    DashcamScene,
     SceneParams,
     count_decoded_frames,
     generate_sample_set,
@@ -143,3 +144,16 @@ def test_camera_seed_changes_only_the_camera() -> None:
     plain, mounted = _frames(4, n=1), _frames(4, n=1, camera_seed=11)
     assert plain.shape == mounted.shape
     assert np.abs(plain.astype(np.int16) - mounted).mean() > 1
+
+
+def test_traffic_ahead_in_the_ego_lane_keeps_a_safe_gap() -> None:
+    # a vehicle filling the windscreen is an incident, not normal driving: normal clips must not show one
+    closest = []
+    for seed in (4, 6, 1004):  # drives that used to tailgate before the gap was enforced
+        rng = np.random.default_rng(seed)
+        scene = DashcamScene(SceneParams.sample(rng), 160, 90, 15.0, rng)
+        for _ in range(300):
+            scene.render()
+            ahead = [v.L - scene.s for v in scene.vehicles if v.v > 0 and v.lane == scene.p.ego_lane]
+            closest.extend(z for z in ahead if z > -2)
+    assert closest and min(closest) >= DashcamScene.MIN_GAP - 1e-6
