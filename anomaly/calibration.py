@@ -101,7 +101,7 @@ def fit_normal_stats(
     error_cells: torch.Tensor,
     features: torch.Tensor,
     *,
-    cell_quantile: float = 0.95,
+    cell_quantile: float = 0.99,
     spread_floor: float = 0.1,
     components: int = 8,
 ) -> NormalStats:

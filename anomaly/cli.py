@@ -11,7 +11,7 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
 import typer
 from pydantic import ValidationError
@@ -20,6 +20,9 @@ from anomaly.checkpoint import CheckpointError, load_detector
 from anomaly.config import CalibrationConfig, DetectorConfig, ModelConfig, PreprocessConfig, TrainConfig
 from anomaly.device import resolve_device, set_torch_threads
 from anomaly.events import EventConfig
+
+if TYPE_CHECKING:
+    from pipelines.ray_engine import RayScoreConfig
 
 app = typer.Typer(
     help="Find unusual frames in dashcam footage.",
@@ -86,6 +89,10 @@ def report_source_error(src: str, err: Exception) -> None:
     typer.echo(f"warning: skipped {src}: {err}", err=True)
 
 
+def quiet(*_: object) -> None:
+    """Output of the training processes other than rank 0 (which speaks for all)."""
+
+
 @app.command()
 @friendly_errors
 def train(
@@ -112,7 +119,13 @@ def train(
     folder_fps: FolderFpsOpt = 10.0,
     progress: ProgressOpt = True,
 ) -> None:
-    """Train the autoencoder/discriminator pair on normal driving and calibrate its threshold."""
+    """Train the autoencoder/discriminator pair on normal driving and calibrate its threshold.
+
+    Runs unchanged under `torchrun --nproc-per-node N`: DistributedDataParallel, one checkpoint from rank 0.
+    """
+    import os
+
+    from anomaly.distributed import context_from_env, process_group
     from anomaly.preprocess import Preprocessor
     from anomaly.train import TrainingData, train_detector
     from pipelines.ingest import expand_sources
@@ -133,22 +146,61 @@ def train(
         ),
         calibration=CalibrationConfig(target_false_alarm_rate=target_far),
     )
-    resolve_device(device)  # fail before reading any video
+    torch_device = resolve_device(device)  # fail before reading any video
+    context = context_from_env(os.environ)  # torchrun's RANK/WORLD_SIZE/LOCAL_RANK; rank 0 of 1 otherwise
+    echo = typer.echo if context.is_main else quiet
     sampling = sampling_config(stride, fps, start, end, max_frames, folder_fps)
     per_source = load_prepared_frames(
-        expand_sources(sources), sampling, Preprocessor(config.preprocess), max_train_frames, report_source_error
+        expand_sources(sources),
+        sampling,
+        Preprocessor(config.preprocess),
+        max_train_frames,
+        report_source_error if context.is_main else quiet,
     )
     data = TrainingData.split(per_source, holdout)
-    train_detector(config, data, out, resume=resume, progress=progress, log=typer.echo)
-    typer.echo(f"wrote {out}")
+    if context.enabled:
+        echo(f"training on {context.world_size} processes (DistributedDataParallel)")
+    with process_group(context, context.device(torch_device)):
+        train_detector(
+            config, data, out, resume=resume, progress=progress and context.is_main, log=echo, context=context
+        )
+    echo(f"wrote {out}")
 
 
 @app.command()
 @friendly_errors
 def score(
-    sources: Sources,
     model: Annotated[Path, typer.Option("--model", "-m", help="model file from `anomaly train`")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="scores CSV to write")],
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out",
+            "-o",
+            help="scores CSV to write; with --engine ray a folder that receives one <source-stem>.scores.csv per "
+            "source and manifest.json",
+        ),
+    ],
+    sources: Annotated[
+        list[str] | None, typer.Argument(help="video files, image folders, or folders of videos (or --manifest)")
+    ] = None,
+    manifest: Annotated[
+        Path | None,
+        typer.Option(help="file listing sources, one per line (# comments), or an earlier ray run's manifest.json"),
+    ] = None,
+    engine: Annotated[
+        Literal["local", "ray"],
+        typer.Option(help="local: this process; ray: Ray Data on a Ray cluster (needs pip install 'anomaly\\[ray]')"),
+    ] = "local",
+    address: Annotated[
+        str | None,
+        typer.Option(help="with --engine ray: Ray cluster to join (e.g. ray://head:10001); default: start a local one"),
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option(min=1, help="with --engine ray: scoring actors (default: one per GPU, else CPUs/2)")
+    ] = None,
+    chunk_frames: Annotated[
+        int, typer.Option(min=0, help="with --engine ray: decoded frames per work chunk (0: one chunk per source)")
+    ] = 256,
     events: Annotated[Path | None, typer.Option(help="also write anomalous stretches as JSON here")] = None,
     annotate: Annotated[
         Path | None, typer.Option(help="also write <source>.annotated.mp4 with score and heat map into this folder")
@@ -159,7 +211,12 @@ def score(
     merge_gap: Annotated[float, typer.Option(help="join events separated by less than this (seconds)")] = 0.0,
     batch_size: Annotated[int, typer.Option(min=1)] = 16,
     threads: Annotated[
-        int | None, typer.Option(min=1, help="torch CPU threads (default: all cores but one, left for decoding)")
+        int | None,
+        typer.Option(
+            min=1,
+            help="torch CPU threads (default: all cores but one, left for decoding; with --engine ray: CPUs and "
+            "threads per scoring worker, default 1)",
+        ),
     ] = None,
     device: DeviceOpt = "auto",
     stride: StrideOpt = 1,
@@ -170,19 +227,54 @@ def score(
     folder_fps: FolderFpsOpt = 10.0,
     progress: ProgressOpt = True,
 ) -> None:
-    """Score frames of recorded videos or image folders; one CSV row per scored frame."""
+    """Score frames of recorded videos or image folders; one CSV row per scored frame.
+
+    With --engine ray, sources are cut into chunks that a Ray cluster decodes and scores; --out is a folder.
+    """
     from pipelines.ingest import expand_sources
     from pipelines.score_videos import score_sources
 
+    listed = list(sources or [])
+    if manifest is not None:
+        from pipelines.ray_engine import read_source_list
+
+        listed += read_source_list(manifest)
+    if not listed:
+        raise UserError("no sources: give video files or folders, or --manifest FILE")
+    sampling = sampling_config(stride, fps, start, end, max_frames, folder_fps)
+    if engine == "ray":
+        from pipelines.ray_engine import RayScoreConfig
+
+        if events is not None or annotate is not None:
+            raise UserError("--events and --annotate work with --engine local only; --engine ray writes scores")
+        score_with_ray(
+            RayScoreConfig(
+                sources=tuple(listed),
+                out_dir=out,
+                model_path=model,
+                sampling=sampling,
+                threshold=threshold,
+                batch_size=batch_size,
+                chunk_frames=chunk_frames,
+                workers=workers,
+                cpus_per_worker=float(threads or 1),
+                device=device,  # type: ignore[arg-type]
+                address=address,
+                progress=progress,
+            )
+        )
+        return
+    if address is not None or workers is not None:
+        raise UserError("--address and --workers apply to --engine ray only")
     set_torch_threads(threads)
     detector = load_detector(model, resolve_device(device))
     if threshold is not None:
         detector = detector.with_threshold(threshold)
     summary = score_sources(
         detector,
-        expand_sources(sources),
+        expand_sources(listed),
         out,
-        sampling=sampling_config(stride, fps, start, end, max_frames, folder_fps),
+        sampling=sampling,
         batch_size=batch_size,
         events_path=events,
         event_config=EventConfig(window=smooth, min_duration_s=min_event, merge_gap_s=merge_gap),
@@ -193,6 +285,26 @@ def score(
     typer.echo(
         f"scored {summary.frames} frames from {len(summary.sources) - len(summary.errors)} source(s): "
         f"{summary.anomalies} above threshold {detector.threshold:.3f}, {len(summary.events)} event(s) -> {out}"
+    )
+    if summary.errors:
+        typer.echo(f"{len(summary.errors)} source(s) failed: {', '.join(summary.errors)}", err=True)
+        raise typer.Exit(1)
+
+
+def score_with_ray(config: RayScoreConfig) -> None:
+    """`anomaly score --engine ray`: run `pipelines.ray_engine` with the config, report like the local engine."""
+    from pipelines.ray_engine import check_out_dir, score_on_ray
+
+    check_out_dir(config.out_dir)
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        raise UserError("--engine ray needs Ray: pip install 'anomaly[ray]'") from None
+    summary = score_on_ray(config, log=typer.echo)
+    typer.echo(
+        f"scored {summary.frames} frames from {len(summary.outcomes) - len(summary.errors)} source(s) "
+        f"({len(summary.reused)} already done): {summary.anomalies} above threshold {summary.threshold:.3f} "
+        f"-> {config.out_dir}/ (manifest: {summary.manifest})"
     )
     if summary.errors:
         typer.echo(f"{len(summary.errors)} source(s) failed: {', '.join(summary.errors)}", err=True)

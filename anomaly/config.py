@@ -78,13 +78,14 @@ class CalibrationConfig(_Frozen):
     """How raw signals become one calibrated score and a threshold."""
 
     target_false_alarm_rate: float = Field(0.01, gt=0.0, lt=0.5)
-    error_pool: int = Field(8, ge=1, description="side (model pixels) of the cells the error map is averaged over")
+    error_pool: int = Field(20, ge=1, description="side (model pixels) of the cells the error map is averaged over")
+    error_stride: int = Field(4, ge=1, description="step (model pixels) between neighbouring cells")
     error_blur_sigma: float = Field(
         1.0, ge=0.0, le=8.0, description="Gaussian blur (model pixels) of frame and reconstruction before the heat map"
     )
     max_stat_frames: int = Field(3000, ge=10, description="training frames used to fit normal statistics")
     cell_quantile: float = Field(
-        0.95, gt=0.5, lt=1.0, description="cell errors count in units of (this quantile - median) on normal frames"
+        0.99, gt=0.5, lt=1.0, description="cell errors count in units of (this quantile - median) on normal frames"
     )
     spread_floor: float = Field(
         0.1, ge=0.0, lt=1.0, description="per-cell spread floor, as a fraction of the median cell's spread"
@@ -96,6 +97,8 @@ class CalibrationConfig(_Frozen):
 
     @model_validator(mode="after")
     def _check(self) -> CalibrationConfig:
+        if self.error_stride > self.error_pool:
+            raise ValueError(f"error_stride {self.error_stride} > error_pool {self.error_pool}: cells would leave gaps")
         unknown = set(self.signals) - {"spatial", "latent", "recon", "disc"}
         if unknown:
             raise ValueError(f"unknown signals {sorted(unknown)}: choose from spatial, latent, recon, disc")

@@ -3,7 +3,7 @@
 Per frame, one pass through the networks gives four raw signals:
 
 - `recon`   mean squared reconstruction error over the frame.
-- `spatial` the worst cell of the (lightly blurred) error map, in units of that cell's normal range (its 95th
+- `spatial` the worst cell of the (lightly blurred) error map, in units of that cell's normal range (its 99th
             percentile minus its median on normal frames). The camera is fixed to the car, so the
             road ahead normally reconstructs well and an object on it stands out even when it
             covers 1% of the frame.
@@ -51,17 +51,50 @@ class FrameScores:
     spatial_score: np.ndarray
     latent_score: np.ndarray
     is_anomaly: np.ndarray
-    heatmap: np.ndarray  # N x h x w: each cell's error above its normal median, in units of its normal range
+    heatmap: np.ndarray  # N x H x W (model input size): the worst cell covering each pixel, as in `spatial`
     threshold: float
 
     def __len__(self) -> int:
         return len(self.score)
 
 
-def pool_errors(error_map: torch.Tensor, cell: int) -> torch.Tensor:
-    """N x H x W squared error -> N x h x w mean over overlapping cells (stride half a cell)."""
-    stride = max(1, cell // 2)
-    return F.avg_pool2d(error_map.unsqueeze(1), kernel_size=cell, stride=stride).squeeze(1)
+def cell_sizes(height: int, width: int, cell: int) -> tuple[int, int]:
+    """Cells are squares of `cell` pixels, cut down to the frame when the frame is smaller."""
+    return min(cell, height), min(cell, width)
+
+
+def pool_errors(error_map: torch.Tensor, cell: int, stride: int) -> torch.Tensor:
+    """N x H x W squared error -> N x h x w mean over overlapping cells."""
+    kernel = cell_sizes(*error_map.shape[-2:], cell)
+    return F.avg_pool2d(error_map.unsqueeze(1), kernel_size=kernel, stride=stride).squeeze(1)
+
+
+def cells_to_pixels(heat: torch.Tensor, size: tuple[int, int], cell: int, stride: int) -> torch.Tensor:
+    """N x h x w cell values -> N x H x W: each pixel gets the largest value of the cells covering it.
+
+    Cells overlap and are wider than their stride, so a plain resize of the grid would shift an
+    object's heat towards the frame's edges by up to half a cell; this puts it where the object is.
+    The pixels of one stride x stride block share their cells when the stride divides the cell, so
+    the maximum is then taken per block (cheap next to the model); otherwise per pixel.
+    """
+    height, width = size
+    kernel = cell_sizes(height, width, cell)
+    if kernel[0] % stride == 0 and kernel[1] % stride == 0:
+        # block (i, j) lies in cells i - kernel/stride + 1 .. i (and likewise for j)
+        reach = (kernel[0] // stride - 1, kernel[1] // stride - 1)
+        grid = F.pad(heat.unsqueeze(1), (reach[1], reach[1], reach[0], reach[0]), value=float("-inf"))
+        grid = F.max_pool2d(grid, kernel_size=(reach[0] + 1, reach[1] + 1), stride=1)
+        pixels = grid.repeat_interleave(stride, dim=2).repeat_interleave(stride, dim=3)
+    else:
+        # cell (i, j) covers pixels [i*stride, i*stride + kernel): a max over the kernel - stride + 1 pixels before
+        reach = (kernel[0] - stride, kernel[1] - stride)
+        blocks = heat.repeat_interleave(stride, dim=1).repeat_interleave(stride, dim=2).unsqueeze(1)
+        blocks = F.pad(blocks, (reach[1], reach[1], reach[0], reach[0]), value=float("-inf"))
+        pixels = F.max_pool2d(blocks, kernel_size=(reach[0] + 1, 1), stride=1)  # max is separable
+        pixels = F.max_pool2d(pixels, kernel_size=(1, reach[1] + 1), stride=1)
+    # the last stride - 1 rows and columns fall outside every cell when the stride does not divide evenly
+    pixels = F.pad(pixels, (0, width - pixels.shape[-1], 0, height - pixels.shape[-2]), mode="replicate")
+    return pixels.squeeze(1)
 
 
 def summary_features(stage_features: Sequence[torch.Tensor], latent: torch.Tensor) -> torch.Tensor:
@@ -93,14 +126,15 @@ def raw_signals(model: AutoencoderGAN, x: torch.Tensor, config: CalibrationConfi
     both images by about a pixel first leaves the errors an object, a smear or a torn block makes.
     """
     out = model(x)
-    error_map = (x - out.recon).pow(2).mean(dim=1)
-    if config.error_blur_sigma > 0:
-        heat_error = (smooth(x, config.error_blur_sigma) - smooth(out.recon, config.error_blur_sigma)).pow(2).mean(1)
-    else:
-        heat_error = error_map
+    difference = x - out.recon
+    error_map = difference.pow(2).mean(dim=1)
+    # blurring is linear: blur(x) - blur(recon) is blur(x - recon), at half the cost
+    heat_error = (
+        smooth(difference, config.error_blur_sigma).pow(2).mean(1) if config.error_blur_sigma > 0 else error_map
+    )
     return RawSignals(
         recon=error_map.mean(dim=(1, 2)),
-        error_cells=pool_errors(heat_error, config.error_pool),
+        error_cells=pool_errors(heat_error, config.error_pool, config.error_stride),
         features=summary_features(out.stage_features, out.latent),
         disc=1.0 - torch.sigmoid(out.disc_logits).mean(dim=(1, 2, 3)),
     )
@@ -129,8 +163,9 @@ def combine(
 def score_prepared(detector: Detector, prepared: Sequence[np.ndarray] | np.ndarray) -> FrameScores:
     """Score frames already passed through `detector.preprocessor.prepare` (RGB, model size)."""
     cal = detector.calibrated
+    calibration = detector.config.calibration
     x = detector.preprocessor.to_tensor(prepared, detector.device)
-    raw = raw_signals(detector.model, x, detector.config.calibration)
+    raw = raw_signals(detector.model, x, calibration)
     signals_t, heat = signal_values(raw, detector.normal_stats)
     signals = {k: v.float().cpu().numpy() for k, v in signals_t.items()}
     score = combine(signals, cal.loc, cal.scale, cal.combine)
@@ -141,7 +176,10 @@ def score_prepared(detector: Detector, prepared: Sequence[np.ndarray] | np.ndarr
         spatial_score=signals["spatial"],
         latent_score=signals["latent"],
         is_anomaly=score > cal.threshold,
-        heatmap=heat.float().cpu().numpy(),
+        heatmap=cells_to_pixels(heat, tuple(x.shape[-2:]), calibration.error_pool, calibration.error_stride)
+        .float()
+        .cpu()
+        .numpy(),
         threshold=cal.threshold,
     )
 

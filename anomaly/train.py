@@ -37,6 +37,15 @@ from anomaly.checkpoint import (
 from anomaly.config import DetectorConfig, LossConfig
 from anomaly.detector import Detector
 from anomaly.device import resolve_device
+from anomaly.distributed import (
+    SINGLE_PROCESS,
+    DistributedContext,
+    DistributedGAN,
+    all_gather_rows,
+    barrier,
+    broadcast_state,
+    shard,
+)
 from anomaly.model import AutoencoderGAN
 from anomaly.scoring import RawSignals, combine, raw_signals, signal_values
 
@@ -69,7 +78,7 @@ def training_state_path(model_path: Path) -> Path:
 
 
 def train_step(
-    model: AutoencoderGAN,
+    model: AutoencoderGAN | DistributedGAN,
     x: torch.Tensor,
     opt_g: torch.optim.Optimizer,
     opt_d: torch.optim.Optimizer,
@@ -165,13 +174,23 @@ def collect_raw(detector: Detector, frames: np.ndarray, batch_size: int = 128) -
     )
 
 
+def collect_raw_sharded(detector: Detector, frames: np.ndarray, context: DistributedContext) -> RawSignals:
+    """`collect_raw` of all `frames` on every rank, each rank computing only its shard."""
+    if len(frames) < context.world_size:  # too few to split: every rank computes them all
+        return collect_raw(detector, frames)
+    raw = collect_raw(detector, shard(frames, context))
+    return RawSignals(
+        *(all_gather_rows(getattr(raw, f), context) for f in ("recon", "error_cells", "features", "disc"))
+    )
+
+
 def evenly(frames: np.ndarray, limit: int) -> np.ndarray:
     if len(frames) <= limit:
         return frames
     return frames[np.linspace(0, len(frames) - 1, limit).round().astype(int)]
 
 
-def calibrate(detector: Detector, data: TrainingData) -> Calibration:
+def calibrate(detector: Detector, data: TrainingData, context: DistributedContext = SINGLE_PROCESS) -> Calibration:
     """Normal statistics from training frames; signal scales and threshold from held-out frames.
 
     The held-out frames are scored exactly as new frames will be (statistics they did not shape,
@@ -179,7 +198,7 @@ def calibrate(detector: Detector, data: TrainingData) -> Calibration:
     """
     cfg = detector.config.calibration
     detector.model.eval()
-    seen = collect_raw(detector, evenly(data.train, cfg.max_stat_frames))
+    seen = collect_raw_sharded(detector, evenly(data.train, cfg.max_stat_frames), context)
     stats = fit_normal_stats(
         seen.error_cells,
         seen.features,
@@ -187,7 +206,7 @@ def calibrate(detector: Detector, data: TrainingData) -> Calibration:
         spread_floor=cfg.spread_floor,
         components=cfg.latent_components,
     )
-    held = collect_raw(detector, evenly(data.holdout, cfg.max_stat_frames))
+    held = collect_raw_sharded(detector, evenly(data.holdout, cfg.max_stat_frames), context)
     values, _ = signal_values(held, stats)
     signals = {name: v.numpy().astype(np.float64) for name, v in values.items()}
     loc, scale = fit_scaling(signals)
@@ -212,12 +231,19 @@ def train_detector(
     resume: bool = False,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    context: DistributedContext = SINGLE_PROCESS,
 ) -> Detector:
-    """Train, calibrate and write the model to `out`. Returns the calibrated detector."""
+    """Train, calibrate and write the model to `out`. Returns the calibrated detector.
+
+    Under torchrun (`context` from `anomaly.distributed.context_from_env`) every rank calls this with
+    the same data; each trains on its shard of every batch, and only rank 0 writes files.
+    """
     tc = config.train
     if len(data.train) < 2:
         raise ValueError("need at least two training frames")
-    device = resolve_device(tc.device)
+    if tc.batch_size < context.world_size:
+        raise ValueError(f"batch size {tc.batch_size} is smaller than the {context.world_size} training processes")
+    device = context.device(resolve_device(tc.device))
     torch.manual_seed(tc.seed)
     detector = Detector.new(config, device)
     model = detector.model
@@ -230,6 +256,7 @@ def train_detector(
     elif resume:
         log(f"no training state at {state_path}; starting from step 0")
 
+    nets = DistributedGAN(model, device) if context.enabled else model
     model.train()
     bar = tqdm(range(start, tc.steps), initial=start, total=tc.steps, desc="train", disable=not progress, unit="step")
     losses: dict[str, float] = {}
@@ -237,16 +264,20 @@ def train_detector(
         g = step_generator(tc.seed, step)
         idx = torch.randint(len(data.train), (tc.batch_size,), generator=g).numpy()
         x = random_shift(detector.preprocessor.to_tensor(data.train[idx], device), tc.shift_pixels, g)
-        losses = train_step(model, x, *opts, config.train.loss)
+        losses = train_step(nets, shard(x, context), *opts, config.train.loss)
         bar.set_postfix({k: f"{v:.4f}" for k, v in losses.items()}, refresh=False)
-        if (step + 1) % tc.checkpoint_every == 0 and step + 1 < tc.steps:
+        if (step + 1) % tc.checkpoint_every == 0 and step + 1 < tc.steps and context.is_main:
             save_training_state(state_path, config, model, opts, step + 1)
     bar.close()
-    save_training_state(state_path, config, model, opts, max(start, tc.steps))
+    broadcast_state(model, context)
+    if context.is_main:
+        save_training_state(state_path, config, model, opts, max(start, tc.steps))
 
-    calibration = calibrate(detector, data)
+    calibration = calibrate(detector, data, context)
     detector = detector.with_calibration(calibration)
-    save_detector(detector, out)
+    if context.is_main:
+        save_detector(detector, out)
+    barrier(context)  # the files exist when any rank returns
     log(
         f"trained {tc.steps} steps on {len(data.train)} frames; calibrated on {len(data.holdout)} held-out frames; "
         f"threshold {calibration.threshold:.3f} for a {calibration.target_false_alarm_rate:.1%} false-alarm rate"

@@ -182,12 +182,12 @@ def probe_source(path: str | Path, folder_fps: float = 10.0) -> SourceInfo:
         if first is None:
             raise IngestError(f"{source}: none of its {len(files)} image file(s) could be read")
         return SourceInfo(source, "images", float(folder_fps), len(files), first.shape[1], first.shape[0])
-    cap = _open_video(source)
+    cap = open_video(source)
     try:
         return SourceInfo(
             source,
             "video",
-            _video_fps(cap, source),
+            video_fps(cap, source),
             int(cap.get(cv2.CAP_PROP_FRAME_COUNT)),
             int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)),
             int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)),
@@ -209,7 +209,7 @@ def _floor_tolerant(x: float) -> int:
     return round(x) if abs(x - round(x)) < 1e-6 else math.floor(x)
 
 
-class _FrameSelector:
+class FrameSelector:
     """Decides from the frame index alone whether a frame is kept, so unkept frames are never decoded.
 
     The time window is [start_s, end_s). Within it, stride keeps every stride-th frame counted from
@@ -284,7 +284,7 @@ def _unopenable_reason(source: str) -> str:
     return "not a readable video: OpenCV/FFmpeg could not open it (not a video file, or unsupported format)"
 
 
-def _open_video(source: str) -> cv2.VideoCapture:
+def open_video(source: str) -> cv2.VideoCapture:
     if _source_kind(source) != "video":
         raise IngestError(f"{source}: not a video file")
     cap = cv2.VideoCapture(source, cv2.CAP_FFMPEG)
@@ -294,14 +294,14 @@ def _open_video(source: str) -> cv2.VideoCapture:
     return cap
 
 
-def _video_fps(cap: cv2.VideoCapture, source: str) -> float:
+def video_fps(cap: cv2.VideoCapture, source: str) -> float:
     fps = float(cap.get(cv2.CAP_PROP_FPS))
     if not (math.isfinite(fps) and fps > 0):
         raise IngestError(f"{source}: video reports no valid frame rate ({fps}), so frames cannot be timed")
     return fps
 
 
-def _check_complete(source: str, decoded: int, reported: int) -> None:
+def check_complete(source: str, decoded: int, reported: int) -> None:
     """Decoding stopped at `decoded` frames: fine if that is (about) what the container reported.
     Containers sometimes estimate their length, so one frame or 2% short is tolerated."""
     if decoded == 0:
@@ -312,11 +312,11 @@ def _check_complete(source: str, decoded: int, reported: int) -> None:
 
 
 def _iter_video(source: str, sampling: SamplingConfig, transform: Transform | None) -> Iterator[Frame]:
-    cap = _open_video(source)
+    cap = open_video(source)
     try:
-        fps = _video_fps(cap, source)
+        fps = video_fps(cap, source)
         reported = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
-        selector = _FrameSelector(sampling, fps)
+        selector = FrameSelector(sampling, fps)
         index = 0
         while not selector.finished(index):
             if not cap.grab():  # decodes (as far as the codec needs) but does not convert to BGR
@@ -325,17 +325,17 @@ def _iter_video(source: str, sampling: SamplingConfig, transform: Transform | No
                 ok, image = cap.retrieve()
                 if not ok:
                     break
-                yield _make_frame(image, source, index, fps, transform)
+                yield make_frame(image, source, index, fps, transform)
                 selector.kept += 1
             index += 1
         else:
             return  # stopped on purpose (end_s / max_frames): the rest of the file is not read
-        _check_complete(source, decoded=index, reported=reported)
+        check_complete(source, decoded=index, reported=reported)
     finally:
         cap.release()
 
 
-def _make_frame(image: np.ndarray, source: str, index: int, fps: float, transform: Transform | None) -> Frame:
+def make_frame(image: np.ndarray, source: str, index: int, fps: float, transform: Transform | None) -> Frame:
     if transform is not None:
         image = transform(image)
     return Frame(image=image, source=source, index=index, timestamp_s=index / fps)
@@ -366,7 +366,7 @@ def _describe_bad_images(source: str, bad: list[str], total_bad: int, read: int)
 def _iter_images(source: str, sampling: SamplingConfig, transform: Transform | None) -> Iterator[Frame]:
     files = _image_files(source)
     fps = sampling.folder_fps
-    selector = _FrameSelector(sampling, fps)
+    selector = FrameSelector(sampling, fps)
     bad: list[str] = []  # the first few names only: the message stays short, memory flat
     total_bad = 0
     shape: tuple[int, ...] | None = None
@@ -381,7 +381,7 @@ def _iter_images(source: str, sampling: SamplingConfig, transform: Transform | N
             if len(bad) < 5:
                 bad.append(path)
             continue
-        frame = _make_frame(image, source, index, fps, transform)
+        frame = make_frame(image, source, index, fps, transform)
         shape = shape or frame.image.shape
         if frame.image.shape != shape:
             raise IngestError(

@@ -27,7 +27,7 @@ def _make_config(steps: int = 3, seed: int = 0, model: ModelConfig = TINY_MODEL,
         preprocess=TINY_PREPROCESS,
         model=model,
         train=TrainConfig(steps=steps, seed=seed, **train_kw),
-        calibration=CalibrationConfig(error_pool=4),
+        calibration=CalibrationConfig(error_pool=4, error_stride=2),
     )
 
 

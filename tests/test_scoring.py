@@ -7,6 +7,7 @@ from anomaly.detector import Detector
 from anomaly.scoring import (
     FrameScores,
     RawSignals,
+    cells_to_pixels,
     combine,
     pool_errors,
     score_frames,
@@ -15,8 +16,9 @@ from anomaly.scoring import (
     smooth,
 )
 
-# error_pool 4 on a 24x32 model input: cells of 4 px, stride 2 -> 11 x 15 cells
-HEAT_SHAPE = (11, 15)
+# error_pool 4 on a 24x32 model input: cells of 4 px, stride 2 -> 11 x 15 cells; the heat map is per model pixel
+CELLS = (11, 15)
+MODEL_SIZE = (24, 32)
 FIELDS = ("score", "recon_error", "disc_score", "spatial_score", "latent_score", "is_anomaly")
 
 
@@ -52,7 +54,7 @@ def test_frame_scores_shapes_and_types(detector, source_frames):
     for name in FIELDS:
         assert getattr(s, name).shape == (8,), name
     assert s.is_anomaly.dtype == bool
-    assert s.heatmap.shape == (8, *HEAT_SHAPE)
+    assert s.heatmap.shape == (8, *MODEL_SIZE)
     assert s.threshold == detector.threshold
     assert np.isfinite(s.score).all()
     assert ((s.disc_score >= 0) & (s.disc_score <= 1)).all()
@@ -80,9 +82,9 @@ def test_bright_square_raises_spatial_score_and_heatmap_peaks_on_it(detector, so
     s = score_frames(detector, [clean, with_square(clean, cx, cy)])
     assert s.spatial_score[1] > s.spatial_score[0] + 1.0
     assert s.score[1] > s.score[0]
-    row, col = np.unravel_index(s.heatmap[1].argmax(), HEAT_SHAPE)
-    # cell (row, col) covers model pixels [2*row, 2*row + 4); the model is at half the source scale
-    centre_x, centre_y = 2 * col + 2, 2 * row + 2
+    # the hottest pixels are those of the hottest cell; the model is at half the source scale
+    ys, xs = np.nonzero(s.heatmap[1] == s.heatmap[1].max())
+    centre_x, centre_y = xs.mean() + 0.5, ys.mean() + 0.5
     assert abs(centre_x - cx / 2) <= 3
     assert abs(centre_y - cy / 2) <= 3
 
@@ -119,10 +121,37 @@ def test_wrong_size_prepared_frames_are_rejected(detector):
 
 def test_pool_errors_overlapping_cells():
     error = torch.arange(4 * 6, dtype=torch.float32).view(1, 4, 6)
-    pooled = pool_errors(error, 2)  # stride 1
+    pooled = pool_errors(error, 2, 1)
     assert pooled.shape == (1, 3, 5)
     assert pooled[0, 0, 0].item() == pytest.approx((0 + 1 + 6 + 7) / 4)
-    assert pool_errors(torch.ones(3, 24, 32), 4).shape == (3, *HEAT_SHAPE)
+    assert pool_errors(torch.ones(3, *MODEL_SIZE), 4, 2).shape == (3, *CELLS)
+    assert pool_errors(torch.ones(3, *MODEL_SIZE), 40, 4).shape == (3, 1, 1)  # cells never exceed the frame
+
+
+GEOMETRIES = [
+    ((24, 32), 4, 2),
+    ((72, 128), 20, 4),
+    ((70, 127), 20, 4),
+    ((24, 32), 5, 2),
+    ((30, 41), 7, 3),
+    ((16, 40), 20, 4),
+]
+
+
+@pytest.mark.parametrize(("size", "cell", "stride"), GEOMETRIES)
+def test_cells_to_pixels_gives_each_pixel_its_worst_covering_cell(size, cell, stride):
+    gen = torch.Generator().manual_seed(0)
+    cells = pool_errors(torch.rand(2, *size, generator=gen), cell, stride)
+    pixels = cells_to_pixels(cells, size, cell, stride)
+    expected = torch.full((2, *size), -1.0)
+    for i in range(cells.shape[1]):
+        for j in range(cells.shape[2]):
+            block = expected[:, i * stride : i * stride + cell, j * stride : j * stride + cell]
+            block[:] = torch.maximum(block, cells[:, i, j, None, None])
+    last_y, last_x = (cells.shape[1] - 1) * stride + cell, (cells.shape[2] - 1) * stride + cell
+    expected[:, last_y:] = expected[:, last_y - 1 : last_y]  # rows and columns past the last cell copy its edge
+    expected[:, :, last_x:] = expected[:, :, last_x - 1 : last_x]
+    assert torch.equal(pixels, expected)
 
 
 def test_signal_values_and_combine_by_hand():
