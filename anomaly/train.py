@@ -10,7 +10,7 @@ optimisers, step) is written beside the model, and the batch drawn at step k dep
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -179,9 +179,7 @@ def collect_raw_sharded(detector: Detector, frames: np.ndarray, context: Distrib
     if len(frames) < context.world_size:  # too few to split: every rank computes them all
         return collect_raw(detector, frames)
     raw = collect_raw(detector, shard(frames, context))
-    return RawSignals(
-        *(all_gather_rows(getattr(raw, f), context) for f in ("recon", "error_cells", "features", "disc"))
-    )
+    return RawSignals(**{f.name: all_gather_rows(getattr(raw, f.name), context) for f in fields(RawSignals)})
 
 
 def evenly(frames: np.ndarray, limit: int) -> np.ndarray:

@@ -241,6 +241,16 @@ class FrameSelector:
         self._last_slot = slot
         return True
 
+    def skip_to(self, index: int) -> int:
+        """On a new selector: count the frames before `index` that the sequential loop would keep,
+        without decoding any, and return where that loop would stop (`index` if it gets there)."""
+        for i in range(self.first, index):
+            if self.finished(i):
+                return i
+            if self.wants(i):
+                self.kept += 1
+        return index
+
 
 # ---------------------------------------------------------------------------------------------
 # Videos

@@ -301,12 +301,7 @@ def plan_source(source_id: int, source: str, sampling: SamplingConfig, chunk_fra
     first = selector.first
     stop = info.frame_count if selector.stop is None else min(info.frame_count, selector.stop)
     if sampling.max_frames is not None:  # where the local loop would stop (arithmetic only)
-        for i in range(first, stop):
-            if selector.finished(i):
-                stop = i
-                break
-            if selector.wants(i):
-                selector.kept += 1
+        stop = selector.skip_to(stop)
     if stop - first <= chunk_frames:
         return whole
     bounds = list(range(first, stop, chunk_frames))
@@ -340,12 +335,9 @@ def selector_at(sampling: SamplingConfig, fps: float, index: int) -> FrameSelect
     (None when that loop would already have stopped). Replays the selection, which costs
     arithmetic only: no frame before `index` is decoded."""
     selector = FrameSelector(sampling, fps)
-    for i in range(selector.first, index):
-        if selector.finished(i):
-            return None
-        if selector.wants(i):
-            selector.kept += 1
-    return None if selector.finished(index) else selector
+    if selector.skip_to(index) < index or selector.finished(index):
+        return None
+    return selector
 
 
 def seek_exact(cap: cv2.VideoCapture, index: int) -> bool:
@@ -598,7 +590,8 @@ def score_on_ray(
     sources = expand_sources(list(config.sources))
     names = output_names(sources)
     model_bytes = Path(config.model_path).read_bytes()
-    key = run_key(hashlib.sha256(model_bytes).hexdigest(), config)
+    model_sha256 = hashlib.sha256(model_bytes).hexdigest()
+    key = run_key(model_sha256, config)
     out_dir.mkdir(parents=True, exist_ok=True)
     done = previously_done(read_manifest(out_dir / MANIFEST_NAME), key, out_dir, names)
 
@@ -615,7 +608,7 @@ def score_on_ray(
         "format_version": MANIFEST_FORMAT,
         "engine": "ray",
         "model": str(config.model_path),
-        "model_sha256": hashlib.sha256(model_bytes).hexdigest(),
+        "model_sha256": model_sha256,
         "run_key": key,
         "threshold": threshold,
         "sampling": asdict(config.sampling),

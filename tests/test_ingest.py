@@ -11,6 +11,7 @@ import pytest
 
 from pipelines.ingest import (
     Frame,
+    FrameSelector,
     IngestError,
     SamplingConfig,
     expand_sources,
@@ -160,6 +161,15 @@ def test_max_frames_stops_reading(mp4: Path, capture_calls: dict[str, int]) -> N
     frames = list(iter_source_frames(mp4, SamplingConfig(stride=2, max_frames=5)))
     assert indices(frames) == [0, 2, 4, 6, 8]
     assert capture_calls == {"grab": 9, "retrieve": 5, "release": 1}
+
+
+def test_skip_to_counts_kept_frames_and_finds_where_reading_stops() -> None:
+    sampling = SamplingConfig(stride=2, start_s=0.5, max_frames=5)  # at 10 fps keeps 5, 7, 9, 11, 13
+    ahead = FrameSelector(sampling, fps=10.0)
+    assert ahead.skip_to(9) == 9 and ahead.kept == 2
+    assert not ahead.finished(9) and ahead.wants(9)
+    assert FrameSelector(sampling, fps=10.0).skip_to(100) == 14  # stops after the fifth kept frame
+    assert FrameSelector(sampling, fps=10.0).skip_to(3) == 3  # before the window: nothing kept yet
 
 
 def test_window_past_the_end_yields_nothing(mp4: Path) -> None:
