@@ -1,3 +1,3 @@
-from anomaly.cli import app
+from cli.main import app
 
 app(prog_name="anomaly")

@@ -29,11 +29,11 @@ from anomaly.config import DetectorConfig, TrainConfig
 from anomaly.device import set_torch_threads
 from anomaly.preprocess import Preprocessor
 from anomaly.scoring import score_prepared
-from anomaly.train import TrainingData, train_detector
-from pipelines.ingest import SamplingConfig, iter_source_frames
-from pipelines.ray_engine import RayScoreConfig, local_cpus, output_names, score_on_ray
-from pipelines.score_videos import CSV_COLUMNS, score_sources
-from pipelines.training import load_prepared_frames
+from anomaly.training.train import TrainingData, train_detector
+from batch.local import CSV_COLUMNS, score_sources
+from batch.ray_engine import RayScoreConfig, local_cpus, output_names, score_on_ray
+from footage.ingest import SamplingConfig, iter_source_frames
+from footage.training_frames import load_prepared_frames
 
 ROOT = Path(__file__).resolve().parents[1]
 

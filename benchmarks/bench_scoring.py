@@ -26,10 +26,10 @@ from anomaly.checkpoint import load_detector
 from anomaly.config import DetectorConfig, TrainConfig
 from anomaly.device import resolve_device, set_torch_threads
 from anomaly.preprocess import Preprocessor
-from anomaly.train import TrainingData, train_detector
-from pipelines.ingest import SamplingConfig, iter_source_frames
-from pipelines.score_videos import score_sources
-from pipelines.training import load_prepared_frames
+from anomaly.training.train import TrainingData, train_detector
+from batch.local import score_sources
+from footage.ingest import SamplingConfig, iter_source_frames
+from footage.training_frames import load_prepared_frames
 
 REAL_CLIP = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "solidWhiteRight.mp4"
 SAMPLE_CLIP = Path(__file__).resolve().parents[1] / "sample_videos" / "test_00.mp4"

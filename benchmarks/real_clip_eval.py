@@ -18,14 +18,14 @@ from pathlib import Path
 
 import numpy as np
 
-from anomaly.baselines import PCABaseline
 from anomaly.config import DetectorConfig, TrainConfig
 from anomaly.metrics import auroc
 from anomaly.preprocess import Preprocessor
 from anomaly.scoring import score_prepared
-from anomaly.train import TrainingData, train_detector
-from pipelines.anomalies import KINDS, AnomalyEvent, apply_event
-from pipelines.ingest import SamplingConfig, iter_source_frames
+from anomaly.training.train import TrainingData, train_detector
+from evaluation.baselines import PCABaseline
+from footage.ingest import SamplingConfig, iter_source_frames
+from synthetic.anomalies import KINDS, AnomalyEvent, apply_event
 
 REAL_CLIP = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "solidWhiteRight.mp4"
 

@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 
 from anomaly.preprocess import Preprocessor
-from pipelines.annotate import heat_overlay
+from footage.heatmap import heat_overlay
 from service.errors import ServiceError
 from service.settings import Limits
 

@@ -13,7 +13,7 @@ import torch
 from anomaly.config import CalibrationConfig, DetectorConfig, ModelConfig, PreprocessConfig, TrainConfig
 from anomaly.detector import Detector
 from anomaly.preprocess import Preprocessor
-from anomaly.train import TrainingData, train_detector
+from anomaly.training.train import TrainingData, train_detector
 
 TINY_PREPROCESS = PreprocessConfig(width=32, height=24)
 TINY_MODEL = ModelConfig(widths=(8, 8, 8), latent_channels=4, disc_widths=(8, 8, 8))

@@ -10,7 +10,7 @@ import torch
 
 from anomaly.config import CalibrationConfig, DetectorConfig, ModelConfig, PreprocessConfig, TrainConfig
 from anomaly.detector import Detector
-from anomaly.train import TrainingData, train_detector
+from anomaly.training.train import TrainingData, train_detector
 
 TINY = DetectorConfig(
     preprocess=PreprocessConfig(width=32, height=24),

@@ -3,7 +3,7 @@ import numpy as np
 
 from anomaly.config import PreprocessConfig
 from anomaly.preprocess import Preprocessor
-from pipelines.annotate import AnnotatedVideoWriter, draw_annotation, heat_overlay
+from footage.heatmap import AnnotatedVideoWriter, draw_annotation, heat_overlay
 
 
 def test_heat_overlay_colours_only_the_roi_and_marks_the_hot_cell():

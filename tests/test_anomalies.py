@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from pipelines.anomalies import (
+from synthetic.anomalies import (
     KINDS,
     OBSTACLE_SHAPES,
     SENSOR_FAULT_MODES,
@@ -18,7 +18,7 @@ from pipelines.anomalies import (
     event_variant,
     frame_kinds,
 )
-from pipelines.synth import render_clip
+from synthetic.scene import render_clip
 
 
 @pytest.fixture(scope="module")

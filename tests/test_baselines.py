@@ -3,10 +3,10 @@ import pytest
 import torch
 from factories import TINY, road_frames, with_square
 
-from anomaly.baselines import AE_ONLY_SIGNALS, AutoencoderOnlyBaseline, PCABaseline, ae_only_config
 from anomaly.checkpoint import load_detector
 from anomaly.preprocess import Preprocessor
-from anomaly.train import TrainingData
+from anomaly.training.train import TrainingData
+from evaluation.baselines import AE_ONLY_SIGNALS, AutoencoderOnlyBaseline, PCABaseline, ae_only_config
 
 
 def test_pca_scores_unusual_frames_higher():

@@ -18,7 +18,7 @@ from anomaly.checkpoint import (
     read_checkpoint,
     save_detector,
 )
-from anomaly.train import training_state_path
+from anomaly.training.train import training_state_path
 
 CPU = torch.device("cpu")
 

@@ -8,8 +8,8 @@ import pytest
 from factories import road_frames, with_square, write_video
 from typer.testing import CliRunner
 
-from anomaly.cli import app
-from pipelines.score_videos import CSV_COLUMNS, read_scores_csv
+from batch.local import CSV_COLUMNS, read_scores_csv
+from cli.main import app
 
 runner = CliRunner()
 TINY_TRAIN = [

@@ -5,9 +5,9 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from anomaly.cli import app
-from pipelines.demo import format_report
-from pipelines.synth import generate_sample_set
+from cli.main import app
+from evaluation.demo import format_report
+from synthetic.scene import generate_sample_set
 
 
 @pytest.fixture(scope="module")

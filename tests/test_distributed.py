@@ -16,7 +16,9 @@ from factories import TINY, road_frames, write_video
 
 from anomaly.checkpoint import load_detector
 from anomaly.config import DetectorConfig
-from anomaly.distributed import (
+from anomaly.preprocess import Preprocessor
+from anomaly.scoring import score_frames, score_prepared
+from anomaly.training.distributed import (
     DistributedContext,
     all_gather_rows,
     context_from_env,
@@ -24,9 +26,7 @@ from anomaly.distributed import (
     shard,
     shard_bounds,
 )
-from anomaly.preprocess import Preprocessor
-from anomaly.scoring import score_frames, score_prepared
-from anomaly.train import TrainingData, calibrate, train_detector
+from anomaly.training.train import TrainingData, calibrate, train_detector
 
 WORLD = 2
 

@@ -14,11 +14,12 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from typer.testing import CliRunner
 
 from anomaly.checkpoint import load_detector
-from anomaly.cli import app
 from anomaly.events import EventConfig, find_events
 from anomaly.metrics import labeled_stretches
 from anomaly.thresholds import best_f1, sweep
-from pipelines.evaluate import (
+from batch.local import read_scores_csv
+from cli.main import app
+from evaluation.evaluate import (
     EvaluationConfig,
     Scored,
     label_paths,
@@ -28,8 +29,7 @@ from pipelines.evaluate import (
     top_rows,
     track_source,
 )
-from pipelines.labels import LabelError, labels_path_for
-from pipelines.score_videos import read_scores_csv
+from footage.labels import LabelError, labels_path_for
 
 runner = CliRunner()
 

@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from pipelines.ingest import (
+from footage.ingest import (
     Frame,
     FrameSelector,
     IngestError,
@@ -19,7 +19,7 @@ from pipelines.ingest import (
     iter_source_frames,
     probe_source,
 )
-from pipelines.prefetch import prefetch
+from footage.prefetch import prefetch
 
 W, H, FPS, N = 160, 90, 10.0, 30
 BAR = W // 8

@@ -1,6 +1,6 @@
 import pytest
 
-from pipelines.labels import FrameLabels, LabelError, Labels, SourceExtent, labels_path_for
+from footage.labels import FrameLabels, LabelError, Labels, SourceExtent, labels_path_for
 
 
 def write(path, text):

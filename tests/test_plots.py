@@ -6,7 +6,7 @@ from factories import TINY, road_frames
 from anomaly.events import EventConfig, find_events
 from anomaly.metrics import Stretch
 from anomaly.preprocess import Preprocessor
-from pipelines.plots import (
+from evaluation.plots import (
     frame_pair,
     histogram_figure,
     kind_colours,

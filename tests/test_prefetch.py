@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from pipelines.prefetch import batched, prefetch
+from footage.prefetch import batched, prefetch
 
 
 def counting_source(produced: list[int], closed: threading.Event, n: int | None = None) -> Iterator[int]:

@@ -16,10 +16,9 @@ import ray
 from factories import TINY, road_frames, tiny_detector, with_square, write_video
 from typer.testing import CliRunner
 
-from anomaly.cli import app
 from anomaly.preprocess import Preprocessor
-from pipelines.ingest import SamplingConfig, iter_frames, iter_source_frames
-from pipelines.ray_engine import (
+from batch.local import score_sources
+from batch.ray_engine import (
     MANIFEST_NAME,
     OPEN_END,
     ChunkScorer,
@@ -32,7 +31,8 @@ from pipelines.ray_engine import (
     read_source_list,
     score_on_ray,
 )
-from pipelines.score_videos import score_sources
+from cli.main import app
+from footage.ingest import SamplingConfig, iter_frames, iter_source_frames
 
 TESTS_DIR = Path(__file__).resolve().parent
 CHUNK = 16  # small chunks, so a 70-frame clip is decoded in five pieces

@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from pipelines.report import Picture, data_uri, fmt, write_report
+from evaluation.report import Picture, data_uri, fmt, write_report
 
 
 def point(threshold, tp, fp, fn, tn, **extra):

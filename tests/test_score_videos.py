@@ -6,8 +6,8 @@ import pytest
 from factories import road_frames, tiny_detector, with_square, write_video
 
 from anomaly.scoring import score_frames
-from pipelines.ingest import SamplingConfig
-from pipelines.score_videos import CSV_COLUMNS, read_scores_csv, score_sources
+from batch.local import CSV_COLUMNS, read_scores_csv, score_sources
+from footage.ingest import SamplingConfig
 
 
 @pytest.fixture(scope="module")

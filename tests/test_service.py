@@ -28,11 +28,11 @@ from typer.testing import CliRunner
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
-from anomaly.cli import app as cli_app
 from anomaly.detector import Detector
 from anomaly.events import EventConfig, EventTracker
 from anomaly.scoring import score_frames
-from pipelines.score_videos import read_scores_csv
+from batch.local import read_scores_csv
+from cli.main import app as cli_app
 from service.app import create_app
 from service.server import DrainingServer, make_server
 from service.settings import BatchSettings, Limits, ServiceSettings, StreamSettings

@@ -19,7 +19,7 @@ from factories import road_frames, tiny_detector
 from typer.testing import CliRunner
 
 import service.server
-from anomaly.cli import app
+from cli.main import app
 from service.settings import ServiceSettings
 
 runner = CliRunner()

@@ -10,7 +10,7 @@ import pytest
 
 from anomaly.config import PreprocessConfig
 from anomaly.preprocess import Preprocessor
-from pipelines.annotate import heat_overlay
+from footage.heatmap import heat_overlay
 from service.errors import ServiceError
 from service.images import decode_image, heatmap_png_base64, image_size
 from service.settings import Limits

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipelines.anomalies import KINDS, AnomalyEvent, event_variant
-from pipelines.synth import (
+from synthetic.anomalies import KINDS, AnomalyEvent, event_variant
+from synthetic.scene import (
     CAMERA_FIELDS,
     EVENT_SECONDS,
     LABEL_HEADER,

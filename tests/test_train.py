@@ -3,12 +3,12 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from anomaly import train as train_module
 from anomaly.checkpoint import CheckpointError, load_detector
 from anomaly.config import ModelConfig
 from anomaly.model import AutoencoderGAN
 from anomaly.preprocess import Preprocessor
-from anomaly.train import (
+from anomaly.training import train as train_module
+from anomaly.training.train import (
     TrainingData,
     evenly,
     make_optimisers,

@@ -2,8 +2,8 @@ import pytest
 from factories import TINY, road_frames, write_video
 
 from anomaly.preprocess import Preprocessor
-from pipelines.ingest import IngestError, SamplingConfig
-from pipelines.training import load_prepared_frames
+from footage.ingest import IngestError, SamplingConfig
+from footage.training_frames import load_prepared_frames
 
 
 def test_frames_are_prepared_and_grouped_per_source(tmp_path):

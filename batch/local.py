@@ -19,9 +19,9 @@ from tqdm.auto import tqdm
 from anomaly.detector import Detector
 from anomaly.events import Event, EventConfig, EventTracker
 from anomaly.scoring import FrameScores, score_prepared
-from pipelines.annotate import AnnotatedVideoWriter, draw_annotation
-from pipelines.ingest import Frame, IngestError, SamplingConfig, iter_frames, probe_source
-from pipelines.prefetch import batched, prefetch
+from footage.heatmap import AnnotatedVideoWriter, draw_annotation
+from footage.ingest import Frame, IngestError, SamplingConfig, iter_frames, probe_source
+from footage.prefetch import batched, prefetch
 
 CSV_COLUMNS = (
     "source",

@@ -22,7 +22,7 @@ from anomaly.device import resolve_device, set_torch_threads
 from anomaly.events import EventConfig
 
 if TYPE_CHECKING:
-    from pipelines.ray_engine import RayScoreConfig
+    from batch.ray_engine import RayScoreConfig
 
 app = typer.Typer(
     help="Find unusual frames in dashcam footage.",
@@ -53,8 +53,8 @@ def friendly_errors(fn: F) -> F:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from pipelines.ingest import IngestError
-        from pipelines.labels import LabelError
+        from footage.ingest import IngestError
+        from footage.labels import LabelError
 
         try:
             return fn(*args, **kwargs)
@@ -68,7 +68,7 @@ def friendly_errors(fn: F) -> F:
 def sampling_config(
     stride: int, fps: float | None, start: float, end: float | None, max_frames: int | None, folder_fps: float
 ):
-    from pipelines.ingest import SamplingConfig
+    from footage.ingest import SamplingConfig
 
     return SamplingConfig(
         stride=stride, target_fps=fps, start_s=start, end_s=end, max_frames=max_frames, folder_fps=folder_fps
@@ -125,11 +125,11 @@ def train(
     """
     import os
 
-    from anomaly.distributed import context_from_env, process_group
     from anomaly.preprocess import Preprocessor
-    from anomaly.train import TrainingData, train_detector
-    from pipelines.ingest import expand_sources
-    from pipelines.training import load_prepared_frames
+    from anomaly.training.distributed import context_from_env, process_group
+    from anomaly.training.train import TrainingData, train_detector
+    from footage.ingest import expand_sources
+    from footage.training_frames import load_prepared_frames
 
     default = DetectorConfig()
     config = DetectorConfig(
@@ -231,19 +231,19 @@ def score(
 
     With --engine ray, sources are cut into chunks that a Ray cluster decodes and scores; --out is a folder.
     """
-    from pipelines.ingest import expand_sources
-    from pipelines.score_videos import score_sources
+    from batch.local import score_sources
+    from footage.ingest import expand_sources
 
     listed = list(sources or [])
     if manifest is not None:
-        from pipelines.ray_engine import read_source_list
+        from batch.ray_engine import read_source_list
 
         listed += read_source_list(manifest)
     if not listed:
         raise UserError("no sources: give video files or folders, or --manifest FILE")
     sampling = sampling_config(stride, fps, start, end, max_frames, folder_fps)
     if engine == "ray":
-        from pipelines.ray_engine import RayScoreConfig
+        from batch.ray_engine import RayScoreConfig
 
         if events is not None or annotate is not None:
             raise UserError("--events and --annotate work with --engine local only; --engine ray writes scores")
@@ -292,8 +292,8 @@ def score(
 
 
 def score_with_ray(config: RayScoreConfig) -> None:
-    """`anomaly score --engine ray`: run `pipelines.ray_engine` with the config, report like the local engine."""
-    from pipelines.ray_engine import check_out_dir, score_on_ray
+    """`anomaly score --engine ray`: run `batch.ray_engine` with the config, report like the local engine."""
+    from batch.ray_engine import check_out_dir, score_on_ray
 
     check_out_dir(config.out_dir)
     try:
@@ -322,7 +322,7 @@ def demo(
     progress: ProgressOpt = True,
 ) -> None:
     """Generate the sample clips if needed, train on the normal ones, score the labeled ones, report."""
-    from pipelines.demo import format_report, run_demo
+    from evaluation.demo import format_report, run_demo
 
     config = DetectorConfig(train=TrainConfig(steps=steps, seed=seed, device=device))  # type: ignore[arg-type]
     metrics = run_demo(samples, out, config, progress=progress, log=typer.echo)
@@ -339,7 +339,7 @@ def generate_samples(
     scale: Annotated[int, typer.Option(min=1, help="make every clip this many times longer")] = 1,
 ) -> None:
     """Write the synthetic dashcam clips (normal ones for training, labeled ones for testing)."""
-    from pipelines.synth import generate_sample_set
+    from synthetic.scene import generate_sample_set
 
     written = generate_sample_set(out, seed=seed, scale=scale)
     typer.echo(json.dumps([str(p) for p in written], indent=2))
@@ -423,9 +423,9 @@ def evaluate(
     progress: ProgressOpt = True,
 ) -> None:
     """Measure a model on labeled clips: AUROC/AP per kind, threshold sweep, events, baselines, HTML report."""
-    from pipelines.evaluate import EvaluationConfig, format_summary
-    from pipelines.evaluate import evaluate as run_evaluation
-    from pipelines.ingest import expand_sources
+    from evaluation.evaluate import EvaluationConfig, format_summary
+    from evaluation.evaluate import evaluate as run_evaluation
+    from footage.ingest import expand_sources
 
     config = EvaluationConfig(
         out_dir=out,

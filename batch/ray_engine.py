@@ -9,7 +9,7 @@ workers:
 2. decode (Ray Data tasks on CPU workers): seek to the chunk, decode and prepare its frames with
    the checkpoint's own `Preprocessor.prepare`, exactly the frames the local path keeps;
 3. score (a pool of Ray Data actors, one model load each, on GPUs when the cluster has them):
-   `anomaly.scoring.score_prepared`, formatted by `pipelines.score_videos.csv_rows`;
+   `anomaly.scoring.score_prepared`, formatted by `batch.local.csv_rows`;
 4. write (this process): when every chunk of a source is back, its rows go to
    `<out>/<source-stem>.scores.csv` (temporary file, then rename) and `manifest.json` records it.
 
@@ -44,7 +44,8 @@ from anomaly.checkpoint import load_detector
 from anomaly.config import PreprocessConfig
 from anomaly.preprocess import Preprocessor
 from anomaly.scoring import score_prepared
-from pipelines.ingest import (
+from batch.local import CSV_COLUMNS, ScoredBatch, csv_rows
+from footage.ingest import (
     Frame,
     FrameSelector,
     IngestError,
@@ -57,7 +58,6 @@ from pipelines.ingest import (
     probe_source,
     video_fps,
 )
-from pipelines.score_videos import CSV_COLUMNS, ScoredBatch, csv_rows
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = 1

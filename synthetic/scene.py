@@ -7,7 +7,7 @@ different drive (all scene parameters are drawn from the clip's seed) and within
 keeps changing (travelled distance, curvature, traffic, vibration, sensor noise), so a model cannot
 memorise frames. Same seed -> identical frames.
 
-    python -m pipelines.synth --out sample_videos [--seed 0] [--scale 1]
+    python -m synthetic.scene --out sample_videos [--seed 0] [--scale 1]
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from pipelines.anomalies import (
+from synthetic.anomalies import (
     APPLY_ORDER,
     KINDS,
     OBSTACLE_SHAPES,
@@ -1133,7 +1133,7 @@ def _manifest(plans: Sequence[ClipPlan], seed: int, scale: int, fps: float, widt
         )
     test = [c for c in clips if c["split"] == "test"]
     return {
-        "generator": "python -m pipelines.synth",
+        "generator": "python -m synthetic.scene",
         "seed": seed,
         "scale": scale,
         "fps": fps,

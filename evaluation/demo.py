@@ -9,12 +9,12 @@ from pathlib import Path
 from anomaly.config import DetectorConfig
 from anomaly.metrics import auroc, frame_summary, per_kind_auroc
 from anomaly.preprocess import Preprocessor
-from anomaly.train import TrainingData, train_detector
-from pipelines.ingest import SamplingConfig
-from pipelines.labels import FrameLabels, labels_path_for
-from pipelines.score_videos import read_scores_csv, score_sources
-from pipelines.synth import generate_sample_set
-from pipelines.training import load_prepared_frames
+from anomaly.training.train import TrainingData, train_detector
+from batch.local import read_scores_csv, score_sources
+from footage.ingest import SamplingConfig
+from footage.labels import FrameLabels, labels_path_for
+from footage.training_frames import load_prepared_frames
+from synthetic.scene import generate_sample_set
 
 SIGNAL_COLUMNS = {"recon": "recon_error", "disc": "disc_score", "spatial": "spatial_score", "latent": "latent_score"}
 

@@ -4,7 +4,7 @@ Steps, all on the same frames:
 
 1. scores: read a scores CSV from `anomaly score`, or score the given clips first (written as
    `scores.csv` in the output folder, so a later run can start from it);
-2. labels (per-frame or interval CSVs, `pipelines.labels`) joined to the scored frames;
+2. labels (per-frame or interval CSVs, `footage.labels`) joined to the scored frames;
 3. frame level: AUROC and average precision overall and per kind, the full threshold sweep, and the
    figures at the calibrated, best-F1, target-false-positive-rate and operating thresholds;
 4. temporal: each clip's scores run through `EventTracker` (the streaming service's own event
@@ -29,7 +29,6 @@ from typing import Any
 import cv2
 import numpy as np
 
-from anomaly.baselines import AutoencoderOnlyBaseline, PCABaseline
 from anomaly.checkpoint import save_detector
 from anomaly.config import DetectorConfig
 from anomaly.detector import Detector
@@ -49,13 +48,22 @@ from anomaly.metrics import (
 from anomaly.preprocess import Preprocessor
 from anomaly.scoring import score_frames
 from anomaly.thresholds import ThresholdChoice, ThresholdSweep, best_f1, operating_point, sweep, threshold_for_fpr
-from anomaly.train import TrainingData
-from pipelines.ingest import IngestError, SamplingConfig, expand_sources, iter_source_frames, probe_source
-from pipelines.labels import LabelError, Labels, SourceExtent, labels_path_for
-from pipelines.plots import frame_pair, histogram_figure, kind_colours, pr_figure, roc_figure, save_png, timeline_figure
-from pipelines.report import Picture, write_report
-from pipelines.score_videos import CSV_COLUMNS, read_scores_csv, score_sources
-from pipelines.training import load_prepared_frames
+from anomaly.training.train import TrainingData
+from batch.local import CSV_COLUMNS, read_scores_csv, score_sources
+from evaluation.baselines import AutoencoderOnlyBaseline, PCABaseline
+from evaluation.plots import (
+    frame_pair,
+    histogram_figure,
+    kind_colours,
+    pr_figure,
+    roc_figure,
+    save_png,
+    timeline_figure,
+)
+from evaluation.report import Picture, write_report
+from footage.ingest import IngestError, SamplingConfig, expand_sources, iter_source_frames, probe_source
+from footage.labels import LabelError, Labels, SourceExtent, labels_path_for
+from footage.training_frames import load_prepared_frames
 
 SIGNAL_COLUMNS = {"spatial": "spatial_score", "latent": "latent_score", "recon": "recon_error", "disc": "disc_score"}
 TOP_FRAME_GAP_S = 1.0  # the strip shows at most one frame per second of a clip, not one event ten times

@@ -19,7 +19,7 @@ from matplotlib.patches import Patch
 from anomaly.events import Event
 from anomaly.metrics import Stretch, auroc, average_precision, kind_parts, pr_points, roc_points
 from anomaly.preprocess import Preprocessor
-from pipelines.annotate import heat_overlay
+from footage.heatmap import heat_overlay
 
 Curve = tuple[np.ndarray, np.ndarray]  # (labels, scores) of one scorer
 KIND_COLOURS = ("#e6550d", "#3182bd", "#31a354", "#756bb1", "#d6616b", "#8c6d31", "#17becf", "#e7ba52")

@@ -22,7 +22,7 @@ from sklearn.decomposition import PCA
 from anomaly.config import DetectorConfig
 from anomaly.detector import Detector
 from anomaly.scoring import score_prepared
-from anomaly.train import TrainingData, train_detector
+from anomaly.training.train import TrainingData, train_detector
 
 
 class PCABaseline:

@@ -1,4 +1,4 @@
-"""Read training sources into prepared frames, per source, for `anomaly.train`."""
+"""Read training sources into prepared frames, per source, for `anomaly.training.train`."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from itertools import groupby
 import numpy as np
 
 from anomaly.preprocess import Preprocessor
-from pipelines.ingest import IngestError, SamplingConfig, iter_frames
-from pipelines.prefetch import prefetch
+from footage.ingest import IngestError, SamplingConfig, iter_frames
+from footage.prefetch import prefetch
 
 
 def load_prepared_frames(

@@ -1,7 +1,7 @@
 """Training the autoencoder and discriminator together, then calibrating on held-out frames.
 
 Input is already-prepared frames (RGB uint8 at the model's size) split per source into a training
-part and a held-out tail; `pipelines.training` reads videos into that shape. Training is
+part and a held-out tail; `footage.training_frames` reads videos into that shape. Training is
 reproducible by seed, and resumable: every `checkpoint_every` steps a training state (weights,
 optimisers, step) is written beside the model, and the batch drawn at step k depends only on
 (seed, k), so a resumed run continues exactly where the interrupted one was.
@@ -37,7 +37,9 @@ from anomaly.checkpoint import (
 from anomaly.config import DetectorConfig, LossConfig
 from anomaly.detector import Detector
 from anomaly.device import resolve_device
-from anomaly.distributed import (
+from anomaly.model import AutoencoderGAN
+from anomaly.scoring import RawSignals, combine, raw_signals, signal_values
+from anomaly.training.distributed import (
     SINGLE_PROCESS,
     DistributedContext,
     DistributedGAN,
@@ -46,8 +48,6 @@ from anomaly.distributed import (
     broadcast_state,
     shard,
 )
-from anomaly.model import AutoencoderGAN
-from anomaly.scoring import RawSignals, combine, raw_signals, signal_values
 
 
 @dataclass
@@ -233,7 +233,7 @@ def train_detector(
 ) -> Detector:
     """Train, calibrate and write the model to `out`. Returns the calibrated detector.
 
-    Under torchrun (`context` from `anomaly.distributed.context_from_env`) every rank calls this with
+    Under torchrun (`context` from `anomaly.training.distributed.context_from_env`) every rank calls this with
     the same data; each trains on its shard of every batch, and only rank 0 writes files.
     """
     tc = config.train

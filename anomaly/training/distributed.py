@@ -6,7 +6,7 @@ LOCAL_RANK (and MASTER_ADDR/MASTER_PORT for the rendezvous). The CLI reads them 
 environment. With one process the context has world_size 1 and every helper here does nothing, so
 training has a single code path.
 
-How the work is split (see `anomaly.train.train_detector`): every rank holds the same prepared
+How the work is split (see `anomaly.training.train.train_detector`): every rank holds the same prepared
 frames and draws the same global batch from (seed, step); each trains on its own contiguous shard
 of that batch and DDP averages the gradients, so the ranks' shards together are exactly the batch a
 single process would use. Calibration frames are sharded the same way and their raw signals

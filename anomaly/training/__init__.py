@@ -1,0 +1,1 @@
+"""Training the detector: the training loop and calibration (`train`), and multi-process training (`distributed`)."""
