@@ -22,10 +22,10 @@ from pydantic import BaseModel, ConfigDict, Field
 class EventConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    window: int = Field(1, ge=1, description="frames in the moving average")
-    hysteresis: float = Field(0.0, ge=0.0, description="score drop below the threshold needed to end an event")
-    min_duration_s: float = Field(0.0, ge=0.0)
-    merge_gap_s: float = Field(0.0, ge=0.0)
+    window: int = Field(1, ge=1, description="frames in the moving average of scores used for events")
+    hysteresis: float = Field(0.0, ge=0.0, description="score drop below the threshold that ends an event")
+    min_duration_s: float = Field(0.0, ge=0.0, description="drop events shorter than this (seconds)")
+    merge_gap_s: float = Field(0.0, ge=0.0, description="join events separated by less than this (seconds)")
 
 
 @dataclass

@@ -14,14 +14,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from anomaly.detector import Detector
 from anomaly.events import Event, EventConfig, EventTracker
+from anomaly.progress import progress_bar
 from anomaly.scoring import FrameScores, score_prepared
 from footage.heatmap import AnnotatedVideoWriter, draw_annotation
-from footage.ingest import Frame, IngestError, SamplingConfig, iter_frames, probe_source
+from footage.ingest import Frame, IngestError, iter_frames, probe_source
 from footage.prefetch import batched, prefetch
+from footage.sampling import SamplingConfig
 
 CSV_COLUMNS = (
     "source",
@@ -122,7 +123,7 @@ def score_sources(
     writers: dict[str, AnnotatedVideoWriter] = {}
     out_csv = Path(out_csv)
     out_csv.parent.mkdir(parents=True, exist_ok=True)
-    bar = tqdm(total=expected_frames(sources, sampling), desc="score", unit="frame", disable=not progress)
+    bar = progress_bar(total=expected_frames(sources, sampling), desc="score", unit="frame", enabled=progress)
     try:
         with out_csv.open("w", newline="") as fh:
             writer = csv.writer(fh)

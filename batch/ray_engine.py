@@ -31,7 +31,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
@@ -39,17 +39,18 @@ from typing import Any, Literal
 import cv2
 import numpy as np
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 
 from anomaly.checkpoint import load_detector
-from anomaly.config import PreprocessConfig
+from anomaly.config import Device, PreprocessConfig
 from anomaly.preprocess import Preprocessor
+from anomaly.progress import progress_bar
 from anomaly.scoring import score_prepared
 from batch.local import CSV_COLUMNS, ScoredBatch, csv_rows
 from footage.ingest import (
     Frame,
     FrameSelector,
     IngestError,
-    SamplingConfig,
     check_complete,
     expand_sources,
     iter_source_frames,
@@ -58,46 +59,35 @@ from footage.ingest import (
     probe_source,
     video_fps,
 )
+from footage.sampling import SamplingConfig
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = 1
 SCORES_SUFFIX = ".scores.csv"
 OPEN_END = -1  # a chunk's `stop` when it runs to the end of the stream
 DECODER_MEMORY_BYTES = 768 * 2**20  # a decode worker: Python with OpenCV and torch loaded, and its decoder
-Device = Literal["auto", "cpu", "cuda"]
 # Errors of one source (unreadable file, a frame the preprocessing rejects): recorded, the run goes on.
 SOURCE_ERRORS = (IngestError, ValueError, OSError, cv2.error)
 
 
-@dataclass(frozen=True)
-class RayScoreConfig:
+class RayScoreConfig(BaseModel):
     """Everything one `--engine ray` run needs; built once by the CLI."""
 
-    sources: tuple[str, ...]
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    sources: tuple[str, ...] = Field(min_length=1)
     out_dir: Path
     model_path: Path
-    sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    threshold: float | None = None  # overrides the model's calibrated threshold
-    batch_size: int = 16  # frames per model pass inside a chunk
-    chunk_frames: int = 256  # decoded frames per chunk; 0 scores each source as one chunk
-    workers: int | None = None  # scoring actors; None: one per GPU, or half the CPUs
-    cpus_per_worker: float = 1.0  # also the actors' torch threads
-    decode_cpus: float = 1.0  # CPUs each decode task reserves
+    sampling: SamplingConfig = SamplingConfig()
+    threshold: float | None = Field(None, allow_inf_nan=False, description="overrides the calibrated threshold")
+    batch_size: int = Field(16, ge=1, description="frames per model pass inside a chunk")
+    chunk_frames: int = Field(256, ge=0, description="decoded frames per chunk; 0 scores each source as one chunk")
+    workers: int | None = Field(None, ge=1, description="scoring actors; None: one per GPU, or half the CPUs")
+    cpus_per_worker: float = Field(1.0, gt=0, description="CPUs of a scoring actor, also its torch threads")
+    decode_cpus: float = Field(1.0, gt=0, description="CPUs each decode task reserves")
     device: Device = "auto"  # auto: GPU actors when the cluster has GPUs
     address: str | None = None  # None starts a local Ray instance
     progress: bool = True
-
-    def __post_init__(self) -> None:
-        if not self.sources:
-            raise ValueError("no sources to score")
-        if self.batch_size < 1 or self.chunk_frames < 0:
-            raise ValueError("batch_size must be >= 1 and chunk_frames >= 0")
-        if self.workers is not None and self.workers < 1:
-            raise ValueError(f"workers must be >= 1, got {self.workers}")
-        if self.cpus_per_worker <= 0 or self.decode_cpus <= 0:
-            raise ValueError("cpus_per_worker and decode_cpus must be > 0")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise ValueError(f"unknown device {self.device!r}: use auto, cpu or cuda")
 
 
 @dataclass(frozen=True)
@@ -249,7 +239,7 @@ def run_key(model_sha256: str, config: RayScoreConfig) -> str:
     payload = {
         "model": model_sha256,
         "threshold": config.threshold,
-        "sampling": asdict(config.sampling),
+        "sampling": config.sampling.model_dump(),
         "columns": list(CSV_COLUMNS),
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
@@ -611,7 +601,7 @@ def score_on_ray(
         "model_sha256": model_sha256,
         "run_key": key,
         "threshold": threshold,
-        "sampling": asdict(config.sampling),
+        "sampling": config.sampling.model_dump(),
         "columns": list(CSV_COLUMNS),
     }
     writer = RunWriter(config, outcomes, header)
@@ -650,7 +640,6 @@ def run_chunks(
     """Plan on the cluster, stream chunks through decode tasks and scoring actors, write sources as they finish."""
     import ray
     import ray.data
-    from tqdm.auto import tqdm
 
     resources = plan_resources(config, ray.cluster_resources())
     source_ids = {src: i for i, src in enumerate(sources)}
@@ -697,7 +686,7 @@ def run_chunks(
         )
     )
     pending: dict[int, dict[int, ChunkResult]] = {}
-    bar = tqdm(total=len(todo), desc="sources", unit="source", disable=not config.progress)
+    bar = progress_bar(total=len(todo), desc="sources", unit="source", enabled=config.progress)
     try:
         for row in scored.iter_rows():
             part = ChunkResult(**{k: v.item() if isinstance(v, np.generic) else v for k, v in row.items()})

@@ -28,7 +28,8 @@ from anomaly.device import resolve_device, set_torch_threads
 from anomaly.preprocess import Preprocessor
 from anomaly.training.train import TrainingData, train_detector
 from batch.local import score_sources
-from footage.ingest import SamplingConfig, iter_source_frames
+from footage.ingest import iter_source_frames
+from footage.sampling import SamplingConfig
 from footage.training_frames import load_prepared_frames
 
 REAL_CLIP = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "solidWhiteRight.mp4"

@@ -24,7 +24,8 @@ from anomaly.preprocess import Preprocessor
 from anomaly.scoring import score_prepared
 from anomaly.training.train import TrainingData, train_detector
 from evaluation.baselines import PCABaseline
-from footage.ingest import SamplingConfig, iter_source_frames
+from footage.ingest import iter_source_frames
+from footage.sampling import SamplingConfig
 from synthetic.anomalies import KINDS, AnomalyEvent, apply_event
 
 REAL_CLIP = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "solidWhiteRight.mp4"

@@ -22,15 +22,16 @@ import json
 import math
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from anomaly.checkpoint import save_detector
-from anomaly.config import DetectorConfig
+from anomaly.config import DetectorConfig, Device
 from anomaly.detector import Detector
 from anomaly.events import Event, EventConfig, EventTracker
 from anomaly.metrics import (
@@ -61,8 +62,9 @@ from evaluation.plots import (
     timeline_figure,
 )
 from evaluation.report import Picture, write_report
-from footage.ingest import IngestError, SamplingConfig, expand_sources, iter_source_frames, probe_source
+from footage.ingest import IngestError, expand_sources, iter_source_frames, probe_source
 from footage.labels import LabelError, Labels, SourceExtent, labels_path_for
+from footage.sampling import SamplingConfig
 from footage.training_frames import load_prepared_frames
 
 SIGNAL_COLUMNS = {"spatial": "spatial_score", "latent": "latent_score", "recon": "recon_error", "disc": "disc_score"}
@@ -72,9 +74,10 @@ UNDEFINED_POINT = dict.fromkeys(
 )
 
 
-@dataclass(frozen=True)
-class EvaluationConfig:
+class EvaluationConfig(BaseModel):
     """Everything `anomaly evaluate` was asked to do; checked on construction so mistakes fail before any work."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     out_dir: Path
     sources: tuple[str, ...] = ()  # clips to score with the model; or
@@ -83,17 +86,18 @@ class EvaluationConfig:
     labels: tuple[Path, ...] = ()  # empty: <clip>.labels.csv beside each clip
     threshold: str | None = None  # a number, best-f1, far:RATE or calibrated (see ThresholdChoice)
     write_model: Path | None = None  # copy of the model with the operating threshold
-    target_far: float = 0.01
-    events: EventConfig = field(default_factory=EventConfig)
+    report_far: float = Field(0.01, ge=0.0, lt=1.0, description="false-positive rate whose threshold is reported")
+    events: EventConfig = EventConfig()
     baseline_train: tuple[str, ...] = ()  # normal clips for the baselines; empty: no baselines
-    baseline_steps: int | None = None  # AE-only training steps (default: the model's)
-    top_k: int = 12
-    sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    batch_size: int = 16
-    device: str = "auto"
+    baseline_steps: int | None = Field(None, ge=1, description="AE-only training steps (default: the model's)")
+    top_k: int = Field(12, ge=0)
+    sampling: SamplingConfig = SamplingConfig()
+    batch_size: int = Field(16, ge=1)
+    device: Device = "auto"
     progress: bool = True
 
-    def __post_init__(self) -> None:
+    @model_validator(mode="after")
+    def _check(self) -> EvaluationConfig:
         if bool(self.sources) == (self.scores_csv is not None):
             raise ValueError("give either clips to score (with --model) or --scores CSV, not both or neither")
         if self.sources and self.model_path is None:
@@ -105,12 +109,7 @@ class EvaluationConfig:
                 raise ValueError("--write-model must be a new file: the model given with --model is left unchanged")
         if self.threshold is not None:
             ThresholdChoice.parse(self.threshold)
-        if not 0.0 <= self.target_far < 1.0:
-            raise ValueError(f"--target-far must be in [0, 1), got {self.target_far}")
-        if self.top_k < 0 or self.batch_size < 1:
-            raise ValueError("top_k must be >= 0 and batch_size >= 1")
-        if self.baseline_steps is not None and self.baseline_steps < 1:
-            raise ValueError("--baseline-steps must be >= 1")
+        return self
 
 
 @dataclass
@@ -511,16 +510,16 @@ def write_top_frames(
 
 
 def threshold_table(
-    scored: Scored, result: ThresholdSweep, calibrated: tuple[float, str], choice: ThresholdChoice, target_far: float
+    scored: Scored, result: ThresholdSweep, calibrated: tuple[float, str], choice: ThresholdChoice, report_far: float
 ) -> dict[str, Any]:
     """Figures at the calibrated, best-F1, target-FPR and operating thresholds."""
     labels, scores = scored.labels, scored.cols["score"]
     operating = choice.resolve(result, calibrated[0])
-    far = threshold_for_fpr(result, target_far).to_dict() if result.negatives else UNDEFINED_POINT
+    far = threshold_for_fpr(result, report_far).to_dict() if result.negatives else UNDEFINED_POINT
     return {
         "calibrated": {**operating_point(labels, scores, calibrated[0]).to_dict(), "source": calibrated[1]},
         "best_f1": best_f1(result).to_dict() if result.positives else UNDEFINED_POINT,
-        "target_far": {"target": target_far, **far},
+        "report_far": {"target": report_far, **far},
         "operating": {**operating_point(labels, scores, operating).to_dict(), "choice": choice.describe()},
     }
 
@@ -632,7 +631,7 @@ def evaluate(
     else:
         calibrated = (threshold_from_flags(scores, cols["is_anomaly"]), "recovered from the scores CSV's flags")
     choice = ThresholdChoice.parse(config.threshold) if config.threshold else ThresholdChoice("calibrated")
-    thresholds = threshold_table(scored, result, calibrated, choice, config.target_far)
+    thresholds = threshold_table(scored, result, calibrated, choice, config.report_far)
     operating = thresholds["operating"]["threshold"]
     files["sweep_csv"] = write_sweep_csv(out / "sweep.csv", result.rows())
 
@@ -746,7 +745,7 @@ def format_summary(metrics: dict[str, Any]) -> str:
     for name, key in (
         ("calibrated", "calibrated"),
         ("best F1", "best_f1"),
-        ("target FPR", "target_far"),
+        ("target FPR", "report_far"),
         ("operating", "operating"),
     ):
         p = th[key]

@@ -102,7 +102,7 @@ def thresholds_section(m: Mapping[str, Any]) -> str:
     named = [
         (f"calibrated ({th['calibrated']['source']})", th["calibrated"]),
         ("best F1", th["best_f1"]),
-        (f"false-positive rate &le; {fmt(th['target_far']['target'], 'pct')}", th["target_far"]),
+        (f"false-positive rate &le; {fmt(th['report_far']['target'], 'pct')}", th["report_far"]),
         (f"operating: {html.escape(th['operating']['choice'])}", th["operating"]),
     ]
     rows = [

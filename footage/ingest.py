@@ -20,6 +20,8 @@ from typing import Literal
 import cv2
 import numpy as np
 
+from footage.sampling import SamplingConfig
+
 VIDEO_EXTENSIONS = (
     ".mp4",
     ".avi",
@@ -57,36 +59,6 @@ class Frame:
 
 
 @dataclass(frozen=True)
-class SamplingConfig:
-    """Which frames of each source to keep. Validated on construction, so bad CLI flags fail early."""
-
-    stride: int = 1  # keep every stride-th frame of the window
-    target_fps: float | None = None  # or: keep frames to approximate this rate (any source fps)
-    start_s: float = 0.0
-    end_s: float | None = None  # exclusive; reading stops here
-    folder_fps: float = 10.0  # frame rate assumed for image folders (their timestamps)
-    max_frames: int | None = None  # per source
-
-    def __post_init__(self) -> None:
-        _require_int(self.stride, "stride", minimum=1)
-        if self.max_frames is not None:
-            _require_int(self.max_frames, "max_frames", minimum=1)
-        if self.target_fps is not None:
-            _require_positive(self.target_fps, "target_fps")
-            if self.stride > 1:
-                raise ValueError("SamplingConfig: use either stride or target_fps, not both")
-        _require_positive(self.folder_fps, "folder_fps")
-        if not (_is_number(self.start_s) and math.isfinite(self.start_s) and self.start_s >= 0):
-            raise ValueError(f"SamplingConfig: start_s must be a number >= 0, got {self.start_s!r}")
-        if self.end_s is not None and not (
-            _is_number(self.end_s) and math.isfinite(self.end_s) and self.end_s > self.start_s
-        ):
-            raise ValueError(
-                f"SamplingConfig: end_s must be a finite number > start_s ({self.start_s}), got {self.end_s!r}"
-            )
-
-
-@dataclass(frozen=True)
 class SourceInfo:
     """What a source says about itself, without decoding it (frame_count as the container reports)."""
 
@@ -96,20 +68,6 @@ class SourceInfo:
     frame_count: int
     width: int
     height: int
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
-
-
-def _require_int(value: object, name: str, minimum: int) -> None:
-    if not (isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= minimum):
-        raise ValueError(f"SamplingConfig: {name} must be an integer >= {minimum}, got {value!r}")
-
-
-def _require_positive(value: object, name: str) -> None:
-    if not (_is_number(value) and math.isfinite(value) and value > 0):  # type: ignore[arg-type]
-        raise ValueError(f"SamplingConfig: {name} must be a number > 0, got {value!r}")
 
 
 # ---------------------------------------------------------------------------------------------

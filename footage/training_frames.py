@@ -8,8 +8,9 @@ from itertools import groupby
 import numpy as np
 
 from anomaly.preprocess import Preprocessor
-from footage.ingest import IngestError, SamplingConfig, iter_frames
+from footage.ingest import IngestError, iter_frames
 from footage.prefetch import prefetch
+from footage.sampling import SamplingConfig
 
 
 def load_prepared_frames(

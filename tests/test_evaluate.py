@@ -96,7 +96,7 @@ def test_track_source_matches_the_streaming_tracker():
         ({"scores_csv": "s.csv", "write_model": "w.pt", "threshold": "1"}, "needs --model and --threshold"),
         ({"scores_csv": "s.csv", "model_path": "m.pt", "write_model": "m.pt", "threshold": "1"}, "new file"),
         ({"scores_csv": "s.csv", "threshold": "most"}, "best-f1"),
-        ({"scores_csv": "s.csv", "target_far": 1.0}, "target-far"),
+        ({"scores_csv": "s.csv", "report_far": 1.0}, "report_far"),
     ],
 )
 def test_evaluation_config_rejects_contradictions(tmp_path, kwargs, message):

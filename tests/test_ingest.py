@@ -8,18 +8,19 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
 from footage.ingest import (
     Frame,
     FrameSelector,
     IngestError,
-    SamplingConfig,
     expand_sources,
     iter_frames,
     iter_source_frames,
     probe_source,
 )
 from footage.prefetch import prefetch
+from footage.sampling import SamplingConfig
 
 W, H, FPS, N = 160, 90, 10.0, 30
 BAR = W // 8
@@ -438,5 +439,5 @@ def test_sampling_config_validation(kwargs: dict, message: str) -> None:
 
 def test_sampling_config_is_immutable() -> None:
     config = SamplingConfig(stride=2)
-    with pytest.raises(AttributeError):
+    with pytest.raises(ValidationError, match="frozen"):
         config.stride = 3  # type: ignore[misc]

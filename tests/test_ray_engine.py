@@ -32,7 +32,8 @@ from batch.ray_engine import (
     score_on_ray,
 )
 from cli.main import app
-from footage.ingest import SamplingConfig, iter_frames, iter_source_frames
+from footage.ingest import iter_frames, iter_source_frames
+from footage.sampling import SamplingConfig
 
 TESTS_DIR = Path(__file__).resolve().parent
 CHUNK = 16  # small chunks, so a 70-frame clip is decoded in five pieces

@@ -45,7 +45,7 @@ def metrics():
         "thresholds": {
             "calibrated": point(3.0, 10, 2, 10, 78, source="model"),
             "best_f1": point(2.0, 16, 6, 4, 74),
-            "target_far": point(2.5, 14, 1, 6, 79, target=0.0125),
+            "report_far": point(2.5, 14, 1, 6, 79, target=0.0125),
             "operating": point(3.0, 10, 2, 10, 78, choice="calibrated"),
         },
         "events": {

@@ -7,7 +7,7 @@ from factories import road_frames, tiny_detector, with_square, write_video
 
 from anomaly.scoring import score_frames
 from batch.local import CSV_COLUMNS, read_scores_csv, score_sources
-from footage.ingest import SamplingConfig
+from footage.sampling import SamplingConfig
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,8 @@ import pytest
 from factories import TINY, road_frames, write_video
 
 from anomaly.preprocess import Preprocessor
-from footage.ingest import IngestError, SamplingConfig
+from footage.ingest import IngestError
+from footage.sampling import SamplingConfig
 from footage.training_frames import load_prepared_frames
 
 

@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from anomaly.calibration import (
     Calibration,
@@ -38,6 +37,7 @@ from anomaly.config import DetectorConfig, LossConfig
 from anomaly.detector import Detector
 from anomaly.device import resolve_device
 from anomaly.model import AutoencoderGAN
+from anomaly.progress import progress_bar
 from anomaly.scoring import RawSignals, combine, raw_signals, signal_values
 from anomaly.training.distributed import (
     SINGLE_PROCESS,
@@ -256,7 +256,9 @@ def train_detector(
 
     nets = DistributedGAN(model, device) if context.enabled else model
     model.train()
-    bar = tqdm(range(start, tc.steps), initial=start, total=tc.steps, desc="train", disable=not progress, unit="step")
+    bar = progress_bar(
+        iterable=range(start, tc.steps), initial=start, total=tc.steps, desc="train", unit="step", enabled=progress
+    )
     losses: dict[str, float] = {}
     for step in bar:
         g = step_generator(tc.seed, step)

@@ -1,0 +1,162 @@
+"""`anomaly score`: recorded footage in, one CSV row per frame out (locally, or on a Ray cluster)."""
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+import typer
+
+from anomaly.events import EventConfig
+from cli.options import (
+    BatchSizeOpt,
+    DeviceOpt,
+    ModelOpt,
+    ProgressOpt,
+    UserError,
+    event_options,
+    friendly_errors,
+    report_source_error,
+    sampling_options,
+    with_options,
+)
+from footage.sampling import SamplingConfig
+
+
+@friendly_errors
+@with_options(sampling=sampling_options, events=event_options)
+def score(
+    model: ModelOpt,
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out",
+            "-o",
+            help="scores CSV to write; with --engine ray a folder that receives one <source-stem>.scores.csv per "
+            "source and manifest.json",
+        ),
+    ],
+    sampling: SamplingConfig,
+    events: EventConfig,
+    sources: Annotated[
+        list[str] | None, typer.Argument(help="video files, image folders, or folders of videos (or --manifest)")
+    ] = None,
+    manifest: Annotated[
+        Path | None,
+        typer.Option(help="file listing sources, one per line (# comments), or an earlier ray run's manifest.json"),
+    ] = None,
+    engine: Annotated[
+        Literal["local", "ray"],
+        typer.Option(help="local: this process; ray: Ray Data on a Ray cluster (needs pip install 'anomaly[ray]')"),
+    ] = "local",
+    address: Annotated[
+        str | None,
+        typer.Option(help="with --engine ray: Ray cluster to join (e.g. ray://head:10001); default: start a local one"),
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option(min=1, help="with --engine ray: scoring actors (default: one per GPU, else CPUs/2)")
+    ] = None,
+    chunk_frames: Annotated[
+        int, typer.Option(min=0, help="with --engine ray: decoded frames per work chunk (0: one chunk per source)")
+    ] = 256,
+    events_out: Annotated[
+        Path | None, typer.Option("--events", help="also write anomalous stretches as JSON here")
+    ] = None,
+    annotate: Annotated[
+        Path | None, typer.Option(help="also write <source>.annotated.mp4 with score and heat map into this folder")
+    ] = None,
+    threshold: Annotated[float | None, typer.Option(help="override the model's calibrated threshold")] = None,
+    batch_size: BatchSizeOpt = 16,
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="torch CPU threads (default: all cores but one, left for decoding; with --engine ray: CPUs and "
+            "threads per scoring worker, default 1)",
+        ),
+    ] = None,
+    device: DeviceOpt = "auto",
+    progress: ProgressOpt = True,
+) -> None:
+    """Score frames of recorded videos or image folders; one CSV row per scored frame.
+
+    With --engine ray, sources are cut into chunks that a Ray cluster decodes and scores; --out is a folder.
+    """
+    listed = list(sources or [])
+    if manifest is not None:
+        from batch.ray_engine import read_source_list
+
+        listed += read_source_list(manifest)
+    if not listed:
+        raise UserError("no sources: give video files or folders, or --manifest FILE")
+    if engine == "ray":
+        from batch.ray_engine import RayScoreConfig
+
+        if events_out is not None or annotate is not None:
+            raise UserError("--events and --annotate work with --engine local only; --engine ray writes scores")
+        score_with_ray(
+            RayScoreConfig(
+                sources=tuple(listed),
+                out_dir=out,
+                model_path=model,
+                sampling=sampling,
+                threshold=threshold,
+                batch_size=batch_size,
+                chunk_frames=chunk_frames,
+                workers=workers,
+                cpus_per_worker=float(threads or 1),
+                device=device,  # type: ignore[arg-type]
+                address=address,
+                progress=progress,
+            )
+        )
+        return
+    if address is not None or workers is not None:
+        raise UserError("--address and --workers apply to --engine ray only")
+
+    from anomaly.checkpoint import load_detector
+    from anomaly.device import resolve_device, set_torch_threads
+    from batch.local import score_sources
+    from footage.ingest import expand_sources
+
+    set_torch_threads(threads)
+    detector = load_detector(model, resolve_device(device))
+    if threshold is not None:
+        detector = detector.with_threshold(threshold)
+    summary = score_sources(
+        detector,
+        expand_sources(listed),
+        out,
+        sampling=sampling,
+        batch_size=batch_size,
+        events_path=events_out,
+        event_config=events,
+        annotate_dir=annotate,
+        progress=progress,
+        on_error=report_source_error,
+    )
+    typer.echo(
+        f"scored {summary.frames} frames from {len(summary.sources) - len(summary.errors)} source(s): "
+        f"{summary.anomalies} above threshold {detector.threshold:.3f}, {len(summary.events)} event(s) -> {out}"
+    )
+    if summary.errors:
+        typer.echo(f"{len(summary.errors)} source(s) failed: {', '.join(summary.errors)}", err=True)
+        raise typer.Exit(1)
+
+
+def score_with_ray(config: "RayScoreConfig") -> None:  # noqa: F821 - imported where it is used
+    """`anomaly score --engine ray`: run `batch.ray_engine` with the config, report like the local engine."""
+    from batch.ray_engine import check_out_dir, score_on_ray
+
+    check_out_dir(config.out_dir)
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        raise UserError("--engine ray needs Ray: pip install 'anomaly[ray]'") from None
+    summary = score_on_ray(config, log=typer.echo)
+    typer.echo(
+        f"scored {summary.frames} frames from {len(summary.outcomes) - len(summary.errors)} source(s) "
+        f"({len(summary.reused)} already done): {summary.anomalies} above threshold {summary.threshold:.3f} "
+        f"-> {config.out_dir}/ (manifest: {summary.manifest})"
+    )
+    if summary.errors:
+        typer.echo(f"{len(summary.errors)} source(s) failed: {', '.join(summary.errors)}", err=True)
+        raise typer.Exit(1)

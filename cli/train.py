@@ -1,0 +1,95 @@
+"""`anomaly train`: normal driving in, one calibrated model file out."""
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from anomaly.config import CalibrationConfig, DetectorConfig, ModelConfig, PreprocessConfig, TrainConfig
+from cli.options import (
+    DeviceOpt,
+    ProgressOpt,
+    Sources,
+    friendly_errors,
+    parse_roi,
+    quiet,
+    report_source_error,
+    sampling_options,
+    with_options,
+)
+from footage.sampling import SamplingConfig
+
+_TRAIN = TrainConfig.model_fields
+_CAL = CalibrationConfig.model_fields
+
+
+@friendly_errors
+@with_options(sampling=sampling_options)
+def train(
+    sources: Sources,
+    out: Annotated[Path, typer.Option("--out", "-o", help="model file to write")],
+    sampling: SamplingConfig,
+    steps: Annotated[int, typer.Option(min=1, help="training steps")] = _TRAIN["steps"].default,
+    batch_size: Annotated[int, typer.Option(min=2, help="frames per training step")] = _TRAIN["batch_size"].default,
+    seed: int = _TRAIN["seed"].default,
+    width: Annotated[int, typer.Option(help="model input width")] = PreprocessConfig.model_fields["width"].default,
+    height: Annotated[int, typer.Option(help="model input height")] = PreprocessConfig.model_fields["height"].default,
+    roi: Annotated[str | None, typer.Option(help="region of interest x0,y0,x1,y1 as fractions")] = None,
+    latent_channels: int = ModelConfig.model_fields["latent_channels"].default,
+    adversarial_weight: float = TrainConfig().loss.adversarial,
+    holdout: Annotated[float, typer.Option(help=_TRAIN["holdout_fraction"].description)] = _TRAIN[
+        "holdout_fraction"
+    ].default,
+    target_far: Annotated[float, typer.Option(help="false-alarm rate on normal frames the threshold aims at")] = _CAL[
+        "target_false_alarm_rate"
+    ].default,
+    max_train_frames: int = _TRAIN["max_train_frames"].default,
+    resume: Annotated[bool, typer.Option(help="continue from the training state saved beside --out")] = False,
+    device: DeviceOpt = "auto",
+    progress: ProgressOpt = True,
+) -> None:
+    """Train the autoencoder/discriminator pair on normal driving and calibrate its threshold.
+
+    Runs unchanged under `torchrun --nproc-per-node N`: DistributedDataParallel, one checkpoint from rank 0.
+    """
+    from anomaly.device import resolve_device
+    from anomaly.preprocess import Preprocessor
+    from anomaly.training.distributed import context_from_env, process_group
+    from anomaly.training.train import TrainingData, train_detector
+    from footage.ingest import expand_sources
+    from footage.training_frames import load_prepared_frames
+
+    default = DetectorConfig()
+    config = DetectorConfig(
+        preprocess=PreprocessConfig(width=width, height=height, roi=parse_roi(roi)),
+        model=ModelConfig(widths=default.model.widths, latent_channels=latent_channels),
+        train=TrainConfig(
+            steps=steps,
+            batch_size=batch_size,
+            seed=seed,
+            holdout_fraction=holdout,
+            max_train_frames=max_train_frames,
+            device=device,  # type: ignore[arg-type]
+            loss=default.train.loss.model_copy(update={"adversarial": adversarial_weight}),
+        ),
+        calibration=CalibrationConfig(target_false_alarm_rate=target_far),
+    )
+    torch_device = resolve_device(device)  # fail before reading any video
+    context = context_from_env(os.environ)  # torchrun's RANK/WORLD_SIZE/LOCAL_RANK; rank 0 of 1 otherwise
+    echo = typer.echo if context.is_main else quiet
+    per_source = load_prepared_frames(
+        expand_sources(sources),
+        sampling,
+        Preprocessor(config.preprocess),
+        max_train_frames,
+        report_source_error if context.is_main else quiet,
+    )
+    data = TrainingData.split(per_source, holdout)
+    if context.enabled:
+        echo(f"training on {context.world_size} processes (DistributedDataParallel)")
+    with process_group(context, context.device(torch_device)):
+        train_detector(
+            config, data, out, resume=resume, progress=progress and context.is_main, log=echo, context=context
+        )
+    echo(f"wrote {out}")
