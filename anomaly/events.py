@@ -13,7 +13,7 @@ incremental so the same code serves a recorded video (batch) and a live stream (
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -112,14 +112,33 @@ class EventTracker:
         return self._release_pending()
 
 
+def track_source(
+    source: str,
+    rows: Iterable[tuple[int, float, float]],
+    threshold: float,
+    config: EventConfig | None = None,
+) -> tuple[list[float], list[Event]]:
+    """A whole recorded source through the streaming tracker: each frame's smoothed score, and the events.
+
+    `rows` are (frame_index, timestamp_s, score) in time order. The service and `anomaly score` feed
+    the same `EventTracker` frame by frame, so all three report the same events for the same scores.
+    """
+    tracker = EventTracker(source, threshold, config)
+    smoothed: list[float] = []
+    events: list[Event] = []
+    for frame_index, timestamp_s, score in rows:
+        update = tracker.update(int(frame_index), float(timestamp_s), float(score))
+        smoothed.append(update.smoothed)
+        events.extend(update.finished)
+    events.extend(tracker.close())
+    return smoothed, events
+
+
 def find_events(
     source: str,
     rows: Iterable[tuple[int, float, float]],
     threshold: float,
     config: EventConfig | None = None,
-) -> Iterator[Event]:
+) -> list[Event]:
     """Events of one source from (frame_index, timestamp_s, score) rows in time order."""
-    tracker = EventTracker(source, threshold, config)
-    for frame_index, timestamp_s, score in rows:
-        yield from tracker.update(frame_index, timestamp_s, score).finished
-    yield from tracker.close()
+    return track_source(source, rows, threshold, config)[1]

@@ -20,14 +20,8 @@ def auroc(labels: np.ndarray, scores: np.ndarray) -> float | None:
 
 
 def per_kind_auroc(labels: np.ndarray, kinds: Sequence[str], scores: np.ndarray) -> dict[str, float | None]:
-    """AUROC of each anomaly kind against all normal frames (other kinds left out)."""
-    labels = np.asarray(labels).astype(bool)
-    kinds_arr = np.asarray(kinds, dtype=object)
-    result: dict[str, float | None] = {}
-    for kind in sorted({k for k, lab in zip(kinds_arr, labels, strict=True) if lab and k}):
-        keep = ~labels | (kinds_arr == kind)
-        result[kind] = auroc(labels[keep], np.asarray(scores)[keep])
-    return result
+    """AUROC of each anomaly kind against all normal frames (other kinds left out), by `kind_metrics`'s rule."""
+    return {kind: entry["auroc"] for kind, entry in kind_metrics(labels, kinds, scores).items()}  # type: ignore[misc]
 
 
 def frame_summary(labels: np.ndarray, kinds: Sequence[str], scores: np.ndarray, threshold: float) -> dict[str, object]:
@@ -83,7 +77,7 @@ def kind_parts(kind: str | None) -> tuple[str, ...]:
 def kind_metrics(labels: np.ndarray, kinds: Sequence[str], scores: np.ndarray) -> dict[str, dict[str, object]]:
     """Per anomaly kind: its frames against all normal frames (other kinds left out).
 
-    Unlike `per_kind_auroc`, a frame labeled `a+b` counts for kind `a` and for kind `b`.
+    A frame labeled `a+b` counts for kind `a` and for kind `b`. The one rule for every per-kind figure.
     """
     labels = np.asarray(labels).astype(bool)
     scores = np.asarray(scores, dtype=np.float64)

@@ -30,6 +30,7 @@ from torchvision.transforms.v2 import functional as TF
 from anomaly.calibration import NormalStats
 from anomaly.config import CalibrationConfig
 from anomaly.detector import Detector
+from anomaly.frame_scores import FrameScores
 from anomaly.model import AutoencoderGAN
 
 
@@ -39,23 +40,6 @@ class RawSignals:
     error_cells: torch.Tensor  # N x h x w, mean squared error per cell
     features: torch.Tensor  # N x d
     disc: torch.Tensor  # N
-
-
-@dataclass
-class FrameScores:
-    """Scores of a batch of frames, as numpy arrays (one entry per frame)."""
-
-    score: np.ndarray
-    recon_error: np.ndarray
-    disc_score: np.ndarray
-    spatial_score: np.ndarray
-    latent_score: np.ndarray
-    is_anomaly: np.ndarray
-    heatmap: np.ndarray  # N x H x W (model input size): the worst cell covering each pixel, as in `spatial`
-    threshold: float
-
-    def __len__(self) -> int:
-        return len(self.score)
 
 
 def cell_sizes(height: int, width: int, cell: int) -> tuple[int, int]:

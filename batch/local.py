@@ -7,40 +7,20 @@ scored so far is on disk.
 
 from __future__ import annotations
 
-import csv
-import json
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import numpy as np
 
 from anomaly.detector import Detector
 from anomaly.events import Event, EventConfig, EventTracker
 from anomaly.progress import progress_bar
-from anomaly.scoring import FrameScores, score_prepared
+from anomaly.scoring import score_prepared
+from footage.events_json import write_events_json
 from footage.heatmap import AnnotatedVideoWriter, draw_annotation
-from footage.ingest import Frame, IngestError, iter_frames, probe_source
+from footage.ingest import IngestError, iter_frames, probe_source
 from footage.prefetch import batched, prefetch
 from footage.sampling import SamplingConfig
-
-CSV_COLUMNS = (
-    "source",
-    "frame_index",
-    "timestamp_s",
-    "score",
-    "recon_error",
-    "disc_score",
-    "spatial_score",
-    "latent_score",
-    "is_anomaly",
-)
-
-
-@dataclass
-class ScoredBatch:
-    frames: list[Frame]
-    scores: FrameScores
+from footage.scores_csv import ScoredBatch, ScoresWriter
 
 
 @dataclass
@@ -50,22 +30,6 @@ class ScoreRunSummary:
     events: list[Event] = field(default_factory=list)
     errors: dict[str, str] = field(default_factory=dict)
     sources: list[str] = field(default_factory=list)
-
-
-def csv_rows(batch: ScoredBatch) -> Iterator[tuple]:
-    s = batch.scores
-    for i, f in enumerate(batch.frames):
-        yield (
-            f.source,
-            f.index,
-            f"{f.timestamp_s:.4f}",
-            f"{s.score[i]:.6g}",
-            f"{s.recon_error[i]:.6g}",
-            f"{s.disc_score[i]:.6g}",
-            f"{s.spatial_score[i]:.6g}",
-            f"{s.latent_score[i]:.6g}",
-            int(s.is_anomaly[i]),
-        )
 
 
 def expected_frames(sources: Sequence[str], sampling: SamplingConfig) -> int | None:
@@ -126,13 +90,11 @@ def score_sources(
     bar = progress_bar(total=expected_frames(sources, sampling), desc="score", unit="frame", enabled=progress)
     try:
         with out_csv.open("w", newline="") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(CSV_COLUMNS)
+            writer = ScoresWriter(fh)
             for batch in batched(frames, batch_size):
                 images = [f.image for f in batch] if transform else [pre.prepare(f.image) for f in batch]
                 scored = ScoredBatch(batch, score_prepared(detector, images))
-                writer.writerows(csv_rows(scored))
-                fh.flush()
+                writer.write(scored)
                 track_events(scored, trackers, detector.threshold, event_config, summary)
                 if annotate_dir:
                     write_annotated(scored, writers, annotate_dir, detector, sampling)
@@ -146,7 +108,7 @@ def score_sources(
     for tracker in trackers.values():
         summary.events.extend(tracker.close())
     if events_path:
-        write_events(events_path, summary.events, detector.threshold)
+        write_events_json(events_path, summary.events, detector.threshold)
     return summary
 
 
@@ -186,24 +148,3 @@ def write_annotated(
         writer.write(
             draw_annotation(f.image, s.heatmap[i], float(s.score[i]), s.threshold, f.timestamp_s, detector.preprocessor)
         )
-
-
-def write_events(path: Path, events: list[Event], threshold: float) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"threshold": threshold, "events": [e.to_dict() for e in events]}
-    path.write_text(json.dumps(payload, indent=2))
-
-
-def read_scores_csv(path: Path) -> dict[str, np.ndarray]:
-    """A scores CSV back as columns (numeric ones as arrays)."""
-    with Path(path).open(newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    if not rows:
-        return {c: np.array([]) for c in CSV_COLUMNS}
-    cols: dict[str, np.ndarray] = {"source": np.array([r["source"] for r in rows], dtype=object)}
-    for c in CSV_COLUMNS[1:]:
-        cols[c] = np.array([float(r[c]) for r in rows])
-    cols["frame_index"] = cols["frame_index"].astype(int)
-    cols["is_anomaly"] = cols["is_anomaly"].astype(bool)
-    return cols

@@ -9,7 +9,7 @@ workers:
 2. decode (Ray Data tasks on CPU workers): seek to the chunk, decode and prepare its frames with
    the checkpoint's own `Preprocessor.prepare`, exactly the frames the local path keeps;
 3. score (a pool of Ray Data actors, one model load each, on GPUs when the cluster has them):
-   `anomaly.scoring.score_prepared`, formatted by `batch.local.csv_rows`;
+   `anomaly.scoring.score_prepared`, formatted by `footage.scores_csv.csv_rows`;
 4. write (this process): when every chunk of a source is back, its rows go to
    `<out>/<source-stem>.scores.csv` (temporary file, then rename) and `manifest.json` records it.
 
@@ -22,15 +22,13 @@ starts, so the rest of this module (and the local engine) works without the `ray
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
 import math
 import os
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -46,20 +44,20 @@ from anomaly.config import Device, PreprocessConfig
 from anomaly.preprocess import Preprocessor
 from anomaly.progress import progress_bar
 from anomaly.scoring import score_prepared
-from batch.local import CSV_COLUMNS, ScoredBatch, csv_rows
 from footage.ingest import (
     Frame,
+    FrameReader,
     FrameSelector,
     IngestError,
     check_complete,
     expand_sources,
     iter_source_frames,
-    make_frame,
     open_video,
     probe_source,
     video_fps,
 )
 from footage.sampling import SamplingConfig
+from footage.scores_csv import CSV_COLUMNS, ScoredBatch, atomic_write_text, csv_rows, csv_text
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = 1
@@ -214,26 +212,6 @@ def check_out_dir(out_dir: Path) -> None:
         )
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write beside the target, then rename: readers see the old file or the whole new one."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def csv_text(rows: Iterable[tuple]) -> str:
-    """Rows as the local engine's `csv.writer` writes them (same dialect, same line ends)."""
-    buf = io.StringIO()
-    csv.writer(buf).writerows(rows)
-    return buf.getvalue()
-
-
 def run_key(model_sha256: str, config: RayScoreConfig) -> str:
     """What the rows depend on: model, threshold, sampling, columns. Not chunking, batching or workers."""
     payload = {
@@ -354,19 +332,9 @@ def decode_video_range(spec: ChunkSpec, sampling: SamplingConfig, transform: Cal
             for i in range(spec.first):
                 if not cap.grab():
                     return DecodedChunk([], eof=i)
-        frames: list[Frame] = []
-        index = spec.first
-        while (spec.stop == OPEN_END or index < spec.stop) and not selector.finished(index):
-            if not cap.grab():
-                return DecodedChunk(frames, eof=index)
-            if selector.wants(index):
-                ok, image = cap.retrieve()
-                if not ok:
-                    return DecodedChunk(frames, eof=index)
-                frames.append(make_frame(image, spec.source, index, fps, transform))
-                selector.kept += 1
-            index += 1
-        return DecodedChunk(frames)
+        reader = FrameReader(cap, spec.source, fps, selector, transform)
+        frames = list(reader.read(spec.first, None if spec.stop == OPEN_END else spec.stop))
+        return DecodedChunk(frames, eof=reader.next_index if reader.stream_ended else OPEN_END)
     finally:
         cap.release()
 

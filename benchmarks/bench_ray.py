@@ -30,10 +30,11 @@ from anomaly.device import set_torch_threads
 from anomaly.preprocess import Preprocessor
 from anomaly.scoring import score_prepared
 from anomaly.training.train import TrainingData, train_detector
-from batch.local import CSV_COLUMNS, score_sources
+from batch.local import score_sources
 from batch.ray_engine import RayScoreConfig, local_cpus, output_names, score_on_ray
 from footage.ingest import iter_source_frames
 from footage.sampling import SamplingConfig
+from footage.scores_csv import CSV_COLUMNS
 from footage.training_frames import load_prepared_frames
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -10,9 +10,10 @@ from anomaly.config import DetectorConfig
 from anomaly.metrics import auroc, frame_summary, per_kind_auroc
 from anomaly.preprocess import Preprocessor
 from anomaly.training.train import TrainingData, train_detector
-from batch.local import read_scores_csv, score_sources
+from batch.local import score_sources
 from footage.labels import FrameLabels, labels_path_for
 from footage.sampling import SamplingConfig
+from footage.scores_csv import read_scores_csv
 from footage.training_frames import load_prepared_frames
 from synthetic.scene import generate_sample_set
 

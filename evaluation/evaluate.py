@@ -33,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from anomaly.checkpoint import save_detector
 from anomaly.config import DetectorConfig, Device
 from anomaly.detector import Detector
-from anomaly.events import Event, EventConfig, EventTracker
+from anomaly.events import Event, EventConfig, track_source
 from anomaly.metrics import (
     Stretch,
     StretchMatch,
@@ -50,7 +50,7 @@ from anomaly.preprocess import Preprocessor
 from anomaly.scoring import score_frames
 from anomaly.thresholds import ThresholdChoice, ThresholdSweep, best_f1, operating_point, sweep, threshold_for_fpr
 from anomaly.training.train import TrainingData
-from batch.local import CSV_COLUMNS, read_scores_csv, score_sources
+from batch.local import score_sources
 from evaluation.baselines import AutoencoderOnlyBaseline, PCABaseline
 from evaluation.plots import (
     frame_pair,
@@ -65,6 +65,7 @@ from evaluation.report import Picture, write_report
 from footage.ingest import IngestError, expand_sources, iter_source_frames, probe_source
 from footage.labels import LabelError, Labels, SourceExtent, labels_path_for
 from footage.sampling import SamplingConfig
+from footage.scores_csv import read_scores_csv
 from footage.training_frames import load_prepared_frames
 
 SIGNAL_COLUMNS = {"spatial": "spatial_score", "latent": "latent_score", "recon": "recon_error", "disc": "disc_score"}
@@ -142,20 +143,10 @@ class EvaluationResult:
 
 
 def read_scores(path: Path) -> dict[str, np.ndarray]:
-    """A scores CSV as columns, with a clear error for anything else."""
-    path = Path(path)
-    if not path.is_file():
-        raise OSError(f"scores CSV not found: {path}")
-    with path.open(newline="") as fh:
-        header = next(csv.reader(fh), [])
-    missing = [c for c in CSV_COLUMNS if c not in header]
-    if missing:
-        raise ValueError(f"{path} is not a scores CSV from `anomaly score` (missing {', '.join(missing)})")
+    """A scores CSV to evaluate: a readable one with at least one scored frame."""
     cols = read_scores_csv(path)
     if len(cols["score"]) == 0:
         raise ValueError(f"{path} holds no scored frames")
-    if not np.isfinite(cols["score"]).all():
-        raise ValueError(f"{path}: some scores are not finite numbers")
     return cols
 
 
@@ -236,26 +227,6 @@ def threshold_from_flags(scores: np.ndarray, flagged: np.ndarray) -> float:
 
 # ---------------------------------------------------------------------------------------------
 # Figures
-
-
-def track_source(
-    source: str,
-    frame_indices: np.ndarray,
-    timestamps_s: np.ndarray,
-    scores: np.ndarray,
-    threshold: float,
-    config: EventConfig,
-) -> tuple[np.ndarray, list[Event]]:
-    """One clip through the streaming event tracker: smoothed scores and the events it reports."""
-    tracker = EventTracker(source, threshold, config)
-    smoothed = np.empty(len(scores))
-    events: list[Event] = []
-    for k, (i, t, s) in enumerate(zip(frame_indices, timestamps_s, scores, strict=True)):
-        upd = tracker.update(int(i), float(t), float(s))
-        smoothed[k] = upd.smoothed
-        events.extend(upd.finished)
-    events.extend(tracker.close())
-    return smoothed, events
 
 
 def frame_figures(scored: Scored, op: float) -> dict[str, Any]:
@@ -497,8 +468,7 @@ def write_top_frames(
     for n, r in enumerate(rows):
         src, idx, t, s = cols["source"][r], int(cols["frame_index"][r]), float(cols["timestamp_s"][r]), cols["score"][r]
         if detector is not None and heat is not None:
-            scale = max(2.0 * detector.threshold, 1.0)
-            image = frame_pair(bgr[r], heat[n], preprocessor=detector.preprocessor, heat_scale=scale)
+            image = frame_pair(bgr[r], heat[n], preprocessor=detector.preprocessor, threshold=detector.threshold)
         else:
             image = frame_pair(bgr[r])
         path = folder / f"{n + 1:02d}_{safe_name(Path(src).stem)}_f{idx}.jpg"
@@ -542,9 +512,8 @@ def temporal_view(scored: Scored, threshold: float, config: EventConfig) -> Temp
     events: list[Event] = []
     for src in scored.sources:
         rows = scored.rows_of(src)
-        smoothed[rows], found = track_source(
-            src, cols["frame_index"][rows], cols["timestamp_s"][rows], cols["score"][rows], threshold, config
-        )
+        rows_of_source = zip(cols["frame_index"][rows], cols["timestamp_s"][rows], cols["score"][rows], strict=True)
+        smoothed[rows], found = track_source(src, rows_of_source, threshold, config)
         events.extend(found)
     stretches = labeled_stretches(cols["source"], cols["frame_index"], cols["timestamp_s"], labels, scored.kinds)
     hours = normal_hours(cols["source"], cols["timestamp_s"], labels)

@@ -146,13 +146,13 @@ def frame_pair(
     heat: np.ndarray | None = None,
     *,
     preprocessor: Preprocessor | None = None,
-    heat_scale: float = 1.0,
+    threshold: float = 0.5,
     width: int = 320,
 ) -> np.ndarray:
     """The frame and, beside it, its error heat map overlaid (or the frame alone without a heat map).
 
-    The preprocessor places the heat map on the model's region of interest; `heat_scale` is the heat
-    value drawn red (`anomaly score --annotate` uses twice the model's threshold).
+    The preprocessor places the heat map on the model's region of interest; the model's
+    `threshold` sets the colour scale, as in `anomaly score --annotate`.
     """
     h, w = frame_bgr.shape[:2]
     size = (width, max(1, round(h * width / w)))
@@ -161,6 +161,6 @@ def frame_pair(
         return left
     if preprocessor is None:
         raise ValueError("placing a heat map needs the model's preprocessor")
-    overlaid = heat_overlay(frame_bgr, heat, preprocessor, scale=heat_scale)
+    overlaid = heat_overlay(frame_bgr, heat, preprocessor, threshold)
     right = cv2.resize(overlaid, size, interpolation=cv2.INTER_AREA)
     return np.concatenate([left, np.full((size[1], 4, 3), 255, np.uint8), right], axis=1)

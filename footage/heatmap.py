@@ -10,8 +10,14 @@ import numpy as np
 from anomaly.preprocess import Preprocessor
 
 
-def heat_overlay(frame_bgr: np.ndarray, heat: np.ndarray, preprocessor: Preprocessor, scale: float) -> np.ndarray:
-    """Blend a JET-coloured heat map (z-scores, 0..`scale` mapped to blue..red) over the frame's ROI."""
+def heat_scale(threshold: float) -> float:
+    """The heat value drawn red: twice the model's threshold (at least 1), in every view of a heat map."""
+    return max(2.0 * threshold, 1.0)
+
+
+def heat_overlay(frame_bgr: np.ndarray, heat: np.ndarray, preprocessor: Preprocessor, threshold: float) -> np.ndarray:
+    """Blend a JET-coloured heat map (z-scores, 0..`heat_scale(threshold)` as blue..red) over the frame's ROI."""
+    scale = heat_scale(threshold)
     out = frame_bgr.copy()
     roi = preprocessor.crop(out)  # a view into `out`
     h, w = roi.shape[:2]
@@ -31,7 +37,7 @@ def draw_annotation(
     timestamp_s: float,
     preprocessor: Preprocessor,
 ) -> np.ndarray:
-    out = heat_overlay(frame_bgr, heat, preprocessor, scale=max(2.0 * threshold, 1.0))
+    out = heat_overlay(frame_bgr, heat, preprocessor, threshold)
     flagged = score > threshold
     colour = (0, 0, 255) if flagged else (0, 200, 0)
     if flagged:

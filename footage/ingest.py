@@ -279,26 +279,50 @@ def check_complete(source: str, decoded: int, reported: int) -> None:
         raise IngestError(f"{source}: decoded {decoded} of {reported} frames; the file looks truncated or corrupt")
 
 
+class FrameReader:
+    """The decode loop, for the local engine (a whole video) and the Ray engine (a range of one).
+
+    Frames the selector does not want are grabbed (decoded as far as the codec needs) but never
+    converted to BGR. After `read`, `next_index` is the first index not read and `stream_ended`
+    says whether the video ran out (rather than the range or the selection ending on purpose).
+    """
+
+    def __init__(
+        self, cap: cv2.VideoCapture, source: str, fps: float, selector: FrameSelector, transform: Transform | None
+    ) -> None:
+        self.cap, self.source, self.fps, self.selector, self.transform = cap, source, fps, selector, transform
+        self.next_index = 0
+        self.stream_ended = False
+
+    def read(self, first: int = 0, stop: int | None = None) -> Iterator[Frame]:
+        """Frames of [first, stop) that the selector keeps; the capture must be positioned at `first`."""
+        index = first
+        try:
+            while (stop is None or index < stop) and not self.selector.finished(index):
+                if not self.cap.grab():
+                    self.stream_ended = True
+                    break
+                if self.selector.wants(index):
+                    ok, image = self.cap.retrieve()
+                    if not ok:
+                        self.stream_ended = True
+                        break
+                    yield make_frame(image, self.source, index, self.fps, self.transform)
+                    self.selector.kept += 1
+                index += 1
+        finally:
+            self.next_index = index
+
+
 def _iter_video(source: str, sampling: SamplingConfig, transform: Transform | None) -> Iterator[Frame]:
     cap = open_video(source)
     try:
         fps = video_fps(cap, source)
         reported = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
-        selector = FrameSelector(sampling, fps)
-        index = 0
-        while not selector.finished(index):
-            if not cap.grab():  # decodes (as far as the codec needs) but does not convert to BGR
-                break
-            if selector.wants(index):
-                ok, image = cap.retrieve()
-                if not ok:
-                    break
-                yield make_frame(image, source, index, fps, transform)
-                selector.kept += 1
-            index += 1
-        else:
-            return  # stopped on purpose (end_s / max_frames): the rest of the file is not read
-        check_complete(source, decoded=index, reported=reported)
+        reader = FrameReader(cap, source, fps, FrameSelector(sampling, fps), transform)
+        yield from reader.read()
+        if reader.stream_ended:  # not stopped on purpose (end_s / max_frames): did the whole file decode?
+            check_complete(source, decoded=reader.next_index, reported=reported)
     finally:
         cap.release()
 

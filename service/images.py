@@ -105,7 +105,7 @@ def decode_image(data: bytes, limits: Limits) -> np.ndarray:
 
 def heatmap_png_base64(frame_bgr: np.ndarray, heat: np.ndarray, threshold: float, preprocessor: Preprocessor) -> str:
     """The frame with its error heat map overlaid, as a base64 PNG (same colouring as annotated videos)."""
-    overlay = heat_overlay(frame_bgr, heat, preprocessor, scale=max(2.0 * threshold, 1.0))
+    overlay = heat_overlay(frame_bgr, heat, preprocessor, threshold)
     ok, png = cv2.imencode(".png", overlay)
     if not ok:  # pragma: no cover - encoding a valid uint8 image does not fail
         raise RuntimeError("PNG encoding failed")

@@ -11,7 +11,7 @@ def test_heat_overlay_colours_only_the_roi_and_marks_the_hot_cell():
     frame = np.full((100, 200, 3), 128, np.uint8)
     heat = np.zeros((4, 8), np.float32)
     heat[2, 6] = 10.0
-    out = heat_overlay(frame, heat, pre, scale=5.0)
+    out = heat_overlay(frame, heat, pre, threshold=2.5)
     assert (out[:50] == 128).all()  # above the ROI: untouched
     hot = out[50 + 25 + 6, 150 + 6].astype(int)  # inside the hot cell: red dominates
     assert hot[2] > hot[0]

@@ -8,8 +8,8 @@ import pytest
 from factories import road_frames, with_square, write_video
 from typer.testing import CliRunner
 
-from batch.local import CSV_COLUMNS, read_scores_csv
 from cli.main import app
+from footage.scores_csv import CSV_COLUMNS, read_scores_csv
 
 runner = CliRunner()
 TINY_TRAIN = [

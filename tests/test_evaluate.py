@@ -14,10 +14,8 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from typer.testing import CliRunner
 
 from anomaly.checkpoint import load_detector
-from anomaly.events import EventConfig, find_events
 from anomaly.metrics import labeled_stretches
 from anomaly.thresholds import best_f1, sweep
-from batch.local import read_scores_csv
 from cli.main import app
 from evaluation.evaluate import (
     EvaluationConfig,
@@ -27,9 +25,9 @@ from evaluation.evaluate import (
     stretch_ids,
     threshold_from_flags,
     top_rows,
-    track_source,
 )
 from footage.labels import LabelError, labels_path_for
+from footage.scores_csv import read_scores_csv
 
 runner = CliRunner()
 
@@ -76,15 +74,6 @@ def test_top_rows_shows_each_labeled_stretch_once():
     groups = stretch_ids(s, stretches)
     assert groups.tolist() == [0, 0, -1, 1, 1]
     assert top_rows(s, 3, groups=groups) == [0, 2, 3]
-
-
-def test_track_source_matches_the_streaming_tracker():
-    scores = np.array([0, 0, 2, 3, 0, 0, 0, 2, 0, 0], dtype=float)
-    idx, ts = np.arange(10), np.arange(10) / 10
-    smoothed, events = track_source("a", idx, ts, scores, 1.0, EventConfig(window=2))
-    assert smoothed.tolist() == [0, 0, 1, 2.5, 1.5, 0, 0, 1, 1, 0]
-    expected = list(find_events("a", zip(idx, ts, scores, strict=True), 1.0, EventConfig(window=2)))
-    assert [e.to_dict() for e in events] == [e.to_dict() for e in expected]
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,7 @@
 import pytest
 from pydantic import ValidationError
 
-from anomaly.events import Event, EventConfig, EventTracker, find_events
+from anomaly.events import Event, EventConfig, EventTracker, find_events, track_source
 
 FPS = 10.0
 
@@ -142,8 +142,19 @@ def test_find_events_on_a_sequence():
     assert evs[1].end_s == pytest.approx(2.8)
 
 
-def test_find_events_is_lazy_and_handles_empty_input():
-    assert list(find_events("x", [], 1.0)) == []
+def test_find_events_handles_empty_input():
+    assert find_events("x", [], 1.0) == []
+
+
+def test_track_source_gives_each_frames_smoothed_score_and_the_trackers_events():
+    scores = [0, 0, 2, 3, 0, 0, 0, 2, 0, 0]
+    rows = [(i, i / 10, s) for i, s in enumerate(scores)]
+    smoothed, events = track_source("a", rows, 1.0, EventConfig(window=2))
+    assert smoothed == [0, 0, 1, 2.5, 1.5, 0, 0, 1, 1, 0]
+    tracker = EventTracker("a", 1.0, EventConfig(window=2))
+    expected = [e for row in rows for e in tracker.update(*row).finished] + tracker.close()
+    assert [e.to_dict() for e in events] == [e.to_dict() for e in expected]
+    assert [(e.start_frame, e.end_frame) for e in events] == [(3, 4)]  # 1.0 at frame 7 is not above 1.0
 
 
 @pytest.mark.parametrize(

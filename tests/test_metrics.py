@@ -225,3 +225,13 @@ def test_an_event_under_way_before_the_labeled_start_has_no_delay():
 def test_event_metrics_without_stretches_or_normal_time():
     m = event_metrics([], [], 0.0)
     assert m["event_recall"] is None and m["false_alarms_per_hour"] is None and m["per_kind"] == {}
+
+
+def test_per_kind_auroc_and_kind_metrics_follow_one_rule_for_combined_kinds():
+    labels = np.array([0, 0, 1, 1])
+    kinds = ["", "", "fog+obstacle", "fog"]
+    scores = np.array([0.1, 0.5, 0.9, 0.3])
+    per_kind = per_kind_auroc(labels, kinds, scores)
+    assert per_kind == {k: v["auroc"] for k, v in kind_metrics(labels, kinds, scores).items()}
+    assert per_kind["obstacle"] == pytest.approx(1.0)  # the combined frame counts as an obstacle frame too
+    assert per_kind["fog"] == pytest.approx(0.75)

@@ -93,7 +93,7 @@ def test_frame_pair_puts_the_heat_map_beside_the_frame():
     assert alone.shape == (45, 80, 3)
     heat = np.zeros((5, 7), np.float32)
     heat[3, 3] = 5.0
-    pair = frame_pair(frame, heat, preprocessor=pre, heat_scale=2.0, width=80)
+    pair = frame_pair(frame, heat, preprocessor=pre, threshold=1.0, width=80)
     assert pair.shape == (45, 164, 3)
     assert np.array_equal(pair[:, :80], alone)
     assert not np.array_equal(pair[:, 84:], alone)  # the overlay changed the right half

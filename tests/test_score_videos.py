@@ -6,8 +6,9 @@ import pytest
 from factories import road_frames, tiny_detector, with_square, write_video
 
 from anomaly.scoring import score_frames
-from batch.local import CSV_COLUMNS, read_scores_csv, score_sources
+from batch.local import score_sources
 from footage.sampling import SamplingConfig
+from footage.scores_csv import CSV_COLUMNS, read_scores_csv
 
 
 @pytest.fixture(scope="module")

@@ -31,8 +31,8 @@ from websockets.sync.client import ClientConnection, connect
 from anomaly.detector import Detector
 from anomaly.events import EventConfig, EventTracker
 from anomaly.scoring import score_frames
-from batch.local import read_scores_csv
 from cli.main import app as cli_app
+from footage.scores_csv import read_scores_csv
 from service.app import create_app
 from service.server import DrainingServer, make_server
 from service.settings import BatchSettings, Limits, ServiceSettings, StreamSettings

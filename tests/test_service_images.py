@@ -74,7 +74,7 @@ def test_heatmap_png_is_the_annotated_video_overlay_losslessly() -> None:
     pre = Preprocessor(PreprocessConfig(width=32, height=24))
     data = base64.b64decode(heatmap_png_base64(FRAME, heat, 2.0, pre))
     overlay = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    np.testing.assert_array_equal(overlay, heat_overlay(FRAME, heat, pre, scale=4.0))  # scale: twice the threshold
+    np.testing.assert_array_equal(overlay, heat_overlay(FRAME, heat, pre, threshold=2.0))
     hot = np.abs(overlay[40:50, 75:85].astype(int) - FRAME[40:50, 75:85]).mean()
     cold = np.abs(overlay[:10, :10].astype(int) - FRAME[:10, :10]).mean()
     assert hot > 2 * cold

@@ -1,0 +1,58 @@
+"""What scoring returns: the scores of a batch of frames, and one frame's row of them.
+
+Kept apart from `anomaly.scoring` (which needs torch) so that readers of scores (the CSV writer,
+the service's schemas) and scorers that do not run torch share one definition of the fields.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+# The per-frame score fields, in the order of the scores CSV and the service's responses.
+SCORE_FIELDS = ("score", "recon_error", "disc_score", "spatial_score", "latent_score")
+
+
+@dataclass(frozen=True)
+class FrameScore:
+    """One frame's row of `FrameScores`."""
+
+    score: float
+    recon_error: float
+    disc_score: float
+    spatial_score: float
+    latent_score: float
+    is_anomaly: bool
+    threshold: float
+    heatmap: np.ndarray  # H x W (model input size), per-pixel error in units of its cell's normal range
+
+
+@dataclass
+class FrameScores:
+    """Scores of a batch of frames, as numpy arrays (one entry per frame)."""
+
+    score: np.ndarray
+    recon_error: np.ndarray
+    disc_score: np.ndarray
+    spatial_score: np.ndarray
+    latent_score: np.ndarray
+    is_anomaly: np.ndarray
+    heatmap: np.ndarray  # N x H x W (model input size): the worst cell covering each pixel, as in `spatial`
+    threshold: float
+
+    def __len__(self) -> int:
+        return len(self.score)
+
+    def rows(self) -> list[FrameScore]:
+        """One `FrameScore` per frame, in order."""
+        columns = [getattr(self, name) for name in SCORE_FIELDS]
+        return [
+            FrameScore(
+                *(float(c[i]) for c in columns),
+                is_anomaly=bool(self.is_anomaly[i]),
+                threshold=float(self.threshold),
+                heatmap=self.heatmap[i],
+            )
+            for i in range(len(self))
+        ]
