@@ -10,7 +10,7 @@ scale, and that scale is learned here from normal frames only:
    is it from normal features along those directions".
 2. `fit_scaling`: each signal's median and upper-tail spread, so that signals become comparable
    z-scores.
-3. `threshold_for_rate`: the combined score's upper quantile at the user's target false-alarm rate.
+3. `anomaly.thresholds.threshold_for_rate`: the combined score's upper quantile at the target false-alarm rate.
 
 Statistics come from the training frames (many scenes, so they know how much roadside scenery
 varies); scaling and threshold come from frames held out from training and later in time: the next
@@ -56,7 +56,7 @@ class Calibration:
     stats: NormalStats
     loc: dict[str, float]
     scale: dict[str, float]
-    combine: tuple[str, ...]
+    signals: tuple[str, ...]  # the signals whose z-scores make the score (stored as "combine")
     threshold: float
     target_false_alarm_rate: float
     n_frames: int
@@ -67,7 +67,7 @@ class Calibration:
             "stats": self.stats.to_state(),
             "loc": dict(self.loc),
             "scale": dict(self.scale),
-            "combine": list(self.combine),
+            "combine": list(self.signals),
             "threshold": float(self.threshold),
             "target_false_alarm_rate": float(self.target_false_alarm_rate),
             "n_frames": int(self.n_frames),
@@ -80,7 +80,7 @@ class Calibration:
             stats=NormalStats.from_state(state["stats"]),
             loc={k: float(v) for k, v in state["loc"].items()},
             scale={k: float(v) for k, v in state["scale"].items()},
-            combine=tuple(state["combine"]),
+            signals=tuple(state["combine"]),
             threshold=float(state["threshold"]),
             target_false_alarm_rate=float(state["target_false_alarm_rate"]),
             n_frames=int(state["n_frames"]),
@@ -92,7 +92,7 @@ class Calibration:
             "threshold": self.threshold,
             "target_false_alarm_rate": self.target_false_alarm_rate,
             "calibration_frames": self.n_frames,
-            "signals": list(self.combine),
+            "signals": list(self.signals),
             "score_quantiles": self.score_quantiles,
         }
 
@@ -150,16 +150,6 @@ def fit_scaling(signals: dict[str, np.ndarray]) -> tuple[dict[str, float], dict[
             spread = float(v.std()) or 1e-6
         loc[name], scale[name] = float(q50), float(spread)
     return loc, scale
-
-
-def threshold_for_rate(normal_scores: np.ndarray, false_alarm_rate: float) -> float:
-    """The score above which `false_alarm_rate` of normal frames lie (upper-tail quantile)."""
-    scores = np.asarray(normal_scores, dtype=np.float64)
-    if scores.size == 0:
-        raise ValueError("no normal scores to set a threshold from")
-    if not 0.0 < false_alarm_rate < 1.0:
-        raise ValueError(f"false alarm rate must be in (0, 1), got {false_alarm_rate}")
-    return float(np.quantile(scores, 1.0 - false_alarm_rate))
 
 
 def score_quantiles(scores: np.ndarray) -> dict[str, float]:

@@ -12,7 +12,6 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 import torch
-from torchvision.transforms.v2 import functional as TF
 
 from anomaly.config import PreprocessConfig
 
@@ -73,8 +72,11 @@ class Preprocessor:
         if batch.dtype != np.uint8:
             raise ValueError(f"prepared frames must be uint8 (0..255), got {batch.dtype}")
         x = torch.from_numpy(batch).to(device, non_blocking=True).permute(0, 3, 1, 2)
-        x = TF.to_dtype(x, torch.float32, scale=True)
-        return TF.normalize(x, list(self.config.mean), list(self.config.std))
+        # uint8 -> 0..1 -> (x - mean) / std, in the same float operations torchvision's to_dtype/normalize use
+        x = x.to(torch.float32).mul_(1.0 / 255)
+        mean = torch.as_tensor(self.config.mean, dtype=x.dtype, device=x.device).view(-1, 1, 1)
+        std = torch.as_tensor(self.config.std, dtype=x.dtype, device=x.device).view(-1, 1, 1)
+        return x.sub(mean).div_(std)
 
     def to_uint8(self, x: torch.Tensor) -> np.ndarray:
         """Inverse of `to_tensor` (for previews of reconstructions): NCHW float -> NHWC RGB uint8."""

@@ -25,7 +25,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torchvision.transforms.v2 import functional as TF
 
 from anomaly.calibration import NormalStats
 from anomaly.config import CalibrationConfig
@@ -93,12 +92,22 @@ def summary_features(stage_features: Sequence[torch.Tensor], latent: torch.Tenso
     return torch.cat(parts, dim=1)
 
 
-def smooth(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Gaussian blur: keeps the shapes an anomaly is made of, drops pixel-level texture and noise."""
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Gaussian blur of an N x C x H x W batch (reflect-padded, kernel 2*ceil(2*sigma)+1 pixels wide).
+
+    Keeps the shapes an anomaly is made of, drops pixel-level texture and noise. The kernel is
+    built as torchvision builds it, so scores match those of models calibrated with its blur.
+    """
     if sigma <= 0:
         return x
     size = 2 * math.ceil(2 * sigma) + 1
-    return TF.gaussian_blur(x.contiguous(), [size, size], [sigma, sigma])
+    lim = (size - 1) / (2.0 * math.sqrt(2.0))
+    line = torch.linspace(-lim, lim, steps=size, dtype=x.dtype, device=x.device)
+    kernel1d = torch.softmax(line.div(sigma).pow(2).neg(), dim=0)
+    channels = x.shape[1]
+    kernel = (kernel1d.unsqueeze(-1) * kernel1d).expand(channels, 1, size, size)
+    padded = F.pad(x.contiguous(), [size // 2] * 4, mode="reflect")
+    return F.conv2d(padded, kernel, groups=channels)
 
 
 @torch.inference_mode()
@@ -114,7 +123,7 @@ def raw_signals(model: AutoencoderGAN, x: torch.Tensor, config: CalibrationConfi
     error_map = difference.pow(2).mean(dim=1)
     # blurring is linear: blur(x) - blur(recon) is blur(x - recon), at half the cost
     heat_error = (
-        smooth(difference, config.error_blur_sigma).pow(2).mean(1) if config.error_blur_sigma > 0 else error_map
+        gaussian_blur(difference, config.error_blur_sigma).pow(2).mean(1) if config.error_blur_sigma > 0 else error_map
     )
     return RawSignals(
         recon=error_map.mean(dim=(1, 2)),
@@ -152,7 +161,7 @@ def score_prepared(detector: Detector, prepared: Sequence[np.ndarray] | np.ndarr
     raw = raw_signals(detector.model, x, calibration)
     signals_t, heat = signal_values(raw, detector.normal_stats)
     signals = {k: v.float().cpu().numpy() for k, v in signals_t.items()}
-    score = combine(signals, cal.loc, cal.scale, cal.combine)
+    score = combine(signals, cal.loc, cal.scale, cal.signals)
     return FrameScores(
         score=score,
         recon_error=signals["recon"],

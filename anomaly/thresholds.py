@@ -66,6 +66,34 @@ class OperatingPoint:
         }
 
 
+def threshold_for_rate(normal_scores: np.ndarray, false_alarm_rate: float) -> float:
+    """The score above which `false_alarm_rate` of normal frames lie (upper-tail quantile)."""
+    scores = np.asarray(normal_scores, dtype=np.float64)
+    if scores.size == 0:
+        raise ValueError("no normal scores to set a threshold from")
+    if not 0.0 < false_alarm_rate < 1.0:
+        raise ValueError(f"false alarm rate must be in (0, 1), got {false_alarm_rate}")
+    return float(np.quantile(scores, 1.0 - false_alarm_rate))
+
+
+def threshold_from_flags(scores: np.ndarray, flagged: np.ndarray) -> float:
+    """The threshold a scoring run used, recovered from its `is_anomaly` column (a value that reproduces it)."""
+    scores, flagged = np.asarray(scores, dtype=np.float64), np.asarray(flagged, dtype=bool)
+    calm = scores[~flagged]
+    if calm.size == 0:
+        return float(np.nextafter(scores.min(), -np.inf))
+    top_calm = float(calm.max())
+    if not flagged.any():
+        return top_calm
+    low_flag = float(scores[flagged].min())
+    if low_flag <= top_calm:
+        raise ValueError(
+            "the scores CSV's is_anomaly column does not follow from one threshold (was it edited or concatenated "
+            "from runs with different thresholds?); pass --model or --threshold"
+        )
+    return (top_calm + low_flag) / 2.0
+
+
 def operating_point(labels: np.ndarray, scores: np.ndarray, threshold: float) -> OperatingPoint:
     """Counts at one threshold (the model's calibrated one, or any other)."""
     labels = np.asarray(labels).astype(bool)

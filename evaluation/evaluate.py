@@ -48,7 +48,15 @@ from anomaly.metrics import (
 )
 from anomaly.preprocess import Preprocessor
 from anomaly.scoring import score_frames
-from anomaly.thresholds import ThresholdChoice, ThresholdSweep, best_f1, operating_point, sweep, threshold_for_fpr
+from anomaly.thresholds import (
+    ThresholdChoice,
+    ThresholdSweep,
+    best_f1,
+    operating_point,
+    sweep,
+    threshold_for_fpr,
+    threshold_from_flags,
+)
 from anomaly.training.train import TrainingData
 from batch.local import score_sources
 from evaluation.baselines import AutoencoderOnlyBaseline, PCABaseline
@@ -205,24 +213,6 @@ def join_labels(cols: dict[str, np.ndarray], paths: Sequence[Path], notes: list[
         )
     joined, kinds = labels.join(list(cols["source"]), list(cols["frame_index"]), list(cols["timestamp_s"]))
     return Scored(cols=cols, labels=joined, kinds=kinds)
-
-
-def threshold_from_flags(scores: np.ndarray, flagged: np.ndarray) -> float:
-    """The threshold a scoring run used, recovered from its `is_anomaly` column (a value that reproduces it)."""
-    scores, flagged = np.asarray(scores, dtype=np.float64), np.asarray(flagged, dtype=bool)
-    calm = scores[~flagged]
-    if calm.size == 0:
-        return float(np.nextafter(scores.min(), -np.inf))
-    top_calm = float(calm.max())
-    if not flagged.any():
-        return top_calm
-    low_flag = float(scores[flagged].min())
-    if low_flag <= top_calm:
-        raise ValueError(
-            "the scores CSV's is_anomaly column does not follow from one threshold (was it edited or concatenated "
-            "from runs with different thresholds?); pass --model or --threshold"
-        )
-    return (top_calm + low_flag) / 2.0
 
 
 # ---------------------------------------------------------------------------------------------

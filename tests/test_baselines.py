@@ -46,7 +46,7 @@ def test_ae_only_scores_unusual_frames_higher(tmp_path):
     assert changed["score"].mean() > clean["score"].mean()
     saved = load_detector(tmp_path / "ae.pt", torch.device("cpu"))  # a complete detector, adversarial weight 0
     assert saved.config.train.loss.adversarial == 0.0
-    assert saved.calibrated.combine == AE_ONLY_SIGNALS
+    assert saved.calibrated.signals == AE_ONLY_SIGNALS
 
 
 def test_ae_only_must_be_fit_first():

@@ -23,7 +23,6 @@ from evaluation.evaluate import (
     label_paths,
     read_scores,
     stretch_ids,
-    threshold_from_flags,
     top_rows,
 )
 from footage.labels import LabelError, labels_path_for
@@ -33,19 +32,6 @@ runner = CliRunner()
 
 
 # --- parts ------------------------------------------------------------------------------------
-
-
-def test_threshold_from_flags_reproduces_the_flags():
-    scores = np.array([0.1, 2.0, 0.5, 3.0, 1.0])
-    flags = scores > 0.9
-    t = threshold_from_flags(scores, flags)
-    assert t == pytest.approx(0.75)  # halfway between the highest calm score and the lowest flagged one
-    assert ((scores > t) == flags).all()
-    assert threshold_from_flags(scores, np.zeros(5, bool)) == 3.0
-    everything = threshold_from_flags(scores, np.ones(5, bool))
-    assert (scores > everything).all()
-    with pytest.raises(ValueError, match="does not follow from one threshold"):
-        threshold_from_flags(scores, np.array([True, False, False, False, False]))
 
 
 def scored_table(sources, timestamps, scores, labels=None):

@@ -195,3 +195,12 @@ def test_prepare_then_to_tensor_end_to_end():
     assert x.shape == (1, 3, 24, 32)
     torch.testing.assert_close(x[0, 0], torch.full((24, 32), (1.0 - 0.45) / 0.25))  # red channel first
     torch.testing.assert_close(x[0, 2], torch.full((24, 32), (0.0 - 0.45) / 0.25))
+
+
+def test_to_tensor_equals_torchvisions_normalisation_bit_for_bit():
+    tv = pytest.importorskip("torchvision.transforms.v2.functional")
+    pre = Preprocessor(PreprocessConfig(width=32, height=24))
+    frames = np.random.default_rng(0).integers(0, 256, (3, 24, 32, 3), dtype=np.uint8)
+    x = torch.from_numpy(frames).permute(0, 3, 1, 2)
+    expected = tv.normalize(tv.to_dtype(x, torch.float32, scale=True), list(pre.config.mean), list(pre.config.std))
+    assert torch.equal(pre.to_tensor(frames), expected)

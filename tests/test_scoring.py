@@ -1,19 +1,21 @@
+import math
+
 import numpy as np
 import pytest
 import torch
 
 from anomaly.calibration import NormalStats
 from anomaly.detector import Detector
+from anomaly.frame_scores import FrameScores
 from anomaly.scoring import (
-    FrameScores,
     RawSignals,
     cells_to_pixels,
     combine,
+    gaussian_blur,
     pool_errors,
     score_frames,
     score_prepared,
     signal_values,
-    smooth,
 )
 
 # error_pool 4 on a 24x32 model input: cells of 4 px, stride 2 -> 11 x 15 cells; the heat map is per model pixel
@@ -189,11 +191,21 @@ def test_smoothing_drops_pixel_texture_but_keeps_an_object():
     obj[..., 8:14, 10:16] = 1.0  # a 6x6 object the reconstruction lacks
 
     def blurred_error(recon):
-        return (smooth(x, 1.0) - smooth(recon, 1.0)).pow(2).mean()
+        return (gaussian_blur(x, 1.0) - gaussian_blur(recon, 1.0)).pow(2).mean()
 
     def raw_error(recon):
         return (x - recon).pow(2).mean()
 
     assert blurred_error(x + texture) < 0.05 * raw_error(x + texture)
     assert blurred_error(x + obj) > 0.4 * raw_error(x + obj)
-    assert torch.equal(smooth(x + texture, 0.0), x + texture)  # sigma 0: no blur
+    assert torch.equal(gaussian_blur(x + texture, 0.0), x + texture)  # sigma 0: no blur
+
+
+@pytest.mark.parametrize("sigma", [0.5, 1.0, 1.7, 3.0])
+def test_gaussian_blur_equals_torchvisions_bit_for_bit(sigma):
+    """Checkpoints were calibrated with torchvision's blur; the core's own must give the same floats."""
+    tv = pytest.importorskip("torchvision.transforms.v2.functional")
+    x = torch.randn(2, 3, 24, 32, generator=torch.Generator().manual_seed(0))
+    x = x.contiguous(memory_format=torch.channels_last)
+    size = 2 * math.ceil(2 * sigma) + 1
+    assert torch.equal(gaussian_blur(x, sigma), tv.gaussian_blur(x.contiguous(), [size, size], [sigma, sigma]))

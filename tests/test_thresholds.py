@@ -1,3 +1,5 @@
+import math
+
 import numpy as np
 import pytest
 
@@ -9,6 +11,8 @@ from anomaly.thresholds import (
     operating_point,
     sweep,
     threshold_for_fpr,
+    threshold_for_rate,
+    threshold_from_flags,
 )
 
 # four normal frames, two anomalous; distinct scores 0.7 > 0.6 > 0.4 > 0.3 > 0.2 > 0.1
@@ -131,3 +135,63 @@ def test_threshold_choice_resolves():
 def test_best_f1_needs_anomalous_frames():
     with pytest.raises(ValueError, match="no anomalous frames"):
         best_f1(sweep(np.zeros(3), np.array([1.0, 2.0, 3.0])))
+
+
+N = 20_000
+DISTRIBUTIONS = {
+    "normal": lambda rng, n: rng.normal(3.0, 2.0, n),
+    "exponential": lambda rng, n: rng.exponential(1.5, n),
+    "student-t2": lambda rng, n: rng.standard_t(2, n),  # heavy tails, infinite variance
+    "pareto": lambda rng, n: rng.pareto(1.5, n),
+}
+
+
+# --- threshold_for_rate --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("rate", [0.01, 0.05])
+@pytest.mark.parametrize("dist", sorted(DISTRIBUTIONS))
+def test_threshold_hits_the_target_rate(dist, rate):
+    draw = DISTRIBUTIONS[dist]
+    scores = draw(np.random.default_rng(0), N)
+    threshold = threshold_for_rate(scores, rate)
+    assert math.isfinite(threshold)
+    assert (scores > threshold).mean() == pytest.approx(rate, rel=0.2)
+    # and on new frames from the same distribution: the promise a user actually cares about
+    fresh = draw(np.random.default_rng(12345), N)
+    assert (fresh > threshold).mean() == pytest.approx(rate, rel=0.2)
+
+
+def test_lower_rate_gives_higher_threshold():
+    scores = np.random.default_rng(0).exponential(1.0, N)
+    assert threshold_for_rate(scores, 0.01) > threshold_for_rate(scores, 0.05) > threshold_for_rate(scores, 0.2)
+
+
+def test_threshold_accepts_lists_and_float32():
+    scores = np.arange(101, dtype=np.float32)
+    assert threshold_for_rate(scores, 0.1) == pytest.approx(90.0)
+    assert threshold_for_rate(list(range(101)), 0.1) == pytest.approx(90.0)
+
+
+@pytest.mark.parametrize("rate", [0.0, 1.0, -0.01, 1.5, float("nan")])
+def test_invalid_rate_raises(rate):
+    with pytest.raises(ValueError, match="false alarm rate"):
+        threshold_for_rate(np.ones(10), rate)
+
+
+def test_no_scores_raises():
+    with pytest.raises(ValueError, match="no normal scores"):
+        threshold_for_rate(np.array([]), 0.01)
+
+
+def test_threshold_from_flags_reproduces_the_flags():
+    scores = np.array([0.1, 2.0, 0.5, 3.0, 1.0])
+    flags = scores > 0.9
+    t = threshold_from_flags(scores, flags)
+    assert t == pytest.approx(0.75)  # halfway between the highest calm score and the lowest flagged one
+    assert ((scores > t) == flags).all()
+    assert threshold_from_flags(scores, np.zeros(5, bool)) == 3.0
+    everything = threshold_from_flags(scores, np.ones(5, bool))
+    assert (scores > everything).all()
+    with pytest.raises(ValueError, match="does not follow from one threshold"):
+        threshold_from_flags(scores, np.array([True, False, False, False, False]))

@@ -150,7 +150,7 @@ def test_training_writes_a_calibrated_model_and_a_state(tiny_trained, training_d
     det = tiny_trained.detector
     cal = det.calibration
     assert cal is not None
-    assert cal.combine == tuple(tiny_trained.config.calibration.signals)
+    assert cal.signals == tuple(tiny_trained.config.calibration.signals)
     assert cal.n_frames == len(training_data.holdout)
     assert cal.target_false_alarm_rate == tiny_trained.config.calibration.target_false_alarm_rate
     assert np.isfinite(cal.threshold)

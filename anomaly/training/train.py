@@ -22,7 +22,6 @@ from anomaly.calibration import (
     fit_normal_stats,
     fit_scaling,
     score_quantiles,
-    threshold_for_rate,
 )
 from anomaly.checkpoint import (
     FORMAT_VERSION,
@@ -39,6 +38,7 @@ from anomaly.device import resolve_device
 from anomaly.model import AutoencoderGAN
 from anomaly.progress import progress_bar
 from anomaly.scoring import RawSignals, combine, raw_signals, signal_values
+from anomaly.thresholds import threshold_for_rate
 from anomaly.training.distributed import (
     SINGLE_PROCESS,
     DistributedContext,
@@ -213,7 +213,7 @@ def calibrate(detector: Detector, data: TrainingData, context: DistributedContex
         stats=stats,
         loc=loc,
         scale=scale,
-        combine=tuple(cfg.signals),
+        signals=tuple(cfg.signals),
         threshold=threshold_for_rate(scores, cfg.target_false_alarm_rate),
         target_false_alarm_rate=cfg.target_false_alarm_rate,
         n_frames=len(scores),
