@@ -28,8 +28,6 @@ import numpy as np
 import torch
 from sklearn.decomposition import PCA
 
-SIGNALS = ("spatial", "latent", "recon", "disc")
-
 
 @dataclass
 class NormalStats:

@@ -11,6 +11,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 Device = Literal["auto", "cpu", "cuda"]
+# The raw signals one pass through the networks gives (see anomaly.scoring); each has a score field.
+SIGNAL_NAMES = ("spatial", "latent", "recon", "disc")
 
 
 class _Frozen(BaseModel):
@@ -99,9 +101,9 @@ class CalibrationConfig(_Frozen):
     def _check(self) -> CalibrationConfig:
         if self.error_stride > self.error_pool:
             raise ValueError(f"error_stride {self.error_stride} > error_pool {self.error_pool}: cells would leave gaps")
-        unknown = set(self.signals) - {"spatial", "latent", "recon", "disc"}
+        unknown = set(self.signals) - set(SIGNAL_NAMES)
         if unknown:
-            raise ValueError(f"unknown signals {sorted(unknown)}: choose from spatial, latent, recon, disc")
+            raise ValueError(f"unknown signals {sorted(unknown)}: choose from {', '.join(SIGNAL_NAMES)}")
         return self
 
 

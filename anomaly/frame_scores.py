@@ -10,8 +10,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from anomaly.config import SIGNAL_NAMES
+
 # The per-frame score fields, in the order of the scores CSV and the service's responses.
 SCORE_FIELDS = ("score", "recon_error", "disc_score", "spatial_score", "latent_score")
+# The field that carries each raw signal.
+SIGNAL_FIELDS = dict(
+    zip(SIGNAL_NAMES, ("spatial_score", "latent_score", "recon_error", "disc_score"), strict=True)
+)
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from anomaly.training.train import TrainingData, train_detector
 from evaluation.baselines import PCABaseline
 from footage.ingest import iter_source_frames
 from footage.sampling import SamplingConfig
-from synthetic.anomalies import KINDS, AnomalyEvent, apply_event
+from synthetic.anomalies import KINDS, InjectedAnomaly, apply_event
 
 REAL_CLIP = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "solidWhiteRight.mp4"
 
@@ -56,7 +56,7 @@ def main() -> None:
 
     sets = {"normal": test_bgr}
     for k, kind in enumerate(KINDS):
-        event = AnomalyEvent(
+        event = InjectedAnomaly(
             kind=kind, start_frame=0, end_frame=len(test_bgr), seed=100 + k, anchor=tuple(args.road_anchor)
         )
         sets[kind] = [apply_event(f, event, i) for i, f in enumerate(test_bgr)]

@@ -76,8 +76,9 @@ def evaluate(
     """Measure a model on labeled clips: AUROC/AP per kind, threshold sweep, events, baselines, HTML report."""
     from anomaly.checkpoint import load_detector
     from anomaly.device import resolve_device, set_torch_threads
-    from evaluation.evaluate import EvaluationConfig, format_summary
+    from evaluation.config import EvaluationConfig
     from evaluation.evaluate import evaluate as run_evaluation
+    from evaluation.evaluate import format_summary
     from footage.ingest import expand_sources
 
     config = EvaluationConfig(

@@ -1,6 +1,8 @@
 """`anomaly demo` and `anomaly generate-samples`: the bundled synthetic clips, and the model trained on them."""
 
 import json
+import os
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -33,11 +35,31 @@ def demo(
 @friendly_errors
 def generate_samples(
     out: Annotated[Path, typer.Option(help="folder to write clips and labels to")] = Path("sample_videos"),
-    seed: int = 0,
+    seed: Annotated[int, typer.Option(help="master seed (clip and event seeds derive from it)")] = 0,
     scale: Annotated[int, typer.Option(min=1, help="make every clip this many times longer")] = 1,
+    workers: Annotated[int, typer.Option(min=1, help="clips rendered in parallel processes (same files)")] = min(
+        4, os.cpu_count() or 1
+    ),
 ) -> None:
-    """Write the synthetic dashcam clips (normal ones for training, labeled ones for testing)."""
-    from synthetic.scene import generate_sample_set
+    """Write the synthetic dashcam clips (normal ones for training, labeled ones for testing) and manifest.json."""
+    from synthetic.sample_set import generate_sample_set
 
-    written = generate_sample_set(out, seed=seed, scale=scale)
-    typer.echo(json.dumps([str(p) for p in written], indent=2))
+    started = time.perf_counter()
+    paths = generate_sample_set(out, seed=seed, scale=scale, workers=workers)
+    manifest = json.loads((out / "manifest.json").read_text())
+    clips = {c["file"]: c for c in manifest["clips"]}
+    total = 0
+    for path in paths:
+        size = path.stat().st_size
+        total += size
+        clip = clips.get(path.name)
+        typer.echo(
+            f"{path}  {size / 1e6:6.2f} MB"
+            + (f"  {clip['n_frames']} frames, {len(clip['events'])} events" if clip else "")
+        )
+    t = manifest["totals"]
+    typer.echo(
+        f"{total / 1e6:.2f} MB in {time.perf_counter() - started:.1f} s; train frames {t['train_frames']}, test frames "
+        f"{t['test_frames']} ({t['test_normal_frames']} normal, {t['test_anomalous_frames']} anomalous: "
+        f"{t['test_anomalous_frames_by_kind']})"
+    )

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from anomaly.config import DetectorConfig
+from anomaly.frame_scores import SIGNAL_FIELDS
 from anomaly.metrics import auroc, frame_summary, per_kind_auroc
 from anomaly.preprocess import Preprocessor
 from anomaly.training.train import TrainingData, train_detector
@@ -15,9 +16,7 @@ from footage.labels import FrameLabels, labels_path_for
 from footage.sampling import SamplingConfig
 from footage.scores_csv import read_scores_csv
 from footage.training_frames import load_prepared_frames
-from synthetic.scene import generate_sample_set
-
-SIGNAL_COLUMNS = {"recon": "recon_error", "disc": "disc_score", "spatial": "spatial_score", "latent": "latent_score"}
+from synthetic.sample_set import generate_sample_set
 
 
 def sample_clips(sample_dir: Path, log: Callable[[str], None]) -> tuple[list[Path], list[Path]]:
@@ -64,7 +63,7 @@ def run_demo(
     metrics["target_false_alarm_rate"] = detector.calibrated.target_false_alarm_rate
     metrics["signals"] = {
         name: {"auroc": auroc(labels, cols[col]), "auroc_per_kind": per_kind_auroc(labels, kinds, cols[col])}
-        for name, col in SIGNAL_COLUMNS.items()
+        for name, col in SIGNAL_FIELDS.items()
     }
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics

@@ -35,8 +35,11 @@ Colour = tuple[float, float, float]
 
 
 @dataclass(frozen=True)
-class AnomalyEvent:
-    """One anomaly stretch over frames [start_frame, end_frame) of a clip; its look comes from `seed`."""
+class InjectedAnomaly:
+    """One injected anomaly over frames [start_frame, end_frame) of a clip; its look comes from `seed`.
+
+    Ends exclusive, like a range (a detected `anomaly.events.Event` and a labeled `Stretch` end inclusive).
+    """
 
     kind: str
     start_frame: int
@@ -67,14 +70,14 @@ class AnomalyEvent:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> AnomalyEvent:
+    def from_dict(cls, d: dict[str, Any]) -> InjectedAnomaly:
         d = dict(d)
         if "anchor" in d:
             d["anchor"] = tuple(d["anchor"])
         return cls(**d)
 
 
-def apply_event(frame: np.ndarray, event: AnomalyEvent, frame_index: int) -> np.ndarray:
+def apply_event(frame: np.ndarray, event: InjectedAnomaly, frame_index: int) -> np.ndarray:
     """A new frame with `event` drawn on it (an unchanged copy outside the event's frames)."""
     _check_frame(frame)
     injector = _INJECTORS.get(event.kind)
@@ -87,7 +90,7 @@ def apply_event(frame: np.ndarray, event: AnomalyEvent, frame_index: int) -> np.
     return out
 
 
-def apply_events(frame: np.ndarray, events: Sequence[AnomalyEvent], frame_index: int) -> np.ndarray:
+def apply_events(frame: np.ndarray, events: Sequence[InjectedAnomaly], frame_index: int) -> np.ndarray:
     """Apply every event covering `frame_index`, in physical order (scene, atmosphere, lens, sensor)."""
     active = sorted((e for e in events if e.covers(frame_index)), key=lambda e: APPLY_ORDER.index(e.kind))
     out = frame.copy()
@@ -96,7 +99,7 @@ def apply_events(frame: np.ndarray, events: Sequence[AnomalyEvent], frame_index:
     return out
 
 
-def frame_kinds(events: Sequence[AnomalyEvent], n_frames: int) -> list[str]:
+def frame_kinds(events: Sequence[InjectedAnomaly], n_frames: int) -> list[str]:
     """Per-frame kind ('' for normal frames; overlapping kinds joined with '+'), for label files."""
     kinds: list[list[str]] = [[] for _ in range(n_frames)]
     for event in events:
@@ -115,7 +118,7 @@ def _check_frame(frame: np.ndarray) -> None:
         raise ValueError(f"frame too small: {frame.shape}")
 
 
-def _rng(event: AnomalyEvent, *salt: int) -> np.random.Generator:
+def _rng(event: InjectedAnomaly, *salt: int) -> np.random.Generator:
     """Event-level (no salt) or per-frame (salt = frame index, ...) random numbers."""
     return np.random.default_rng([event.seed, *salt])
 
@@ -287,7 +290,7 @@ _OBSTACLE_COLOURS = {
 }
 
 
-def _obstacle(frame: np.ndarray, ev: AnomalyEvent, i: int, p: float) -> np.ndarray:
+def _obstacle(frame: np.ndarray, ev: InjectedAnomaly, i: int, p: float) -> np.ndarray:
     """Something lying on the road ahead (1-3% of the frame), slowly getting closer (larger, lower)."""
     H, W = frame.shape[:2]
     r = _rng(ev)
@@ -367,7 +370,7 @@ def _draw_walker(s: _Sprite, phase: float, look: dict[str, Any]) -> None:
     s.line(m, e, look["skin"], 0.055)
 
 
-def _pedestrian(frame: np.ndarray, ev: AnomalyEvent, i: int, p: float) -> np.ndarray:
+def _pedestrian(frame: np.ndarray, ev: InjectedAnomaly, i: int, p: float) -> np.ndarray:
     """A person walking across the road ahead (about 1-3% of the frame), legs and arms swinging."""
     H, W = frame.shape[:2]
     r = _rng(ev)
@@ -456,7 +459,7 @@ def _mud_layer(seed: int, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
     return alpha.astype(np.float32), colour.astype(np.float32)
 
 
-def _lens_mud(frame: np.ndarray, ev: AnomalyEvent, i: int, p: float) -> np.ndarray:
+def _lens_mud(frame: np.ndarray, ev: InjectedAnomaly, i: int, p: float) -> np.ndarray:
     """Dark-brown blurred smears stuck on the lens: fixed on screen, the scene behind them is blurred."""
     H, W = frame.shape[:2]
     alpha, colour = _mud_layer(ev.seed, H, W)
@@ -510,7 +513,7 @@ def _glare_layer(seed: int, h: int, w: int) -> tuple[np.ndarray, dict[str, float
     return (total + ghosts).astype(np.float32), params
 
 
-def _glare(frame: np.ndarray, ev: AnomalyEvent, i: int, p: float) -> np.ndarray:
+def _glare(frame: np.ndarray, ev: InjectedAnomaly, i: int, p: float) -> np.ndarray:
     """Sun glare: over-exposure, washed-out colours, a bloom with streaks and ghosts, flickering."""
     H, W = frame.shape[:2]
     light, q = _glare_layer(ev.seed, H, W)
@@ -581,12 +584,12 @@ def _black(frame: np.ndarray, r: np.random.Generator) -> np.ndarray:
 _FAULTS = {"tear": _tear, "blocks": _blocks, "black": _black}
 
 
-def sensor_fault_mode(event: AnomalyEvent) -> str:
+def sensor_fault_mode(event: InjectedAnomaly) -> str:
     """Which fault an event shows (one mode per event, drawn from its seed)."""
     return SENSOR_FAULT_MODES[int(_rng(event, 30).integers(len(SENSOR_FAULT_MODES)))]
 
 
-def _sensor_fault(frame: np.ndarray, ev: AnomalyEvent, i: int, p: float) -> np.ndarray:
+def _sensor_fault(frame: np.ndarray, ev: InjectedAnomaly, i: int, p: float) -> np.ndarray:
     """Torn rows, corrupted blocks or a black frame; the damage pattern changes every few frames."""
     hold = 1 + _rng(ev, 32).integers(0, 3)  # glitches persist 1-3 frames (real ones do; smaller files too)
     return _FAULTS[sensor_fault_mode(ev)](frame, _rng(ev, (i - ev.start_frame) // hold, 31))
@@ -609,7 +612,7 @@ def _fog_layer(seed: int, h: int, w: int, horizon: float) -> tuple[np.ndarray, n
     return t.astype(np.float32), patches.astype(np.float32), air
 
 
-def _fog(frame: np.ndarray, ev: AnomalyEvent, i: int, p: float) -> np.ndarray:
+def _fog(frame: np.ndarray, ev: InjectedAnomaly, i: int, p: float) -> np.ndarray:
     """Fog: the scene fades to grey-white with distance (strongest at the horizon), drifting patches."""
     H, W = frame.shape[:2]
     t_rows, patches, air = _fog_layer(ev.seed, H, W, round(ev.horizon, 3))
@@ -626,7 +629,7 @@ def _fog(frame: np.ndarray, ev: AnomalyEvent, i: int, p: float) -> np.ndarray:
 # ------------------------------------------------------------------------------------------- night
 
 
-def _night_lights(ev: AnomalyEvent, H: int, W: int, p: float) -> np.ndarray:
+def _night_lights(ev: InjectedAnomaly, H: int, W: int, p: float) -> np.ndarray:
     """Glowing point lights (other vehicles, street lamps), HxWx3 in ~0..1.5."""
     r = _rng(ev, 50)
     light = np.zeros((H, W, 3), np.float32)
@@ -654,7 +657,7 @@ def _night_lights(ev: AnomalyEvent, H: int, W: int, p: float) -> np.ndarray:
     )
 
 
-def _night(frame: np.ndarray, ev: AnomalyEvent, i: int, p: float) -> np.ndarray:
+def _night(frame: np.ndarray, ev: InjectedAnomaly, i: int, p: float) -> np.ndarray:
     """Night: dark and blueish, a headlight cone on the road ahead, glowing lights, more sensor noise."""
     H, W = frame.shape[:2]
     r = _rng(ev)
@@ -685,7 +688,7 @@ def _night(frame: np.ndarray, ev: AnomalyEvent, i: int, p: float) -> np.ndarray:
     return _to_u8(out * 255)
 
 
-_INJECTORS: dict[str, Callable[[np.ndarray, AnomalyEvent, int, float], np.ndarray]] = {
+_INJECTORS: dict[str, Callable[[np.ndarray, InjectedAnomaly, int, float], np.ndarray]] = {
     "obstacle": _obstacle,
     "pedestrian": _pedestrian,
     "lens_mud": _lens_mud,
@@ -697,7 +700,7 @@ _INJECTORS: dict[str, Callable[[np.ndarray, AnomalyEvent, int, float], np.ndarra
 assert set(_INJECTORS) == set(KINDS) == set(APPLY_ORDER)
 
 
-def event_variant(event: AnomalyEvent) -> str:
+def event_variant(event: InjectedAnomaly) -> str:
     """The sub-type an event draws ('box', 'tear', ...), or '' for kinds without variants; for reports."""
     if event.kind == "obstacle":
         return OBSTACLE_SHAPES[int(_rng(event).integers(len(OBSTACLE_SHAPES)))]

@@ -5,25 +5,15 @@ of the ground is projected to world coordinates, so the road, lane markings, tex
 props move towards the camera with the car's speed and scale with distance. Each clip is a
 different drive (all scene parameters are drawn from the clip's seed) and within a clip everything
 keeps changing (travelled distance, curvature, traffic, vibration, sensor noise), so a model cannot
-memorise frames. Same seed -> identical frames.
-
-    python -m synthetic.scene --out sample_videos [--seed 0] [--scale 1]
+memorise frames. Same seed -> identical frames. Roadside props are drawn in `synthetic.props`; the
+sample set built from these clips is `synthetic.sample_set`.
 """
 
 from __future__ import annotations
 
-import argparse
-import csv
-import json
 import math
-import os
-import time
-from collections import Counter
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
-from functools import partial
-from pathlib import Path
 from typing import Any
 
 import cv2
@@ -31,18 +21,10 @@ import numpy as np
 
 from synthetic.anomalies import (
     APPLY_ORDER,
-    KINDS,
-    OBSTACLE_SHAPES,
-    SENSOR_FAULT_MODES,
-    AnomalyEvent,
+    InjectedAnomaly,
     apply_event,
-    event_variant,
-    frame_kinds,
 )
-
-LABEL_HEADER = ("source", "frame_index", "timestamp_s", "label", "kind")
-BGR = tuple[float, float, float]
-
+from synthetic.props import BGR, PROP_DRAW, Prop
 
 # ------------------------------------------------------------------------------------ scene params
 
@@ -211,19 +193,6 @@ class _MipTexture:
 
 
 @dataclass
-class _Prop:
-    """A static roadside object at world position (along L, lateral X from the road centre)."""
-
-    kind: str
-    L: float
-    X: float
-    size: float
-    colour: BGR
-    colour2: BGR
-    extra: tuple[float, ...] = ()
-
-
-@dataclass
 class _Vehicle:
     """Another road user; `v` in m/s along the road (negative = oncoming)."""
 
@@ -282,7 +251,7 @@ class DashcamScene:
         self._build_textures()
         self._build_sky()
         self._build_camera_effects()
-        self.props: list[_Prop] = []
+        self.props: list[Prop] = []
         self.next_L: dict[str, float] = {}
         self.vehicles: list[_Vehicle] = []
         self._spawn_props()
@@ -418,13 +387,13 @@ class DashcamScene:
                 self.next_L[key] = at
         self.props = [q for q in self.props if q.L - self.s > 1.0]
 
-    def _new_prop(self, kind: str, L: float, side: int) -> _Prop:
+    def _new_prop(self, kind: str, L: float, side: int) -> Prop:
         p, r = self.p, self.rng
         edge = self.road_half + p.verge
         if kind == "tree":
             conifer = r.uniform() < p.conifer_share
             green = (r.uniform(25, 60), r.uniform(70, 120), r.uniform(30, 70))
-            return _Prop(
+            return Prop(
                 "conifer" if conifer else "tree",
                 L,
                 side * (edge + r.exponential(12) + 2),
@@ -434,7 +403,7 @@ class DashcamScene:
                 tuple(r.uniform(-1, 1, 12)),
             )
         if kind == "bush":
-            return _Prop(
+            return Prop(
                 "bush",
                 L,
                 side * (edge + r.uniform(0.5, 10)),
@@ -445,7 +414,7 @@ class DashcamScene:
         if kind == "building":
             wall = [(170, 190, 205), (150, 160, 165), (80, 90, 150), (200, 205, 210), (120, 140, 160)]
             roof = [(50, 50, 60), (40, 60, 120), (90, 90, 95)]
-            return _Prop(
+            return Prop(
                 "building",
                 L,
                 side * (edge + r.uniform(10, 45)),
@@ -455,7 +424,7 @@ class DashcamScene:
                 (r.uniform(6, 20), r.uniform(6, 18), float(r.uniform() < 0.5)),
             )
         if kind == "pole":
-            return _Prop(
+            return Prop(
                 "pole",
                 L,
                 side * (edge + r.uniform(1.5, 3.5)),
@@ -463,7 +432,7 @@ class DashcamScene:
                 self.light((60, 75, 90) if r.uniform() < 0.6 else (150, 150, 150)),
                 (0, 0, 0),
             )
-        return _Prop("post", L, side * (self.road_half + 0.6), 1.0, self.light((235, 235, 235)), (0, 0, 0))
+        return Prop("post", L, side * (self.road_half + 0.6), 1.0, self.light((235, 235, 235)), (0, 0, 0))
 
     # ---- traffic
 
@@ -711,13 +680,13 @@ class DashcamScene:
             colour[2] + (hc[2] - colour[2]) * h,
         )
 
-    def _draw_prop(self, img: np.ndarray, q: _Prop, Z: float) -> None:
+    def _draw_prop(self, img: np.ndarray, q: Prop, Z: float) -> None:
         x, y = self.project(Z, q.X)
         k = self.f / Z  # pixels per metre at this distance
         if q.size * k < 1.0 or not (-0.5 * self.W < x < 1.5 * self.W):
             return
         c1, c2 = self._hazed(q.colour, Z), self._hazed(q.colour2, Z)
-        _PROP_DRAW[q.kind](self, img, float(x), float(y), k, q, c1, c2, Z)
+        PROP_DRAW[q.kind](self, img, float(x), float(y), k, q, c1, c2, Z)
 
     def _rect(self, img: np.ndarray, x0: float, y0: float, x1: float, y1: float, colour: Sequence[float]) -> None:
         if max(abs(x0), abs(x1), abs(y0), abs(y1)) > 1e5:
@@ -809,97 +778,6 @@ class DashcamScene:
             self._rect(img, x + sgn * w2 * 0.92, y - 0.75 * k, x + sgn * w2 * 0.6, y - 0.6 * k, lamp)
 
 
-def _draw_tree(
-    sc: DashcamScene, img: np.ndarray, x: float, y: float, k: float, q: _Prop, c1: BGR, c2: BGR, Z: float
-) -> None:
-    e = q.extra
-    trunk_h = q.size * (0.35 + 0.1 * e[0])
-    sc._rect(img, x - 0.15 * k, y - trunk_h * k - 2, x + 0.15 * k, y, c2)
-    crown = q.size * (0.35 + 0.05 * e[1])
-    cy = y - (trunk_h + crown * 0.8) * k
-    blobs = [(0, 0, 1.0, 1.0), (e[2] * 0.5, e[3] * 0.3, 0.7, 0.8), (e[4] * 0.6, -0.3 + 0.2 * e[5], 0.6, 1.15)]
-    blobs.append((e[6] * 0.5, 0.25, 0.65, 0.85))
-    for dx, dy, rr, shade in blobs:
-        col = tuple(min(255.0, c * shade) for c in c1)
-        r = max(1, int(crown * rr * k * 16))
-        cv2.circle(img, (int((x + dx * crown * k) * 16), int((cy + dy * crown * k) * 16)), r, col, -1, cv2.LINE_AA, 4)
-
-
-def _draw_conifer(
-    sc: DashcamScene, img: np.ndarray, x: float, y: float, k: float, q: _Prop, c1: BGR, c2: BGR, Z: float
-) -> None:
-    h = q.size
-    sc._rect(img, x - 0.12 * k, y - 0.2 * h * k, x + 0.12 * k, y, c2)
-    for j, (lo, hi, w) in enumerate(((0.12, 0.6, 0.32), (0.35, 0.82, 0.25), (0.6, 1.0, 0.17))):
-        col = tuple(c * (0.85 + 0.1 * j) for c in c1)
-        sc._poly(
-            img,
-            np.array([x - w * h * k, x, x + w * h * k]),
-            np.array([y - lo * h * k, y - hi * h * k, y - lo * h * k]),
-            col,
-        )
-
-
-def _draw_bush(
-    sc: DashcamScene, img: np.ndarray, x: float, y: float, k: float, q: _Prop, c1: BGR, c2: BGR, Z: float
-) -> None:
-    ax, ay = max(1, int(q.size * 0.8 * k * 16)), max(1, int(q.size * 0.5 * k * 16))
-    cv2.ellipse(img, (int(x * 16), int((y - q.size * 0.4 * k) * 16)), (ax, ay), 0, 0, 360, c1, -1, cv2.LINE_AA, 4)
-
-
-def _draw_building(
-    sc: DashcamScene, img: np.ndarray, x: float, y: float, k: float, q: _Prop, c1: BGR, c2: BGR, Z: float
-) -> None:
-    """A box: the end wall facing us, the side wall along the road, a flat or gabled roof."""
-    width, depth, gable = q.extra
-    side = 1 if q.X > 0 else -1
-    near_x = q.X - side * width / 2
-    Zs = np.array([Z, Z + depth])
-    xs_side, yb = sc.project(Zs, near_x)
-    _, yt = sc.project(Zs, near_x, q.size)
-    sc._poly(img, np.r_[xs_side, xs_side[::-1]], np.r_[yb, yt[::-1]], tuple(c * 0.8 for c in c1))
-    xa, ya = sc.project(Z, near_x)
-    xb, _ = sc.project(Z, q.X + side * width / 2)
-    _, ytop = sc.project(Z, near_x, q.size)
-    sc._rect(img, min(xa, xb), ytop, max(xa, xb), ya, c1)
-    if gable:
-        _, ypeak = sc.project(Z, q.X, q.size + width * 0.3)
-        sc._poly(img, np.array([xa, (xa + xb) / 2, xb]), np.array([ytop, ypeak, ytop]), c2)
-    if abs(xb - xa) > 12:
-        win = sc._hazed((70, 60, 50), Z)
-        for fx in (0.2, 0.45, 0.7):
-            for fy in (0.35, 0.7):
-                wx = xa + (xb - xa) * fx
-                wy = ya + (ytop - ya) * fy
-                sc._rect(img, wx, wy, wx + (xb - xa) * 0.12, wy + 0.8 * k, win)
-
-
-def _draw_pole(
-    sc: DashcamScene, img: np.ndarray, x: float, y: float, k: float, q: _Prop, c1: BGR, c2: BGR, Z: float
-) -> None:
-    top = y - q.size * k
-    sc._rect(img, x - 0.12 * k, top, x + 0.12 * k, y, c1)
-    sc._rect(img, x - 0.9 * k, top + 0.3 * k, x + 0.9 * k, top + 0.45 * k, c1)
-
-
-def _draw_post(
-    sc: DashcamScene, img: np.ndarray, x: float, y: float, k: float, q: _Prop, c1: BGR, c2: BGR, Z: float
-) -> None:
-    sc._rect(img, x - 0.06 * k, y - 1.0 * k, x + 0.06 * k, y, c1)
-    sc._rect(img, x - 0.06 * k, y - 0.85 * k, x + 0.06 * k, y - 0.7 * k, sc._hazed((20, 20, 20), Z))
-    sc._rect(img, x - 0.04 * k, y - 0.97 * k, x + 0.04 * k, y - 0.9 * k, sc._hazed((30, 140, 240), Z * 0.5))
-
-
-_PROP_DRAW = {
-    "tree": _draw_tree,
-    "conifer": _draw_conifer,
-    "bush": _draw_bush,
-    "building": _draw_building,
-    "pole": _draw_pole,
-    "post": _draw_post,
-}
-
-
 # ---------------------------------------------------------------------------------------- clips
 
 
@@ -922,7 +800,7 @@ def render_clip(
     fps: float,
     width: int = 640,
     height: int = 360,
-    events: Sequence[AnomalyEvent] = (),
+    events: Sequence[InjectedAnomaly] = (),
     camera_seed: int | None = None,
 ) -> Iterator[np.ndarray]:
     """BGR uint8 frames of the drive `seed`, with the events' anomalies on their frames.
@@ -949,280 +827,3 @@ def render_clip(
             if e.kind == "sensor_fault":
                 frame = apply_event(frame, e, i)
         yield frame
-
-
-# ------------------------------------------------------------------------------------- sample set
-
-ANOMALY_SHARE = 1 / 3  # of the test frames
-EVENT_SECONDS = (1.5, 4.0)
-LEAD_SECONDS = 3.0  # normal driving before the first event of a test clip
-GAP_SECONDS = 2.0  # at least this much normal driving after each event
-VARIANTS = {"obstacle": OBSTACLE_SHAPES, "sensor_fault": SENSOR_FAULT_MODES}  # cycled through across the test set
-
-
-@dataclass(frozen=True)
-class ClipPlan:
-    """One clip of the sample set: which drive to render and, for test clips, where the anomalies are."""
-
-    name: str  # file name, e.g. "test_00.mp4"
-    split: str  # "train" | "test"
-    seed: int
-    n_frames: int
-    events: tuple[AnomalyEvent, ...] = ()
-    camera_seed: int | None = None  # the dashcam mount shared by the clips of a set
-
-    @property
-    def labels_name(self) -> str | None:
-        return f"{Path(self.name).stem}.labels.csv" if self.split == "test" else None
-
-
-def _layout(rng: np.random.Generator, n: int, durations: list[int], lead: int, gap: int) -> list[tuple[int, int]]:
-    """Place events of the given lengths in n frames: `lead` normal frames first, >= `gap` after each."""
-    k = len(durations)
-    need = sum(durations) + lead + k * gap
-    if need > n:  # tiny clips (tests): shrink everything proportionally
-        f = n / need
-        durations = [max(2, int(d * f)) for d in durations]
-        lead, gap = max(1, int(lead * f)), max(1, int(gap * f))
-    slack = max(0, n - sum(durations) - lead - k * gap)
-    extra = np.floor(rng.dirichlet(np.ones(k + 1)) * slack).astype(int)
-    spans, pos = [], lead + int(extra[0])
-    for j, d in enumerate(durations):
-        end = min(n, pos + d)
-        if end - pos >= 1:
-            spans.append((pos, end))
-        pos = end + gap + int(extra[j + 1])
-    return spans
-
-
-def _deal_kinds(rng: np.random.Generator, counts: list[int]) -> list[list[str]]:
-    """Kinds per clip: every kind equally often (the remainder drawn at random), no repeats within a clip."""
-    total = sum(counts)
-    pool = list(KINDS) * (total // len(KINDS)) + list(rng.choice(KINDS, total % len(KINDS), replace=False))
-    best: list[list[str]] = []
-    for _ in range(200):
-        order = [str(k) for k in rng.permutation(pool)]
-        dealt, at = [], 0
-        for c in counts:
-            dealt.append(order[at : at + c])
-            at += c
-        best = dealt
-        if all(len(set(d)) == len(d) for d in dealt):
-            break
-    return best
-
-
-def _varied_event(rng: np.random.Generator, kind: str, start: int, end: int, seen: Counter[str]) -> AnomalyEvent:
-    """An event whose seed gives the next variant of its kind in turn (box, tyre, ...; tear, blocks, black)."""
-    variants = VARIANTS.get(kind, ("",))
-    want = variants[seen[kind] % len(variants)]
-    seen[kind] += 1
-    for _ in range(200):
-        event = AnomalyEvent(kind, start, end, int(rng.integers(0, 2**31)))
-        if event_variant(event) == want:
-            break
-    return event
-
-
-def plan_sample_set(
-    seed: int = 0,
-    scale: int = 1,
-    *,
-    n_train: int = 7,
-    n_test: int = 4,
-    train_seconds: float = 20.0,
-    test_seconds: float = 34.0,
-    fps: float = 15.0,
-) -> list[ClipPlan]:
-    """The clips and events of a sample set, without rendering anything (cheap: tests check the plan)."""
-    if scale < 1:
-        raise ValueError("scale must be >= 1")
-    rng = np.random.default_rng([seed, 99])
-    plans = [
-        ClipPlan(f"normal_{j:02d}.mp4", "train", seed * 1000 + j, round(train_seconds * scale * fps), (), seed)
-        for j in range(n_train)
-    ]
-    n_test_frames = [round(test_seconds * scale * fps)] * n_test
-    mean_event = sum(EVENT_SECONDS) / 2 * fps
-    counts = [max(1, round(n * ANOMALY_SHARE / mean_event)) for n in n_test_frames]
-    kinds = _deal_kinds(rng, counts)
-    seen: Counter[str] = Counter()
-    for j, (n, clip_kinds) in enumerate(zip(n_test_frames, kinds, strict=True)):
-        raw = rng.uniform(*EVENT_SECONDS, len(clip_kinds))
-        raw = np.clip(raw * (n * ANOMALY_SHARE / fps) / raw.sum(), *EVENT_SECONDS)  # about a third of the clip
-        durations = [round(d * fps) for d in raw]
-        spans = _layout(rng, n, durations, round(LEAD_SECONDS * fps), round(GAP_SECONDS * fps))
-        # tiny clips may have room for fewer events than kinds dealt: strict=False drops the extra kinds
-        events = tuple(_varied_event(rng, kind, a, b, seen) for kind, (a, b) in zip(clip_kinds, spans, strict=False))
-        plans.append(ClipPlan(f"test_{j:02d}.mp4", "test", seed * 1000 + 500 + j, n, events, seed))
-    return plans
-
-
-def count_decoded_frames(path: Path) -> int:
-    """How many frames OpenCV decodes from a video (what scoring will see), read to the end."""
-    cap = cv2.VideoCapture(str(path))
-    try:
-        if not cap.isOpened():
-            raise RuntimeError(f"cannot open {path}")
-        n = 0
-        while cap.read()[0]:
-            n += 1
-        return n
-    finally:
-        cap.release()
-
-
-def write_labels(path: Path, source: str, n_frames: int, fps: float, events: Sequence[AnomalyEvent]) -> None:
-    """One row per frame: `source,frame_index,timestamp_s,label,kind` (kind empty on normal frames)."""
-    with Path(path).open("w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(LABEL_HEADER)
-        for i, kind in enumerate(frame_kinds(events, n_frames)):
-            w.writerow([source, i, f"{i / fps:.4f}", int(bool(kind)), kind])
-
-
-def _write_clip(plan: ClipPlan, out_dir: Path, fps: float, width: int, height: int) -> dict[str, Any]:
-    """Render, encode, decode back to check the frame count, and write the labels of one clip."""
-    cv2.setNumThreads(1)
-    path = out_dir / plan.name
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
-    if not writer.isOpened():
-        raise RuntimeError(f"cannot write {path} (mp4v)")
-    written = 0
-    try:
-        for frame in render_clip(plan.seed, plan.n_frames, fps, width, height, plan.events, plan.camera_seed):
-            writer.write(frame)
-            written += 1
-    finally:
-        writer.release()
-    decoded = count_decoded_frames(path)
-    if not written == decoded == plan.n_frames:
-        raise RuntimeError(f"{path}: planned {plan.n_frames} frames, wrote {written}, decoded {decoded}")
-    if plan.labels_name:
-        write_labels(out_dir / plan.labels_name, plan.name, plan.n_frames, fps, plan.events)
-    return {"file": plan.name, "decoded_frames": decoded}
-
-
-def _manifest(plans: Sequence[ClipPlan], seed: int, scale: int, fps: float, width: int, height: int) -> dict[str, Any]:
-    clips, by_kind = [], dict.fromkeys(KINDS, 0)
-    for plan in plans:
-        kinds = frame_kinds(plan.events, plan.n_frames)
-        for k in kinds:
-            if k:
-                by_kind[k] += 1
-        events = [
-            {
-                **e.to_dict(),
-                "variant": event_variant(e),
-                "start_s": round(e.start_frame / fps, 4),
-                "end_s": round(e.end_frame / fps, 4),
-            }
-            for e in plan.events
-        ]
-        clips.append(
-            {
-                "file": plan.name,
-                "split": plan.split,
-                "seed": plan.seed,
-                "n_frames": plan.n_frames,
-                "duration_s": round(plan.n_frames / fps, 3),
-                "labels": plan.labels_name,
-                "anomalous_frames": sum(1 for k in kinds if k),
-                "events": events,
-            }
-        )
-    test = [c for c in clips if c["split"] == "test"]
-    return {
-        "generator": "python -m synthetic.scene",
-        "seed": seed,
-        "scale": scale,
-        "fps": fps,
-        "width": width,
-        "height": height,
-        "fourcc": "mp4v",
-        "label_columns": list(LABEL_HEADER),
-        "note": "render_clip replaces each event's anchor/horizon per frame with the scene's own "
-        "(ego lane a few metres ahead, current horizon); the values listed are the defaults",
-        "totals": {
-            "train_frames": sum(c["n_frames"] for c in clips if c["split"] == "train"),
-            "test_frames": sum(c["n_frames"] for c in test),
-            "test_normal_frames": sum(c["n_frames"] - c["anomalous_frames"] for c in test),
-            "test_anomalous_frames": sum(c["anomalous_frames"] for c in test),
-            "test_anomalous_frames_by_kind": by_kind,
-        },
-        "clips": clips,
-    }
-
-
-def generate_sample_set(
-    out_dir: Path,
-    seed: int = 0,
-    scale: int = 1,
-    *,
-    n_train: int = 7,
-    n_test: int = 4,
-    train_seconds: float = 20.0,
-    test_seconds: float = 34.0,
-    fps: float = 15.0,
-    width: int = 640,
-    height: int = 360,
-    workers: int = 1,
-) -> list[Path]:
-    """Render the training and test clips, their label CSVs and manifest.json into `out_dir`; return the paths.
-
-    Every clip is decoded back after writing and must yield exactly its planned number of frames, so the
-    label rows match what OpenCV reads. `workers` > 1 renders clips in parallel processes (same output).
-    """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    plans = plan_sample_set(
-        seed, scale, n_train=n_train, n_test=n_test, train_seconds=train_seconds, test_seconds=test_seconds, fps=fps
-    )
-    jobs = sorted(plans, key=lambda p: -p.n_frames)  # longest first: better packing across workers
-    if workers > 1:
-        import multiprocessing
-
-        ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-            list(pool.map(partial(_write_clip, out_dir=out_dir, fps=fps, width=width, height=height), jobs))
-    else:
-        for plan in jobs:
-            _write_clip(plan, out_dir, fps, width, height)
-    manifest = out_dir / "manifest.json"
-    manifest.write_text(json.dumps(_manifest(plans, seed, scale, fps, width, height), indent=1) + "\n")
-    paths = []
-    for plan in plans:
-        paths.append(out_dir / plan.name)
-        if plan.labels_name:
-            paths.append(out_dir / plan.labels_name)
-    return [*paths, manifest]
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", type=Path, default=Path("sample_videos"), help="output folder")
-    ap.add_argument("--seed", type=int, default=0, help="master seed (clip and event seeds derive from it)")
-    ap.add_argument("--scale", type=int, default=1, help="make every clip N times longer (benchmarks)")
-    ap.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="parallel clip renderers")
-    args = ap.parse_args(argv)
-    t0 = time.perf_counter()
-    paths = generate_sample_set(args.out, args.seed, args.scale, workers=args.workers)
-    manifest = json.loads((args.out / "manifest.json").read_text())
-    frames = {c["file"]: c for c in manifest["clips"]}
-    total = 0
-    for path in paths:
-        size = path.stat().st_size
-        total += size
-        info = frames.get(path.name)
-        desc = f"{info['n_frames']} frames, {len(info['events'])} events" if info else ""
-        print(f"{path}  {size / 1e6:6.2f} MB  {desc}")
-    tot = manifest["totals"]
-    print(
-        f"total {total / 1e6:.2f} MB in {time.perf_counter() - t0:.1f} s; train frames {tot['train_frames']}, "
-        f"test frames {tot['test_frames']} ({tot['test_normal_frames']} normal, {tot['test_anomalous_frames']} "
-        f"anomalous: {tot['test_anomalous_frames_by_kind']})"
-    )
-
-
-if __name__ == "__main__":
-    main()

@@ -1,4 +1,8 @@
-"""Shared fixtures for the unit tests of the `anomaly` core: tiny configs, synthetic frames, a tiny trained model."""
+"""Shared fixtures: variations of the one tiny config, synthetic frames, and the one tiny trained detector.
+
+The detector is trained once per session (`tiny_trained`) and shared by every module that needs a
+model; tests must not modify its checkpoint file (copy it first).
+"""
 
 from __future__ import annotations
 
@@ -9,25 +13,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from factories import TINY, road_frames
 
-from anomaly.config import CalibrationConfig, DetectorConfig, ModelConfig, PreprocessConfig, TrainConfig
+from anomaly.config import DetectorConfig, ModelConfig
 from anomaly.detector import Detector
 from anomaly.preprocess import Preprocessor
 from anomaly.training.train import TrainingData, train_detector
 
-TINY_PREPROCESS = PreprocessConfig(width=32, height=24)
-TINY_MODEL = ModelConfig(widths=(8, 8, 8), latent_channels=4, disc_widths=(8, 8, 8))
 
-
-def _make_config(steps: int = 3, seed: int = 0, model: ModelConfig = TINY_MODEL, **train: object) -> DetectorConfig:
-    """A tiny CPU detector config: 32x24 input, 8-channel networks, small batches."""
-    train_kw: dict[str, object] = {"batch_size": 8, "checkpoint_every": 100, "device": "cpu", "shift_pixels": 2}
+def _make_config(steps: int = 3, seed: int = 0, model: ModelConfig = TINY.model, **train: object) -> DetectorConfig:
+    """`TINY` with other training settings (few steps, no intermediate training states by default)."""
+    train_kw: dict[str, object] = {"checkpoint_every": 100, "shift_pixels": 2, "steps": steps, "seed": seed}
     train_kw.update(train)
-    return DetectorConfig(
-        preprocess=TINY_PREPROCESS,
-        model=model,
-        train=TrainConfig(steps=steps, seed=seed, **train_kw),
-        calibration=CalibrationConfig(error_pool=4, error_stride=2),
+    return DetectorConfig.model_validate(
+        {**TINY.model_dump(), "model": model.model_dump(), "train": {**TINY.train.model_dump(), **train_kw}}
     )
 
 
@@ -73,8 +72,8 @@ def prepare_all() -> Callable[[DetectorConfig, np.ndarray], np.ndarray]:
 
 @pytest.fixture(scope="session")
 def training_data() -> TrainingData:
-    """40 prepared gradient frames, the last 40% held out for calibration."""
-    return TrainingData.split([_prepare_all(_make_config(), _gradient_frames(40, seed=0))], 0.4)
+    """80 prepared road-like frames, the last 40% held out for calibration."""
+    return TrainingData.split([_prepare_all(TINY, road_frames(80))], 0.4)
 
 
 @dataclass(frozen=True)
@@ -86,11 +85,11 @@ class Trained:
 
 @pytest.fixture(scope="session")
 def tiny_trained(tmp_path_factory: pytest.TempPathFactory, training_data: TrainingData) -> Trained:
-    """A detector trained for a few steps through `train_detector`, and the checkpoint it wrote.
+    """The test suite's one trained detector: `TINY` trained on `training_data`, and the checkpoint it wrote.
 
     Shared by the whole session: tests must not modify the checkpoint file (copy it first).
     """
-    config = _make_config(steps=10)
+    config = TINY
     out = tmp_path_factory.mktemp("tiny") / "tiny.pt"
     detector = train_detector(config, training_data, out, progress=False, log=_quiet)
     assert detector.device == torch.device("cpu")

@@ -1,4 +1,4 @@
-"""Small builders shared by the pipeline and CLI tests: real encoded videos and tiny trained models."""
+"""Small builders shared by the tests: the one tiny config, road-like frames, real encoded videos."""
 
 from __future__ import annotations
 
@@ -6,12 +6,10 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import torch
 
 from anomaly.config import CalibrationConfig, DetectorConfig, ModelConfig, PreprocessConfig, TrainConfig
-from anomaly.detector import Detector
-from anomaly.training.train import TrainingData, train_detector
 
+# The one tiny configuration of the test suite: 32x24 input, 8-channel networks, CPU.
 TINY = DetectorConfig(
     preprocess=PreprocessConfig(width=32, height=24),
     model=ModelConfig(widths=(8, 8, 8), latent_channels=4, disc_widths=(8, 8, 8)),
@@ -56,13 +54,3 @@ def with_square(frame: np.ndarray, colour: tuple[int, int, int] = (0, 0, 255), f
     y, x = int(h * 0.7), w // 2 - s // 2
     out[y : y + s, x : x + s] = colour
     return out
-
-
-def tiny_detector(tmp_path: Path, config: DetectorConfig = TINY, n: int = 80) -> tuple[Detector, Path]:
-    """A detector trained for a few steps on `road_frames`, and its checkpoint path."""
-    pre = Detector.new(config, device=torch.device("cpu")).preprocessor
-    frames = road_frames(n)
-    prepared = np.stack([pre.prepare(f) for f in frames])
-    out = tmp_path / "tiny.pt"
-    det = train_detector(config, TrainingData.split([prepared], 0.4), out, progress=False, log=lambda _: None)
-    return det, out

@@ -12,7 +12,7 @@ from synthetic.anomalies import (
     KINDS,
     OBSTACLE_SHAPES,
     SENSOR_FAULT_MODES,
-    AnomalyEvent,
+    InjectedAnomaly,
     apply_event,
     apply_events,
     event_variant,
@@ -57,7 +57,7 @@ def _brightness(img: np.ndarray) -> float:
 def test_every_kind_changes_the_frame_and_not_the_input(kind: str, frame: np.ndarray, real_like: np.ndarray) -> None:
     for base in (frame, real_like):
         before = base.copy()
-        out = apply_event(base, AnomalyEvent(kind, 10, 40, seed=5), 25)
+        out = apply_event(base, InjectedAnomaly(kind, 10, 40, seed=5), 25)
         assert out.shape == base.shape and out.dtype == np.uint8
         assert out is not base
         np.testing.assert_array_equal(base, before)
@@ -66,15 +66,15 @@ def test_every_kind_changes_the_frame_and_not_the_input(kind: str, frame: np.nda
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_deterministic_by_seed(kind: str, frame: np.ndarray) -> None:
-    a = apply_event(frame, AnomalyEvent(kind, 0, 30, seed=11), 12)
-    b = apply_event(frame, AnomalyEvent(kind, 0, 30, seed=11), 12)
-    c = apply_event(frame, AnomalyEvent(kind, 0, 30, seed=12), 12)
+    a = apply_event(frame, InjectedAnomaly(kind, 0, 30, seed=11), 12)
+    b = apply_event(frame, InjectedAnomaly(kind, 0, 30, seed=11), 12)
+    c = apply_event(frame, InjectedAnomaly(kind, 0, 30, seed=12), 12)
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, c)
 
 
 def test_outside_its_frames_an_event_changes_nothing(frame: np.ndarray) -> None:
-    event = AnomalyEvent("fog", 10, 20, seed=1)
+    event = InjectedAnomaly("fog", 10, 20, seed=1)
     for i in (0, 9, 20, 100):
         out = apply_event(frame, event, i)
         assert out is not frame
@@ -85,23 +85,23 @@ def test_outside_its_frames_an_event_changes_nothing(frame: np.ndarray) -> None:
 def test_objects_are_small_and_local(kind: str, frame: np.ndarray, real_like: np.ndarray) -> None:
     for base in (frame, real_like):
         for seed in range(6):
-            event = AnomalyEvent(kind, 0, 30, seed=seed)
+            event = InjectedAnomaly(kind, 0, 30, seed=seed)
             for i in (0, 15, 29):
                 changed = _changed(apply_event(base, event, i), base)
                 assert 0.004 < changed < 0.05, (kind, seed, i, changed)
 
 
 def test_obstacle_shapes_all_occur_and_grow(frame: np.ndarray) -> None:
-    shapes = {event_variant(AnomalyEvent("obstacle", 0, 2, seed=s)) for s in range(40)}
+    shapes = {event_variant(InjectedAnomaly("obstacle", 0, 2, seed=s)) for s in range(40)}
     assert shapes == set(OBSTACLE_SHAPES)
-    event = AnomalyEvent("obstacle", 0, 30, seed=3)
+    event = InjectedAnomaly("obstacle", 0, 30, seed=3)
     first = _changed(apply_event(frame, event, 0), frame)
     last = _changed(apply_event(frame, event, 29), frame)
     assert last > first * 1.2
 
 
 def test_pedestrian_walks_across(frame: np.ndarray) -> None:
-    event = AnomalyEvent("pedestrian", 0, 40, seed=2)
+    event = InjectedAnomaly("pedestrian", 0, 40, seed=2)
 
     def centre_x(i: int) -> float:
         diff = np.abs(apply_event(frame, event, i).astype(np.int16) - frame).max(axis=2) > 12
@@ -113,7 +113,7 @@ def test_pedestrian_walks_across(frame: np.ndarray) -> None:
 def test_lens_mud_covers_5_to_20_percent(real_like: np.ndarray) -> None:
     flat = np.full_like(real_like, 170)
     for seed in range(6):
-        out = apply_event(flat, AnomalyEvent("lens_mud", 0, 10, seed=seed), 5)
+        out = apply_event(flat, InjectedAnomaly("lens_mud", 0, 10, seed=seed), 5)
         covered = _changed(out, flat, tol=30)
         assert 0.04 < covered < 0.22, (seed, covered)
         # brownish: red channel above blue where covered
@@ -124,7 +124,7 @@ def test_lens_mud_covers_5_to_20_percent(real_like: np.ndarray) -> None:
 def test_fog_lowers_contrast(frame: np.ndarray, real_like: np.ndarray) -> None:
     for base in (frame, real_like):
         for seed in range(3):
-            out = apply_event(base, AnomalyEvent("fog", 0, 10, seed=seed), 5)
+            out = apply_event(base, InjectedAnomaly("fog", 0, 10, seed=seed), 5)
             assert _contrast(out) < 0.7 * _contrast(base)
             # stronger up the image (far away) than at the bottom (near)
             h = base.shape[0]
@@ -135,48 +135,48 @@ def test_fog_lowers_contrast(frame: np.ndarray, real_like: np.ndarray) -> None:
 def test_night_is_darker_and_glare_brighter(frame: np.ndarray, real_like: np.ndarray) -> None:
     for base in (frame, real_like):
         for seed in range(3):
-            night = apply_event(base, AnomalyEvent("night", 0, 10, seed=seed), 5)
-            glare = apply_event(base, AnomalyEvent("glare", 0, 10, seed=seed), 5)
+            night = apply_event(base, InjectedAnomaly("night", 0, 10, seed=seed), 5)
+            glare = apply_event(base, InjectedAnomaly("glare", 0, 10, seed=seed), 5)
             assert _brightness(night) < 0.5 * _brightness(base)
             assert night[..., 0].mean() > night[..., 2].mean()  # blueish
             assert _brightness(glare) > _brightness(base) + 20
 
 
 def test_sensor_fault_modes_and_per_frame_damage(frame: np.ndarray) -> None:
-    events = {event_variant(AnomalyEvent("sensor_fault", 0, 10, seed=s)): s for s in range(30)}
+    events = {event_variant(InjectedAnomaly("sensor_fault", 0, 10, seed=s)): s for s in range(30)}
     assert set(events) == set(SENSOR_FAULT_MODES)
-    black = apply_event(frame, AnomalyEvent("sensor_fault", 0, 10, seed=events["black"]), 3)
+    black = apply_event(frame, InjectedAnomaly("sensor_fault", 0, 10, seed=events["black"]), 3)
     assert black.mean() < 5
     for mode in ("tear", "blocks"):
-        event = AnomalyEvent("sensor_fault", 0, 10, seed=events[mode])
+        event = InjectedAnomaly("sensor_fault", 0, 10, seed=events[mode])
         assert not np.array_equal(apply_event(frame, event, 3), apply_event(frame, event, 9))
 
 
 def test_glare_flickers(frame: np.ndarray) -> None:
-    event = AnomalyEvent("glare", 0, 60, seed=4)
+    event = InjectedAnomaly("glare", 0, 60, seed=4)
     means = [apply_event(frame, event, i).mean() for i in range(20, 60, 5)]
     assert np.ptp(means) > 1.0
 
 
 def test_unknown_kind_and_bad_input_raise(frame: np.ndarray) -> None:
     with pytest.raises(ValueError):
-        AnomalyEvent("meteor", 0, 10, seed=0)
+        InjectedAnomaly("meteor", 0, 10, seed=0)
     with pytest.raises(ValueError):
-        AnomalyEvent("fog", 10, 10, seed=0)
+        InjectedAnomaly("fog", 10, 10, seed=0)
     fake = SimpleNamespace(kind="meteor", start_frame=0, end_frame=10, seed=0)
     with pytest.raises(ValueError):
         apply_event(frame, fake, 1)  # type: ignore[arg-type]
     with pytest.raises(ValueError):
-        apply_event(frame[..., 0], AnomalyEvent("fog", 0, 10, seed=0), 1)
+        apply_event(frame[..., 0], InjectedAnomaly("fog", 0, 10, seed=0), 1)
     with pytest.raises(ValueError):
-        apply_event(frame.astype(np.float32), AnomalyEvent("fog", 0, 10, seed=0), 1)
+        apply_event(frame.astype(np.float32), InjectedAnomaly("fog", 0, 10, seed=0), 1)
 
 
 def test_event_helpers() -> None:
-    a = AnomalyEvent("fog", 2, 5, seed=1)
-    b = AnomalyEvent("pedestrian", 4, 6, seed=2, anchor=(0.4, 0.7))
+    a = InjectedAnomaly("fog", 2, 5, seed=1)
+    b = InjectedAnomaly("pedestrian", 4, 6, seed=2, anchor=(0.4, 0.7))
     assert frame_kinds([a, b], 7) == ["", "", "fog", "fog", "fog+pedestrian", "pedestrian", ""]
-    assert AnomalyEvent.from_dict(b.to_dict()) == b
+    assert InjectedAnomaly.from_dict(b.to_dict()) == b
     assert a.progress(2) == 0.0 and a.progress(4) == 1.0 and 0 < a.progress(3) < 1
     frame = np.full((60, 80, 3), 120, np.uint8)
     both = apply_events(frame, [b, a], 4)

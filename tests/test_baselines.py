@@ -32,6 +32,7 @@ def test_ae_only_config_switches_off_the_adversarial_part_only():
     assert ae_only_config(TINY).train.steps == TINY.train.steps
 
 
+@pytest.mark.slow
 def test_ae_only_scores_unusual_frames_higher(tmp_path):
     pre = Preprocessor(TINY.preprocess)
     normal = np.stack([pre.prepare(f) for f in road_frames(60, seed=1)])

@@ -28,18 +28,27 @@ TINY_TRAIN = [
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(tmp_path_factory, tiny_trained):
+    """Training videos, a test clip with an obstacle in frames 12-17, and the session's tiny model."""
     d = tmp_path_factory.mktemp("cli")
-    train_a = write_video(d / "normal_a.mp4", road_frames(60, seed=1))
-    train_b = write_video(d / "normal_b.avi", road_frames(60, seed=2))
+    write_video(d / "normal_a.mp4", road_frames(60, seed=1))
+    write_video(d / "normal_b.avi", road_frames(60, seed=2))
     test_frames = road_frames(30, seed=3)
     test_frames[12:18] = [with_square(f) for f in test_frames[12:18]]
     test = write_video(d / "test.mp4", test_frames)
-    model = d / "model.pt"
-    result = runner.invoke(app, ["train", str(train_a), str(train_b), "--out", str(model), *TINY_TRAIN])
+    return {"dir": d, "model": tiny_trained.path, "test": test}
+
+
+@pytest.mark.slow
+def test_train_command_writes_a_model_that_scores(trained, tmp_path):
+    model, out = tmp_path / "model.pt", tmp_path / "scores.csv"
+    sources = [str(trained["dir"] / "normal_a.mp4"), str(trained["dir"] / "normal_b.avi")]
+    result = runner.invoke(app, ["train", *sources, "--out", str(model), *TINY_TRAIN])
     assert result.exit_code == 0, result.output
     assert model.exists() and "threshold" in result.output
-    return {"dir": d, "model": model, "test": test}
+    scored = runner.invoke(app, ["score", str(trained["test"]), "-m", str(model), "-o", str(out), "--no-progress"])
+    assert scored.exit_code == 0, scored.output
+    assert len(read_scores_csv(out)["score"]) == 30
 
 
 def test_score_writes_csv_events_and_annotated_video(trained, tmp_path):
@@ -85,6 +94,7 @@ def test_bad_inputs_give_clear_errors_and_exit_codes(trained, tmp_path):
     assert bad_roi.exit_code == 2 and "--roi" in bad_roi.output
 
 
+@pytest.mark.slow
 def test_resume_continues_from_the_saved_state(trained, tmp_path):
     model = tmp_path / "m.pt"
     src = str(trained["dir"] / "normal_a.mp4")

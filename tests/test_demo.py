@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 
 from cli.main import app
 from evaluation.demo import format_report
-from synthetic.scene import generate_sample_set
+from synthetic.sample_set import generate_sample_set
 
 
 @pytest.fixture(scope="module")

@@ -28,6 +28,8 @@ from anomaly.training.distributed import (
 )
 from anomaly.training.train import TrainingData, calibrate, train_detector
 
+pytestmark = pytest.mark.slow  # Ray instances and process groups: minutes, not seconds
+
 WORLD = 2
 
 

@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from factories import road_frames, tiny_detector, with_square, write_video
+from factories import road_frames, with_square, write_video
 from sklearn.metrics import average_precision_score, roc_auc_score
 from typer.testing import CliRunner
 
@@ -17,14 +17,9 @@ from anomaly.checkpoint import load_detector
 from anomaly.metrics import labeled_stretches
 from anomaly.thresholds import best_f1, sweep
 from cli.main import app
-from evaluation.evaluate import (
-    EvaluationConfig,
-    Scored,
-    label_paths,
-    read_scores,
-    stretch_ids,
-    top_rows,
-)
+from evaluation.config import EvaluationConfig
+from evaluation.inputs import LabeledScores, label_paths, read_scores
+from evaluation.measures import stretch_ids, top_rows
 from footage.labels import LabelError, labels_path_for
 from footage.scores_csv import read_scores_csv
 
@@ -43,7 +38,7 @@ def scored_table(sources, timestamps, scores, labels=None):
         "score": np.array(scores, dtype=float),
     }
     labels = np.zeros(n, bool) if labels is None else np.array(labels, bool)
-    return Scored(cols=cols, labels=labels, kinds=[""] * n)
+    return LabeledScores(cols=cols, labels=labels, kinds=[""] * n)
 
 
 def test_top_rows_keeps_one_frame_per_second_of_a_clip():
@@ -108,9 +103,9 @@ OBSTACLE, DEBRIS = range(10, 16), range(25, 30)
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def setup(tmp_path_factory, tiny_trained):
     d = tmp_path_factory.mktemp("evaluate")
-    _, model = tiny_detector(d)
+    model = tiny_trained.path
     normal = write_video(d / "normal.mp4", road_frames(60, seed=5))
     frames = road_frames(40, seed=3)
     frames[10:16] = [with_square(f) for f in frames[10:16]]

@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import pytest
 import ray
-from factories import TINY, road_frames, tiny_detector, with_square, write_video
+from factories import TINY, road_frames, with_square, write_video
 from typer.testing import CliRunner
 
 from anomaly.preprocess import Preprocessor
@@ -34,6 +34,8 @@ from batch.ray_engine import (
 from cli.main import app
 from footage.ingest import iter_frames, iter_source_frames
 from footage.sampling import SamplingConfig
+
+pytestmark = pytest.mark.slow  # Ray instances and process groups: minutes, not seconds
 
 TESTS_DIR = Path(__file__).resolve().parent
 CHUNK = 16  # small chunks, so a 70-frame clip is decoded in five pieces
@@ -61,8 +63,8 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory: pytest.TempPathFactory):
-    return tiny_detector(tmp_path_factory.mktemp("ray_model"))
+def model(tiny_trained):  # noqa: ANN001 - a conftest fixture
+    return tiny_trained.detector, tiny_trained.path
 
 
 @pytest.fixture(scope="module")

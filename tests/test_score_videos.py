@@ -3,7 +3,7 @@ import json
 import cv2
 import numpy as np
 import pytest
-from factories import road_frames, tiny_detector, with_square, write_video
+from factories import road_frames, with_square, write_video
 
 from anomaly.scoring import score_frames
 from batch.local import score_sources
@@ -12,9 +12,8 @@ from footage.scores_csv import CSV_COLUMNS, read_scores_csv
 
 
 @pytest.fixture(scope="module")
-def detector(tmp_path_factory):
-    det, _ = tiny_detector(tmp_path_factory.mktemp("model"))
-    return det
+def detector(tiny_trained):
+    return tiny_trained.detector
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ import cv2
 import httpx
 import numpy as np
 import pytest
-from factories import road_frames, tiny_detector, with_square
+from factories import road_frames, with_square
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 from typer.testing import CliRunner
@@ -45,9 +45,8 @@ class Model:
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory: pytest.TempPathFactory) -> Model:
-    detector, path = tiny_detector(tmp_path_factory.mktemp("service_model"))
-    return Model(detector, path)
+def model(tiny_trained) -> Model:  # noqa: ANN001 - a conftest fixture
+    return Model(tiny_trained.detector, tiny_trained.path)
 
 
 @dataclass

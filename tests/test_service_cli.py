@@ -15,7 +15,7 @@ from pathlib import Path
 import cv2
 import httpx
 import pytest
-from factories import road_frames, tiny_detector
+from factories import road_frames
 from typer.testing import CliRunner
 
 import service.server
@@ -26,8 +26,8 @@ runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tiny_detector(tmp_path_factory.mktemp("serve_cli"))[1]
+def model_path(tiny_trained) -> Path:  # noqa: ANN001 - a conftest fixture
+    return tiny_trained.path
 
 
 def captured_settings(monkeypatch: pytest.MonkeyPatch, args: list[str], env: dict[str, str] | None = None):  # noqa: ANN201

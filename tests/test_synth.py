@@ -10,19 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from synthetic.anomalies import KINDS, AnomalyEvent, event_variant
-from synthetic.scene import (
-    CAMERA_FIELDS,
-    EVENT_SECONDS,
-    LABEL_HEADER,
-    DashcamScene,
-    SceneParams,
-    count_decoded_frames,
-    generate_sample_set,
-    mounted_camera,
-    plan_sample_set,
-    render_clip,
-)
+from synthetic.anomalies import KINDS, InjectedAnomaly, event_variant
+from synthetic.sample_set import EVENT_SECONDS, LABEL_HEADER, count_decoded_frames, generate_sample_set, plan_sample_set
+from synthetic.scene import CAMERA_FIELDS, DashcamScene, SceneParams, mounted_camera, render_clip
 
 
 def _frames(seed: int, n: int = 6, **kw: object) -> np.ndarray:
@@ -52,7 +42,7 @@ def test_scene_params_are_seeded_and_varied() -> None:
 
 
 def test_events_only_change_their_own_frames() -> None:
-    event = AnomalyEvent("obstacle", 3, 6, seed=4)
+    event = InjectedAnomaly("obstacle", 3, 6, seed=4)
     plain = _frames(5, n=8)
     with_event = np.stack(list(render_clip(5, 8, 15.0, events=[event])))
     for i in range(8):
@@ -121,7 +111,7 @@ def test_generate_tiny_sample_set(tmp_path: Path) -> None:
         assert all(r[0] == f"{name}.mp4" for r in rows)
         assert abs(float(rows[-1][2]) - 29 / fps) < 1e-3
         events = [
-            AnomalyEvent.from_dict({k: e[k] for k in ("kind", "start_frame", "end_frame", "seed")})
+            InjectedAnomaly.from_dict({k: e[k] for k in ("kind", "start_frame", "end_frame", "seed")})
             for e in clips[f"{name}.mp4"]["events"]
         ]
         assert events, "every test clip has at least one anomaly"

@@ -124,12 +124,15 @@ def test_evenly():
     assert list(picked) == [0, 3, 6, 9]
 
 
-def test_shift_as_large_as_the_frame_is_rejected_or_trains(tmp_path, make_config, training_data):
-    try:
-        config = make_config(steps=1, shift_pixels=24)
-    except ValidationError:
-        return  # refused up front: fine
-    train_detector(config, training_data, tmp_path / "m.pt", progress=False, log=quiet)
+def test_shift_beyond_reflect_padding_is_refused_and_the_largest_allowed_one_trains(
+    tmp_path, make_config, training_data
+):
+    # 32x24 input: reflect padding needs a shift under half the shorter side, 12
+    with pytest.raises(ValidationError, match="shift_pixels=12 is too large .* use less than 12"):
+        make_config(steps=1, shift_pixels=12)
+    config = make_config(steps=1, shift_pixels=11)
+    detector = train_detector(config, training_data, tmp_path / "m.pt", progress=False, log=quiet)
+    assert detector.calibration is not None and (tmp_path / "m.pt").is_file()
 
 
 # --- train_detector ------------------------------------------------------------------------------
