@@ -31,7 +31,9 @@ from anomaly.preprocess import Preprocessor
 from anomaly.scoring import score_prepared
 from anomaly.training.train import TrainingData, train_detector
 from batch.local import score_sources
-from batch.ray_engine import RayScoreConfig, local_cpus, output_names, score_on_ray
+from batch.ray.config import RayScoreConfig
+from batch.ray.engine import local_cpus, score_on_ray
+from batch.ray.manifest import output_names
 from footage.ingest import iter_source_frames
 from footage.sampling import SamplingConfig
 from footage.scores_csv import CSV_COLUMNS

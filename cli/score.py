@@ -82,13 +82,13 @@ def score(
     """
     listed = list(sources or [])
     if manifest is not None:
-        from batch.ray_engine import read_source_list
+        from batch.ray.manifest import read_source_list
 
         listed += read_source_list(manifest)
     if not listed:
         raise UserError("no sources: give video files or folders, or --manifest FILE")
     if engine == "ray":
-        from batch.ray_engine import RayScoreConfig
+        from batch.ray.config import RayScoreConfig
 
         if events_out is not None or annotate is not None:
             raise UserError("--events and --annotate work with --engine local only; --engine ray writes scores")
@@ -143,8 +143,9 @@ def score(
 
 
 def score_with_ray(config: "RayScoreConfig") -> None:  # noqa: F821 - imported where it is used
-    """`anomaly score --engine ray`: run `batch.ray_engine` with the config, report like the local engine."""
-    from batch.ray_engine import check_out_dir, score_on_ray
+    """`anomaly score --engine ray`: run `batch.ray.engine` with the config, report like the local engine."""
+    from batch.ray.engine import score_on_ray
+    from batch.ray.manifest import check_out_dir
 
     check_out_dir(config.out_dir)
     try:

@@ -18,19 +18,11 @@ from typer.testing import CliRunner
 
 from anomaly.preprocess import Preprocessor
 from batch.local import score_sources
-from batch.ray_engine import (
-    MANIFEST_NAME,
-    OPEN_END,
-    ChunkScorer,
-    RayScoreConfig,
-    check_out_dir,
-    decode_chunk,
-    output_names,
-    plan_resources,
-    plan_source,
-    read_source_list,
-    score_on_ray,
-)
+from batch.ray.chunks import OPEN_END, decode_chunk, plan_source
+from batch.ray.config import RayScoreConfig
+from batch.ray.engine import plan_resources, score_on_ray
+from batch.ray.manifest import MANIFEST_NAME, check_out_dir, output_names, read_source_list
+from batch.ray.scorer import ChunkScorer
 from cli.main import app
 from footage.ingest import iter_frames, iter_source_frames
 from footage.sampling import SamplingConfig

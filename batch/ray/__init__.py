@@ -1,0 +1,1 @@
+"""Batch scoring on a Ray cluster (`anomaly score --engine ray`): see `batch.ray.engine`."""
