@@ -26,7 +26,6 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from sklearn.decomposition import PCA
 
 
 @dataclass
@@ -119,6 +118,8 @@ def fit_normal_stats(
     center = cells.median(0).values
     spread = torch.quantile(cells.flatten(1), cell_quantile, dim=0).view_as(center) - center
     spread = torch.clamp(spread, min=spread_floor * float(spread.median()) + 1e-12)
+    from sklearn.decomposition import PCA  # imported here: scoring needs the statistics, not their fitting
+
     feats = features.double().cpu().numpy()
     k = max(1, min(components, len(feats) - 1, feats.shape[1]))
     pca = PCA(n_components=k, whiten=True).fit(feats)

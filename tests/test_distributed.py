@@ -50,7 +50,7 @@ def prepared_data(config: DetectorConfig) -> TrainingData:
 
 
 def test_context_from_torchrun_environment():
-    assert context_from_env({}) == DistributedContext(0, 1, 0)
+    assert context_from_env({}) == DistributedContext(rank=0, world_size=1, local_rank=0)
     ctx = context_from_env({"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "MASTER_PORT": "29500"})
     assert (ctx.rank, ctx.world_size, ctx.local_rank, ctx.enabled, ctx.is_main) == (3, 4, 1, True, False)
     assert ctx.device(torch.device("cuda")) == torch.device("cuda", 1)
@@ -65,10 +65,10 @@ def test_context_from_torchrun_environment():
 def test_shards_are_contiguous_nearly_equal_and_cover_everything_in_order(world):
     for n in range(10):
         items = np.arange(n)
-        shards = [shard(items, DistributedContext(r, world)) for r in range(world)]
+        shards = [shard(items, DistributedContext(rank=r, world_size=world)) for r in range(world)]
         assert np.array_equal(np.concatenate(shards), items)
         assert max(map(len, shards)) - min(map(len, shards)) <= 1
-        assert [shard_bounds(n, DistributedContext(r, world))[0] for r in range(world)] == [
+        assert [shard_bounds(n, DistributedContext(rank=r, world_size=world))[0] for r in range(world)] == [
             sum(map(len, shards[:r])) for r in range(world)
         ]
 
@@ -83,7 +83,7 @@ def test_batch_must_have_a_frame_for_every_process(tmp_path):
             tmp_path / "m.pt",
             progress=False,
             log=quiet,
-            context=DistributedContext(0, 3),
+            context=DistributedContext(rank=0, world_size=3),
         )
     assert not (tmp_path / "m.pt").exists()
 

@@ -16,16 +16,15 @@ Only rank 0 writes files.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import timedelta
 from typing import TypeVar
 
 import numpy as np
 import torch
 import torch.distributed as dist
+from pydantic import BaseModel, ConfigDict, model_validator
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -34,20 +33,23 @@ from anomaly.model import AutoencoderGAN
 T = TypeVar("T", np.ndarray, torch.Tensor)
 
 
-@dataclass(frozen=True)
-class DistributedContext:
+class DistributedContext(BaseModel):
     """This process's place among the training processes (one process: rank 0 of 1)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
 
-    def __post_init__(self) -> None:
+    @model_validator(mode="after")
+    def _check(self) -> DistributedContext:
         if self.world_size < 1 or not 0 <= self.rank < self.world_size or self.local_rank < 0:
             raise ValueError(
                 f"invalid distributed setting: rank {self.rank}, world size {self.world_size}, "
                 f"local rank {self.local_rank} (need 0 <= rank < world size and local rank >= 0)"
             )
+        return self
 
     @property
     def enabled(self) -> bool:
@@ -68,7 +70,7 @@ class DistributedContext:
 SINGLE_PROCESS = DistributedContext()  # an immutable default, not shared state
 
 
-def context_from_env(environ: Mapping[str, str] = os.environ) -> DistributedContext:
+def context_from_env(environ: Mapping[str, str]) -> DistributedContext:
     """The context torchrun describes in the environment; a plain process is rank 0 of 1."""
     if "WORLD_SIZE" not in environ:
         return DistributedContext()
