@@ -7,6 +7,7 @@ so an interrupted save never leaves a half-written model behind.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -61,6 +62,15 @@ def read_checkpoint(path: Path, kind: str) -> dict[str, Any]:
             f"reads version {FORMAT_VERSION}; retrain the model with this version"
         )
     return state
+
+
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a model file: what identifies a model in run records, manifests and the service."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def save_detector(detector: Detector, path: Path) -> None:

@@ -20,16 +20,73 @@ from footage.heatmap import AnnotatedVideoWriter, draw_annotation
 from footage.ingest import IngestError, iter_frames, probe_source
 from footage.prefetch import batched, prefetch
 from footage.sampling import SamplingConfig
-from footage.scores_csv import ScoredBatch, ScoresWriter
+from footage.scores_csv import (
+    ScoredBatch,
+    ScoresWriter,
+    ScoringRun,
+    WrittenRows,
+    cut_to_complete_rows,
+    read_run_record,
+    run_record_path,
+    write_run_record,
+)
 
 
 @dataclass
 class ScoreRunSummary:
-    frames: int = 0
+    """What a run did. A source `failed` when it gave no frame at all; it `had problems` when it ended with
+    an error after some of its frames were scored (a truncated video, a corrupt image in a folder)."""
+
+    frames: int = 0  # rows in the CSV, those of an earlier interrupted run included
+    resumed_frames: int = 0  # of them, rows the interrupted run had written
     anomalies: int = 0
     events: list[Event] = field(default_factory=list)
-    errors: dict[str, str] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)  # every source that ended with an error
     sources: list[str] = field(default_factory=list)
+    frames_per_source: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def failed(self) -> dict[str, str]:
+        return {s: e for s, e in self.errors.items() if not self.frames_per_source.get(s)}
+
+    @property
+    def with_problems(self) -> dict[str, str]:
+        return {s: e for s, e in self.errors.items() if self.frames_per_source.get(s)}
+
+    @property
+    def scored_sources(self) -> int:
+        return sum(1 for n in self.frames_per_source.values() if n)
+
+
+class OutputExists(ValueError):
+    """The scores CSV is there already and the run was not asked to resume or overwrite it."""
+
+
+def open_run(out_csv: Path, run: ScoringRun, *, resume: bool, overwrite: bool) -> WrittenRows | None:
+    """What to continue from: the rows an interrupted run left (`resume`), or None to start afresh.
+
+    Without `resume` an existing CSV is kept unless `overwrite`; with it, the CSV must have been written
+    by the same model, threshold, sampling and sources, as its run record says.
+    """
+    out_csv = Path(out_csv)
+    if not out_csv.exists():
+        return None
+    if not resume:
+        if overwrite:
+            return None
+        raise OutputExists(f"{out_csv} exists: pass --resume to continue that run or --overwrite to replace it")
+    previous = read_run_record(out_csv)
+    if previous is None:
+        raise ValueError(
+            f"cannot resume {out_csv}: {run_record_path(out_csv).name} beside it, which records how it was written, "
+            "is missing or unreadable; rerun with --overwrite"
+        )
+    differences = previous.differences(run)
+    if differences:
+        raise ValueError(f"cannot resume {out_csv}: it was written with another " + "; ".join(differences))
+    written = cut_to_complete_rows(out_csv)
+    written.finished, written.problems = previous.finished, dict(previous.problems)
+    return written
 
 
 def expected_frames(sources: Sequence[str], sampling: SamplingConfig) -> int | None:
@@ -67,30 +124,63 @@ def score_sources(
     annotate_dir: Path | None = None,
     progress: bool = True,
     on_error: Callable[[str, IngestError], None] | None = None,
+    run: ScoringRun | None = None,
+    resume_from: WrittenRows | None = None,
 ) -> ScoreRunSummary:
-    """Score every frame of `sources` into `out_csv`; bad sources are reported and skipped."""
+    """Score every frame of `sources` into `out_csv`; bad sources are reported and skipped.
+
+    With `run`, its record is kept beside the CSV (`<csv>.run.json`) and updated as each source
+    finishes, so an interrupted run can be continued: `resume_from` (see `open_run`) appends to the
+    CSV, skipping the finished sources and starting the unfinished one after its last row.
+    """
     sampling = sampling or SamplingConfig()
     summary = ScoreRunSummary(sources=list(sources))
     pre = detector.preprocessor
+    if resume_from is not None and annotate_dir is not None:
+        raise ValueError("--annotate cannot continue an interrupted run's videos; resume without it")
+    finished = list(resume_from.finished) if resume_from is not None else []
+    if resume_from is not None:
+        summary.errors.update(resume_from.problems)
 
     def record_error(src: str, err: IngestError) -> None:
         summary.errors[src] = str(err)
         if on_error:
             on_error(src, err)
 
+    trackers: dict[str, EventTracker] = {}
+    if resume_from is not None:  # the events of the rows already written, from their (rounded) scores
+        for source, rows in resume_from.rows.items():
+            tracker = trackers[source] = EventTracker(source, detector.threshold, event_config)
+            for row in rows:
+                summary.events.extend(tracker.update(*row).finished)
+            summary.frames_per_source[source] = len(rows)
+        summary.frames = summary.resumed_frames = resume_from.frames
+        summary.anomalies = resume_from.anomalies
+    todo = [s for s in sources if s not in finished]
+    first = {s: i + 1 for s, i in resume_from.last_index.items()} if resume_from is not None else {}
+
     # With annotation the original frames are needed for drawing, so preparation moves to this thread.
     transform = None if annotate_dir else pre.prepare
     frames = prefetch(
-        iter_frames(sources, sampling, transform=transform, on_error=record_error), maxsize=4 * batch_size
+        iter_frames(todo, sampling, transform=transform, on_error=record_error, first=first), maxsize=4 * batch_size
     )
-    trackers: dict[str, EventTracker] = {}
     writers: dict[str, AnnotatedVideoWriter] = {}
     out_csv = Path(out_csv)
     out_csv.parent.mkdir(parents=True, exist_ok=True)
-    bar = progress_bar(total=expected_frames(sources, sampling), desc="score", unit="frame", enabled=progress)
+
+    def finish(done: Sequence[str]) -> None:
+        if run is not None:
+            finished.extend(d for d in done if d not in finished)
+            problems = {s: e for s, e in summary.errors.items() if s in finished}
+            write_run_record(out_csv, run.model_copy(update={"finished": tuple(finished), "problems": problems}))
+
+    finish([])
+    current = 0  # position in `todo` of the source being read
+    bar = progress_bar(total=expected_frames(todo, sampling), desc="score", unit="frame", enabled=progress)
     try:
-        with out_csv.open("w", newline="") as fh:
-            writer = ScoresWriter(fh)
+        append = resume_from is not None and out_csv.stat().st_size > 0
+        with out_csv.open("a" if append else "w", newline="") as fh:
+            writer = ScoresWriter(fh, header=not append)
             for batch in batched(frames, batch_size):
                 images = [f.image for f in batch] if transform else [pre.prepare(f.image) for f in batch]
                 scored = ScoredBatch(batch, score_prepared(detector, images))
@@ -98,9 +188,16 @@ def score_sources(
                 track_events(scored, trackers, detector.threshold, event_config, summary)
                 if annotate_dir:
                     write_annotated(scored, writers, annotate_dir, detector, sampling)
+                for f in batch:
+                    summary.frames_per_source[f.source] = summary.frames_per_source.get(f.source, 0) + 1
                 summary.frames += len(batch)
                 summary.anomalies += int(scored.scores.is_anomaly.sum())
                 bar.update(len(batch))
+                reached = todo.index(batch[-1].source, current)
+                if reached > current:  # every source before the one this batch ended in is complete
+                    finish(todo[current:reached])
+                    current = reached
+        finish(todo)
     finally:
         bar.close()
         for w in writers.values():

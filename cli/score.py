@@ -64,6 +64,11 @@ def score(
         Path | None, typer.Option(help="also write <source>.annotated.mp4 with score and heat map into this folder")
     ] = None,
     threshold: Annotated[float | None, typer.Option(help="override the model's calibrated threshold")] = None,
+    resume: Annotated[
+        bool,
+        typer.Option(help="continue an interrupted run: keep its CSV's complete rows and score only what is missing"),
+    ] = False,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing scores CSV (otherwise refused)")] = False,
     batch_size: BatchSizeOpt = 16,
     threads: Annotated[
         int | None,
@@ -111,19 +116,29 @@ def score(
         return
     if address is not None or workers is not None:
         raise UserError("--address and --workers apply to --engine ray only")
+    if resume and overwrite:
+        raise UserError("--resume continues the CSV and --overwrite replaces it: give one")
 
-    from anomaly.checkpoint import load_detector
+    from anomaly.checkpoint import file_sha256, load_detector
     from anomaly.device import resolve_device, set_torch_threads
-    from batch.local import score_sources
+    from batch.local import open_run, score_sources
     from footage.ingest import expand_sources
+    from footage.scores_csv import ScoringRun
 
     set_torch_threads(threads)
     detector = load_detector(model, resolve_device(device))
     if threshold is not None:
         detector = detector.with_threshold(threshold)
+    expanded = expand_sources(listed)
+    run = ScoringRun(
+        model_sha256=file_sha256(model), threshold=detector.threshold, sampling=sampling, sources=tuple(expanded)
+    )
+    resume_from = open_run(out, run, resume=resume, overwrite=overwrite)
+    if resume and resume_from is None:
+        typer.echo(f"no {out} to resume: starting afresh", err=True)
     summary = score_sources(
         detector,
-        expand_sources(listed),
+        expanded,
         out,
         sampling=sampling,
         batch_size=batch_size,
@@ -132,13 +147,23 @@ def score(
         annotate_dir=annotate,
         progress=progress,
         on_error=report_source_error,
+        run=run,
+        resume_from=resume_from,
     )
+    resumed = f" ({summary.resumed_frames} of them from the interrupted run)" if summary.resumed_frames else ""
     typer.echo(
-        f"scored {summary.frames} frames from {len(summary.sources) - len(summary.errors)} source(s): "
-        f"{summary.anomalies} above threshold {detector.threshold:.3f}, {len(summary.events)} event(s) -> {out}"
+        f"scored {summary.frames} frames{resumed} from {summary.scored_sources} of {len(summary.sources)} "
+        f"source(s): {summary.anomalies} above threshold {detector.threshold:.3f}, {len(summary.events)} "
+        f"event(s) -> {out}"
     )
+    if summary.with_problems:
+        names = ", ".join(summary.with_problems)
+        typer.echo(
+            f"{len(summary.with_problems)} source(s) had problems (their good frames are scored): {names}", err=True
+        )
+    if summary.failed:
+        typer.echo(f"{len(summary.failed)} source(s) failed: {', '.join(summary.failed)}", err=True)
     if summary.errors:
-        typer.echo(f"{len(summary.errors)} source(s) failed: {', '.join(summary.errors)}", err=True)
         raise typer.Exit(1)
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -314,13 +314,21 @@ class FrameReader:
             self.next_index = index
 
 
-def _iter_video(source: str, sampling: SamplingConfig, transform: Transform | None) -> Iterator[Frame]:
+def _iter_video(source: str, sampling: SamplingConfig, transform: Transform | None, first: int) -> Iterator[Frame]:
     cap = open_video(source)
     try:
         fps = video_fps(cap, source)
         reported = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
-        reader = FrameReader(cap, source, fps, FrameSelector(sampling, fps), transform)
-        yield from reader.read()
+        selector = FrameSelector(sampling, fps)
+        if first:
+            if selector.skip_to(first) < first:
+                return  # the selection ends before `first`: nothing is left to read
+            for index in range(first):  # grabbed, never converted to pixels
+                if not cap.grab():
+                    check_complete(source, decoded=index, reported=reported)
+                    return
+        reader = FrameReader(cap, source, fps, selector, transform)
+        yield from reader.read(first)
         if reader.stream_ended:  # not stopped on purpose (end_s / max_frames): did the whole file decode?
             check_complete(source, decoded=reader.next_index, reported=reported)
     finally:
@@ -355,14 +363,16 @@ def _describe_bad_images(source: str, bad: list[str], total_bad: int, read: int)
     return f"{source}: skipped {total_bad} unreadable image file(s) (corrupt or not an image): {names}"
 
 
-def _iter_images(source: str, sampling: SamplingConfig, transform: Transform | None) -> Iterator[Frame]:
+def _iter_images(source: str, sampling: SamplingConfig, transform: Transform | None, first: int) -> Iterator[Frame]:
     files = _image_files(source)
     fps = sampling.folder_fps
     selector = FrameSelector(sampling, fps)
+    if first and selector.skip_to(first) < first:
+        return
     bad: list[str] = []  # the first few names only: the message stays short, memory flat
     total_bad = 0
     shape: tuple[int, ...] | None = None
-    for index, path in enumerate(files):
+    for index, path in enumerate(files[first:], start=first):
         if selector.finished(index):
             break
         if not selector.wants(index):
@@ -391,17 +401,20 @@ def _iter_images(source: str, sampling: SamplingConfig, transform: Transform | N
 
 
 def iter_source_frames(
-    path: str | Path, sampling: SamplingConfig | None = None, transform: Transform | None = None
+    path: str | Path, sampling: SamplingConfig | None = None, transform: Transform | None = None, first: int = 0
 ) -> Iterator[Frame]:
     """Kept frames of one video or image folder, in order, with `transform` applied in this
     (decode) thread. Raises IngestError naming the file; where the problem shows only at the end
-    (truncated video, unreadable images in a folder) it is raised after all good frames."""
+    (truncated video, unreadable images in a folder) it is raised after all good frames.
+
+    `first` starts at that frame index, keeping exactly the frames a read from the start would keep
+    from there on (a resumed run); the frames before it are skipped without converting them to pixels."""
     source = str(path)
     sampling = sampling or SamplingConfig()
     if _source_kind(source) == "images":
-        yield from _iter_images(source, sampling, transform)
+        yield from _iter_images(source, sampling, transform, first)
     else:
-        yield from _iter_video(source, sampling, transform)
+        yield from _iter_video(source, sampling, transform, first)
 
 
 def iter_frames(
@@ -409,15 +422,17 @@ def iter_frames(
     sampling: SamplingConfig | None = None,
     transform: Transform | None = None,
     on_error: Callable[[str, IngestError], None] | None = None,
+    first: Mapping[str, int] | None = None,
 ) -> Iterator[Frame]:
     """Frames of several sources, one after the other. A bad source goes to `on_error(path, err)`
     and the run goes on with the next one (frames it yielded before failing stay yielded);
-    without `on_error` the first IngestError is raised."""
+    without `on_error` the first IngestError is raised. `first` maps a source to the frame index
+    it starts at (see `iter_source_frames`)."""
     if isinstance(paths, (str, Path)):
         paths = [paths]
     for path in paths:
         try:
-            yield from iter_source_frames(path, sampling, transform)
+            yield from iter_source_frames(path, sampling, transform, (first or {}).get(str(path), 0))
         except IngestError as err:
             if on_error is None:
                 raise

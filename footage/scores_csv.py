@@ -13,14 +13,16 @@ import io
 import os
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict
 
 from anomaly.frame_scores import SCORE_FIELDS, FrameScores
 from footage.ingest import Frame
+from footage.sampling import SamplingConfig
 
 CSV_COLUMNS = ("source", "frame_index", "timestamp_s", *SCORE_FIELDS, "is_anomaly")
 
@@ -54,12 +56,13 @@ def csv_text(rows: Iterable[tuple]) -> str:
 
 
 class ScoresWriter:
-    """Writes a scores CSV: the header, then whole rows, flushed batch by batch."""
+    """Writes a scores CSV: the header (unless it continues a file), then whole rows, flushed batch by batch."""
 
-    def __init__(self, fh: IO[str]) -> None:
+    def __init__(self, fh: IO[str], *, header: bool = True) -> None:
         self._fh = fh
         self._csv = csv.writer(fh)
-        self._csv.writerow(CSV_COLUMNS)
+        if header:
+            self._csv.writerow(CSV_COLUMNS)
 
     def write(self, batch: ScoredBatch) -> None:
         self._csv.writerows(csv_rows(batch))
@@ -103,3 +106,94 @@ def read_scores_csv(path: Path) -> dict[str, np.ndarray]:
     cols["frame_index"] = cols["frame_index"].astype(int)
     cols["is_anomaly"] = cols["is_anomaly"].astype(bool)
     return cols
+
+
+RUN_RECORD_FORMAT = 1
+
+
+class ScoringRun(BaseModel):
+    """What a scores CSV is being written with, kept beside it so that `--resume` continues only the same run.
+
+    `finished` lists the sources whose frames are all in the CSV (or that ended with the error in
+    `problems`); the CSV itself says how far the unfinished one got.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    format: int = RUN_RECORD_FORMAT
+    model_sha256: str
+    threshold: float
+    sampling: SamplingConfig
+    columns: tuple[str, ...] = CSV_COLUMNS
+    sources: tuple[str, ...]
+    finished: tuple[str, ...] = ()
+    problems: dict[str, str] = {}
+
+    def differences(self, other: ScoringRun) -> list[str]:
+        """What would make rows of `other` differ from rows of this run (empty: the same run)."""
+        checks = {
+            "model file": (self.model_sha256[:12], other.model_sha256[:12]),
+            "threshold": (self.threshold, other.threshold),
+            "sampling": (self.sampling.model_dump(), other.sampling.model_dump()),
+            "columns": (self.columns, other.columns),
+            "sources": (self.sources, other.sources),
+            "record format": (self.format, other.format),
+        }
+        return [f"{name} {mine} vs {theirs}" for name, (mine, theirs) in checks.items() if mine != theirs]
+
+
+def run_record_path(csv_path: Path) -> Path:
+    return Path(csv_path).with_name(Path(csv_path).name + ".run.json")
+
+
+def write_run_record(csv_path: Path, run: ScoringRun) -> None:
+    atomic_write_text(run_record_path(csv_path), run.model_dump_json(indent=1) + "\n")
+
+
+def read_run_record(csv_path: Path) -> ScoringRun | None:
+    """The record beside `csv_path`; None when there is none or it cannot be read as one."""
+    path = run_record_path(csv_path)
+    try:
+        return ScoringRun.model_validate_json(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+@dataclass
+class WrittenRows:
+    """What an interrupted run left in its CSV, per source in file order."""
+
+    last_index: dict[str, int]  # the last frame index written
+    rows: dict[str, list[tuple[int, float, float]]]  # (frame_index, timestamp_s, score), to replay events
+    anomalies: int
+    finished: tuple[str, ...] = ()  # from the run record: sources not to read again
+    problems: dict[str, str] = field(default_factory=dict)  # and the errors they ended with
+
+    @property
+    def frames(self) -> int:
+        return sum(len(r) for r in self.rows.values())
+
+
+def cut_to_complete_rows(csv_path: Path) -> WrittenRows:
+    """Drop a half-written last line (a run killed mid-write) and read what the complete rows hold."""
+    path = Path(csv_path)
+    data = path.read_bytes()
+    complete = data[: data.rfind(b"\n") + 1]
+    if len(complete) < len(data):
+        with path.open("r+b") as fh:
+            fh.truncate(len(complete))
+    written = WrittenRows(last_index={}, rows={}, anomalies=0)
+    reader = csv.reader(io.StringIO(complete.decode("utf-8"), newline=""))
+    header = next(reader, None)
+    if header is None:
+        return written
+    if tuple(header) != CSV_COLUMNS:
+        raise ValueError(f"{path} is not a scores CSV of this version (its columns are {','.join(header)})")
+    at = {name: i for i, name in enumerate(CSV_COLUMNS)}
+    for row in reader:
+        source, index = row[at["source"]], int(row[at["frame_index"]])
+        timestamp, score = float(row[at["timestamp_s"]]), float(row[at["score"]])
+        written.rows.setdefault(source, []).append((index, timestamp, score))
+        written.last_index[source] = index
+        written.anomalies += int(row[at["is_anomaly"]])
+    return written

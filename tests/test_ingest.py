@@ -441,3 +441,22 @@ def test_sampling_config_is_immutable() -> None:
     config = SamplingConfig(stride=2)
     with pytest.raises(ValidationError, match="frozen"):
         config.stride = 3  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    "sampling",
+    [
+        SamplingConfig(),
+        SamplingConfig(stride=3),
+        SamplingConfig(target_fps=4.0, start_s=0.3),
+        SamplingConfig(max_frames=5),
+    ],
+    ids=["all", "stride", "fps", "max_frames"],
+)
+def test_starting_at_a_frame_keeps_what_a_read_from_the_start_keeps_from_there(video, tmp_path, sampling):
+    """What `anomaly score --resume` relies on, for videos and image folders."""
+    folder = write_images(tmp_path / "imgs", list(range(24)))
+    for source in (video, folder):
+        whole = indices(list(iter_source_frames(source, sampling)))
+        for first in (0, 7, 13, 40):
+            assert indices(list(iter_source_frames(source, sampling, first=first))) == [i for i in whole if i >= first]
