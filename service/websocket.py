@@ -150,6 +150,10 @@ class StreamSocket:
         except ServiceError as exc:
             self.outgoing.put_nowait(Answer(FrameError.of(exc), frame=False, counted=False))
             return
+        except Exception as exc:  # the frame is answered, and the connection carries on
+            log.exception("tagging a WebSocket frame failed")
+            self.outgoing.put_nowait(Answer(FrameError.of(internal_error(exc)), frame=False, counted=False))
+            return
         self.in_flight += 1
         limit = self.service.settings.limits.max_body_bytes
         if not self.service.accepting:
