@@ -487,6 +487,12 @@ def serve(
     ] = None,
     token_env: Annotated[str, typer.Option(help="environment variable holding the bearer token")] = "ANOMALY_API_TOKEN",
     shutdown_timeout: Annotated[float, typer.Option(help="seconds to answer accepted frames on shutdown")] = 30.0,
+    header_timeout: Annotated[float, typer.Option(help="seconds a connection gets to send complete headers")] = 10.0,
+    body_timeout: Annotated[float, typer.Option(help="seconds to receive a whole request body (then 408)")] = 30.0,
+    keep_alive: Annotated[int, typer.Option(min=1, help="seconds an idle keep-alive connection stays open")] = 5,
+    max_connections: Annotated[int, typer.Option(min=2, help="open connections; at the cap the idlest closes")] = 1000,
+    max_requests: Annotated[int, typer.Option(min=1, help="HTTP requests in progress (health checks excepted)")] = 256,
+    unready_after: Annotated[float, typer.Option(help="/readyz says 503 once the queue is full this long")] = 10.0,
     access_log: Annotated[bool, typer.Option("--access-log/--no-access-log", help="log every HTTP request")] = True,
     log_level: Annotated[str, typer.Option(help="critical, error, warning, info or debug")] = "info",
 ) -> None:
@@ -494,7 +500,14 @@ def serve(
     import os
 
     from service.server import serve as run_service
-    from service.settings import BatchSettings, Limits, ServiceSettings, StreamSettings, read_auth_token
+    from service.settings import (
+        BatchSettings,
+        ConnectionSettings,
+        Limits,
+        ServiceSettings,
+        StreamSettings,
+        read_auth_token,
+    )
 
     settings = ServiceSettings(
         model_path=model,
@@ -509,7 +522,16 @@ def serve(
             max_height=max_height,
             max_frames_per_message=max_frames_per_message,
         ),
-        batching=BatchSettings(max_batch=max_batch, max_wait_ms=batch_wait_ms, queue_size=queue_size),
+        batching=BatchSettings(
+            max_batch=max_batch, max_wait_ms=batch_wait_ms, queue_size=queue_size, unready_after_s=unready_after
+        ),
+        connections=ConnectionSettings(
+            max_connections=max_connections,
+            max_requests=max_requests,
+            header_timeout_s=header_timeout,
+            body_timeout_s=body_timeout,
+            keep_alive_s=keep_alive,
+        ),
         streams=StreamSettings(
             idle_timeout_s=stream_idle,
             max_streams=max_streams,
