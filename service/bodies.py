@@ -73,7 +73,10 @@ class Part:
 
 def parse_multipart(content_type: str, body: bytes, max_parts: int) -> list[Part]:
     """The parts of a multipart/form-data body, in order. Malformed bodies are a 400."""
-    _, params = parse_options_header(content_type)
+    try:
+        _, params = parse_options_header(content_type)
+    except (UnicodeError, ValueError):
+        raise bad_request("the multipart Content-Type header is malformed") from None
     boundary = params.get(b"boundary")
     if not boundary:
         raise bad_request("multipart body without a boundary")
