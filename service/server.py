@@ -118,4 +118,5 @@ def serve(settings: ServiceSettings, detector: Detector | None = None) -> None:
     if not server.started:
         raise OSError(f"the server could not start on {settings.host}:{settings.port} (see the log above)")
     if not server.drained:
-        raise RuntimeError(f"shutdown did not answer every accepted frame within {settings.shutdown_timeout_s:g} s")
+        # an OSError, so `anomaly serve` reports it in one line and exits non-zero
+        raise TimeoutError(f"shutdown did not answer every accepted frame within {settings.shutdown_timeout_s:g} s")

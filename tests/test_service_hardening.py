@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import socket
@@ -266,18 +267,45 @@ def test_at_the_connection_cap_the_longest_idle_connection_makes_room(model: Mod
         assert not closed_by_server(idle[-1])  # the newest stays; the oldest went first
 
 
+def read_response_head(s: socket.socket) -> bytes:
+    answer = b""
+    while b"\r\n\r\n" not in answer:
+        chunk = s.recv(4096)
+        if not chunk:
+            break
+        answer += chunk
+    return answer
+
+
+def test_idle_keep_alive_and_oversized_headers_are_closed(model: Model) -> None:
+    connections = ConnectionSettings(keep_alive_s=1, header_timeout_s=30, max_header_bytes=4096)
+    with serving(settings_for(model, connections=connections)) as srv:
+        port = srv.server.port
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert read_response_head(s).startswith(b"HTTP/1.1 200")
+            t = time.monotonic()
+            wait_until(lambda: closed_by_server(s), timeout=5)
+            assert 0.8 < time.monotonic() - t < 2.5  # the keep-alive timeout, 1 s
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+            t = time.monotonic()
+            with contextlib.suppress(OSError):  # the server hangs up once past the cap
+                for _ in range(10):  # 10 kB of headers, never finished
+                    s.sendall(b"X-Filler: " + b"a" * 1000 + b"\r\n")
+                    time.sleep(0.01)
+            wait_until(lambda: closed_by_server(s), timeout=5)
+            assert time.monotonic() - t < 5  # not the 30 s header timeout
+        assert httpx.get(f"{srv.url}/healthz").status_code == 200
+
+
 def test_slow_body_gets_408_and_the_connection_is_closed(model: Model) -> None:
     connections = ConnectionSettings(body_timeout_s=0.5)
     with serving(settings_for(model, connections=connections)) as srv:
         with socket.create_connection(("127.0.0.1", srv.server.port), timeout=5) as s:
             s.sendall(b"POST /v1/score HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n" + b"\x89PNG")
             t = time.monotonic()
-            answer = b""
-            while b"\r\n\r\n" not in answer:
-                chunk = s.recv(4096)
-                if not chunk:
-                    break
-                answer += chunk
+            answer = read_response_head(s)
             assert answer.startswith(b"HTTP/1.1 408"), answer[:80]
             assert 0.4 < time.monotonic() - t < 3.0
         m = srv.metrics()
