@@ -19,7 +19,6 @@ import argparse
 import asyncio
 import json
 import random
-import re
 import signal
 import sys
 import time
@@ -29,6 +28,7 @@ from pathlib import Path
 import httpx
 import psutil
 import websockets
+from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from load_test import CLIPS, ROOT, encoded_frames, free_port, start_server, wait_ready  # noqa: E402
@@ -154,16 +154,21 @@ def metrics(url: str, headers: dict) -> str:
     return httpx.get(f"{url}/metrics", headers=headers, timeout=10).text
 
 
+def samples(text: str) -> list[tuple[str, dict[str, str], float]]:
+    return [(x.name, x.labels, x.value) for family in text_string_to_metric_families(text) for x in family.samples]
+
+
 def statuses(text: str) -> dict[str, float]:
+    """anomaly_http_requests_total summed by status."""
     out: dict[str, float] = {}
-    for m in re.finditer(r'^anomaly_http_requests_total\{[^}]*status="(\d+)"[^}]*\} ([0-9.e+]+)$', text, re.M):
-        out[m.group(1)] = out.get(m.group(1), 0.0) + float(m.group(2))
+    for name, labels, value in samples(text):
+        if name == "anomaly_http_requests_total":
+            out[labels["status"]] = out.get(labels["status"], 0.0) + value
     return out
 
 
 def gauge(text: str, name: str) -> float:
-    m = re.search(rf"^{name} ([0-9.e+-]+)$", text, re.M)
-    return float(m.group(1)) if m else float("nan")
+    return next((value for n, _, value in samples(text) if n == name), float("nan"))
 
 
 def main() -> None:
@@ -193,6 +198,7 @@ def main() -> None:
         httpx.post(f"{url}/v1/score", content=clips[0][0], headers=headers, timeout=30)
         rss_start = server.memory_info().rss if server else float("nan")
         rss_peak = rss_start
+        rss_log: list[tuple[float, float]] = []  # (seconds into the load, RSS)
         tally = Tally()
         until = time.monotonic() + args.duration
 
@@ -201,10 +207,13 @@ def main() -> None:
             jobs = [camera(url, headers, f"soak-{i}", clips[i], args.fps, until, tally) for i in range(args.streams)]
             jobs.append(chaos(url, headers, clips[0][0], args.bad_per_s, until, tally))
             gathered = asyncio.gather(*jobs)
+            t0 = time.monotonic()
             while not gathered.done():
                 await asyncio.wait([gathered], timeout=5)
                 if server is not None:
-                    rss_peak = max(rss_peak, server.memory_info().rss)
+                    rss = server.memory_info().rss
+                    rss_peak = max(rss_peak, rss)
+                    rss_log.append((time.monotonic() - t0, rss))
             await gathered
 
         start = time.monotonic()
@@ -233,6 +242,9 @@ def main() -> None:
     print(f"queue depth at the end: {gauge(text, 'anomaly_queued_frames'):.0f}")
     print(f"open WebSockets at the end: {gauge(text, 'anomaly_websocket_connections'):.0f}")
     print(f"server RSS: start {rss_start / mib:.1f} MiB, end {rss_end / mib:.1f} MiB, peak {rss_peak / mib:.1f} MiB")
+    if rss_log:
+        marks = [rss_log[min(len(rss_log) - 1, int(q * len(rss_log)))] for q in (0.25, 0.5, 0.75, 1.0)]
+        print("server RSS over the run: " + ", ".join(f"{t:.0f} s {r / mib:.1f} MiB" for t, r in marks))
     if proc is not None:
         print(f"server exit status after SIGTERM: {code}")
 

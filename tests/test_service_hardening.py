@@ -203,6 +203,20 @@ def test_readyz_goes_503_while_the_queue_stays_full_and_recovers(model: Model) -
         assert httpx.get(f"{srv.url}/readyz").status_code == 200
 
 
+def test_requests_beyond_max_requests_get_503_busy_but_health_checks_answer(model: Model) -> None:
+    frame = png(road_frames(1)[0])
+    batching = BatchSettings(max_batch=8, max_wait_ms=1500)  # the first request is held 1.5 s
+    connections = ConnectionSettings(max_requests=1)
+    with serving(settings_for(model, batching=batching, connections=connections)) as srv, ThreadPoolExecutor(1) as pool:
+        held = pool.submit(httpx.post, f"{srv.url}/v1/score", content=frame, timeout=30)
+        wait_until(lambda: scoring(srv).admission.in_use == 1)
+        busy = httpx.post(f"{srv.url}/v1/score", content=frame)
+        assert (busy.status_code, busy.json()["code"]) == (503, "busy") and busy.headers["retry-after"] == "1"
+        assert httpx.get(f"{srv.url}/healthz").status_code == 200
+        assert httpx.get(f"{srv.url}/readyz").status_code == 200
+        assert held.result().status_code == 200
+
+
 # ---------------------------------------------------------------------------------------------
 # connections
 
