@@ -86,3 +86,25 @@ def test_code_carrying_file_says_it_would_run_code(tmp_path: Path) -> None:
     _write(path, "raw pickle", tmp_path / "pwned")
     with pytest.raises(CheckpointError, match=r"would run code when loaded, refused \(.*mkdir"):
         load_detector(path, CPU)
+
+
+@pytest.mark.parametrize("command", ["serve", "score"])
+def test_the_cli_refuses_a_malicious_model_in_one_line(tmp_path: Path, command: str) -> None:
+    from typer.testing import CliRunner
+
+    from anomaly.cli import app
+
+    marker = tmp_path / "pwned"
+    path = tmp_path / "model.pt"
+    _write(path, "torch.save payload", marker)
+    args = ["serve", "--model", str(path), "--device", "cpu"]
+    if command == "score":
+        (tmp_path / "frames").mkdir()
+        args = ["score", str(tmp_path / "frames"), "--model", str(path), "--out", str(tmp_path / "s.csv")]
+    result = CliRunner().invoke(app, [*args, "--device", "cpu"] if command == "score" else args)
+    assert result.exit_code == 2, result.output
+    lines = [ln for ln in result.output.splitlines() if ln.strip()]
+    refusal = [ln for ln in lines if str(path) in ln]
+    assert len(refusal) == 1 and "would run code" in refusal[0], result.output
+    assert "weights_only" not in result.output
+    assert not marker.exists()
