@@ -23,6 +23,7 @@ import httpx
 import pytest
 from factories import road_frames, tiny_detector
 from test_service import Model, Running, png, receive_json, serving, settings_for, wait_until
+from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
 import service.engine
@@ -179,6 +180,11 @@ def test_out_of_range_tags_are_refused_with_422_before_admission(model: Model) -
             ("result", None),
         ]
         assert [g["frame_index"] for g in got] == [None, 0, None, 1]
+        for fps in ("5e-324", "nan", "0", "1e9"):  # the WebSocket's ?fps= is refused at the handshake
+            with pytest.raises(InvalidStatus) as refused:
+                connect(f"{srv.ws_url}/v1/streams/ws-cam/ws?fps={fps}")
+            assert refused.value.response.status_code == 422
+            assert json.loads(refused.value.response.body)["code"] == "invalid_request"
         assert_empty(srv)
         assert client.get("/readyz").status_code == 200
 
@@ -189,13 +195,13 @@ def test_out_of_range_tags_are_refused_with_422_before_admission(model: Model) -
 
 def test_readyz_goes_503_while_the_queue_stays_full_and_recovers(model: Model) -> None:
     frame = png(road_frames(1)[0])
-    # the batcher waits 2 s for a batch of 8: two frames keep the queue of 2 full that long
-    batching = BatchSettings(max_batch=8, max_wait_ms=2000, queue_size=2, unready_after_s=0.5)
+    # the batcher waits 3 s for a batch of 8: two frames keep the queue of 2 full that long
+    batching = BatchSettings(max_batch=8, max_wait_ms=3000, queue_size=2, unready_after_s=1.0)
     with serving(settings_for(model, batching=batching)) as srv, ThreadPoolExecutor(2) as pool:
         held = [pool.submit(httpx.post, f"{srv.url}/v1/score", content=frame, timeout=30) for _ in range(2)]
         wait_until(lambda: scoring(srv).admission.in_use == 2)
         assert httpx.get(f"{srv.url}/readyz").status_code == 200  # full, but not for long yet
-        time.sleep(0.7)
+        time.sleep(1.3)
         stuck = httpx.get(f"{srv.url}/readyz")
         assert stuck.status_code == 503 and "full for" in stuck.json()["detail"]
         assert httpx.get(f"{srv.url}/healthz").status_code == 200  # alive all along

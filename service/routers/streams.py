@@ -18,6 +18,7 @@ from service.schemas import (
     StreamFramesResponse,
     outcome_message,
     parse_form_tag,
+    parse_fps,
 )
 from service.settings import MAX_FPS, MAX_FRAME_INDEX, MAX_TIMESTAMP_S, MIN_FPS
 from service.websocket import StreamSocket, close_quietly
@@ -134,15 +135,21 @@ async def close_stream(stream_id: StreamId, service: ServiceDep) -> StreamClosed
 
 
 @ws_router.websocket("/v1/streams/{stream_id}/ws")
-async def stream_websocket(websocket: WebSocket, stream_id: StreamId, fps: Fps = None) -> None:
-    """Binary frames in, one JSON result per frame out, in send order (protocol in service/websocket.py)."""
+async def stream_websocket(
+    websocket: WebSocket, stream_id: StreamId, fps: Annotated[str | None, Query()] = None
+) -> None:
+    """Binary frames in, one JSON result per frame out, in send order (protocol in service/websocket.py).
+
+    `fps` is checked here rather than by FastAPI, so a bad value is a JSON 422 denial, not a bare 403."""
     service = current_service(websocket)
     denial = websocket_auth_error(websocket)
     if denial is None and service is None:
         denial = ServiceError(503, "not_ready", "the model is still loading")
     stream = None
+    frame_rate: float | None = None
     if denial is None and service is not None:
         try:
+            frame_rate = None if fps is None else parse_fps(fps)
             if not service.accepting:
                 raise ServiceError(503, "shutting_down", "the service is shutting down")
             stream = service.streams.open(stream_id, service.settings.batching.retry_after_s)
@@ -159,7 +166,8 @@ async def stream_websocket(websocket: WebSocket, stream_id: StreamId, fps: Fps =
     service.socket_opened()
     code = 1000
     try:
-        code = await StreamSocket(websocket, service, stream, fps or service.settings.streams.default_fps).run()
+        rate = frame_rate or service.settings.streams.default_fps
+        code = await StreamSocket(websocket, service, stream, rate).run()
     finally:
         stream.websockets -= 1
         service.metrics.websockets.dec()
