@@ -52,7 +52,7 @@ def read_checkpoint(path: Path, kind: str) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for garbage or unsafe pickles
-        raise CheckpointError(f"{path} is not a readable anomaly checkpoint ({type(exc).__name__}: {exc})") from exc
+        raise CheckpointError(f"{path} is not a readable anomaly checkpoint: {load_failure_reason(exc)}") from None
     if not isinstance(state, dict) or state.get("kind") != kind:
         raise CheckpointError(f"{path} is not an {kind} file")
     version = state.get("format_version")
@@ -71,6 +71,30 @@ def file_sha256(path: Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def first_line(text: str, limit: int = 200) -> str:
+    """The first non-empty line of a (possibly multi-line) library message, cut to `limit` characters."""
+    line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def load_failure_reason(exc: BaseException) -> str:
+    """One line on why torch refused a file, without torch's advice to retry with `weights_only=False`:
+    that option runs whatever code the file carries, which is exactly what the safe load is refusing."""
+    text = str(exc)
+    if "Weights only load failed" in text or "WeightsUnpickler" in text:
+        lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+        useful = [ln for ln in lines[1:] if "weights_only" not in ln and "documentation" not in ln.lower()]
+        why = useful[0] if useful else "content the safe loader does not accept"
+        why = why.removeprefix("WeightsUnpickler error:").strip().split(". ")[0].rstrip(".")
+        if "global" in why.lower():
+            return f"it holds objects that would run code when loaded, refused ({why[:160]})"
+        return f"the safe loader cannot read it ({why[:160]})"
+    line = first_line(text)
+    if not line or "weights_only" in line:
+        return f"{type(exc).__name__} while reading it (not a torch checkpoint, or truncated)"
+    return f"{type(exc).__name__}: {line.split('. ')[0].rstrip('.')}"
 
 
 def save_detector(detector: Detector, path: Path) -> None:
@@ -93,7 +117,9 @@ def parse_config(state: dict[str, Any], path: Path) -> DetectorConfig:
     try:
         return DetectorConfig.model_validate(state["config"])
     except ValidationError as exc:
-        raise CheckpointError(f"{path} holds a config this version cannot read: {exc}") from exc
+        err = exc.errors()[0]
+        where = ".".join(str(x) for x in err["loc"]) or "config"
+        raise CheckpointError(f"{path} holds a config this version cannot read ({where}: {err['msg']})") from None
 
 
 def load_detector(path: Path, device: torch.device) -> Detector:
@@ -105,5 +131,6 @@ def load_detector(path: Path, device: torch.device) -> Detector:
         model.load_state_dict(state["state_dict"])
         calibration = Calibration.from_state(state["calibration"])
     except (KeyError, RuntimeError, TypeError) as exc:
-        raise CheckpointError(f"{path}: weights or calibration do not match its config ({exc})") from exc
+        reason = first_line(str(exc))
+        raise CheckpointError(f"{path}: weights or calibration do not match its config ({reason})") from None
     return Detector(config=config, model=model, calibration=calibration, device=device)

@@ -8,12 +8,20 @@ import typer
 
 from anomaly.events import EventConfig
 from cli.options import DeviceOpt, ModelOpt, event_options, friendly_errors, with_options
-from service.settings import BatchSettings, Limits, ServiceSettings, StreamSettings, read_auth_token
+from service.settings import (
+    BatchSettings,
+    ConnectionSettings,
+    Limits,
+    ServiceSettings,
+    StreamSettings,
+    read_auth_token,
+)
 
 _LIMITS = Limits.model_fields
 _BATCH = BatchSettings.model_fields
 _STREAMS = StreamSettings.model_fields
 _SERVICE = ServiceSettings.model_fields
+_CONN = ConnectionSettings.model_fields
 
 
 def _help(fields: dict, name: str) -> str:
@@ -61,6 +69,20 @@ def serve(
     shutdown_timeout: Annotated[float, typer.Option(help=_help(_SERVICE, "shutdown_timeout_s"))] = _SERVICE[
         "shutdown_timeout_s"
     ].default,
+    header_timeout: Annotated[float, typer.Option(help=_help(_CONN, "header_timeout_s"))] = _CONN[
+        "header_timeout_s"
+    ].default,
+    body_timeout: Annotated[float, typer.Option(help=_help(_CONN, "body_timeout_s"))] = _CONN["body_timeout_s"].default,
+    keep_alive: Annotated[int, typer.Option(min=1, help=_help(_CONN, "keep_alive_s"))] = _CONN["keep_alive_s"].default,
+    max_connections: Annotated[int, typer.Option(min=2, help=_help(_CONN, "max_connections"))] = _CONN[
+        "max_connections"
+    ].default,
+    max_requests: Annotated[int, typer.Option(min=1, help=_help(_CONN, "max_requests"))] = _CONN[
+        "max_requests"
+    ].default,
+    unready_after: Annotated[float, typer.Option(help=_help(_BATCH, "unready_after_s"))] = _BATCH[
+        "unready_after_s"
+    ].default,
     access_log: Annotated[bool, typer.Option("--access-log/--no-access-log", help="log every HTTP request")] = True,
     log_level: Annotated[str, typer.Option(help="critical, error, warning, info or debug")] = "info",
 ) -> None:
@@ -80,7 +102,16 @@ def serve(
             max_height=max_height,
             max_frames_per_message=max_frames_per_message,
         ),
-        batching=BatchSettings(max_batch=max_batch, max_wait_ms=batch_wait_ms, queue_size=queue_size),
+        batching=BatchSettings(
+            max_batch=max_batch, max_wait_ms=batch_wait_ms, queue_size=queue_size, unready_after_s=unready_after
+        ),
+        connections=ConnectionSettings(
+            max_connections=max_connections,
+            max_requests=max_requests,
+            header_timeout_s=header_timeout,
+            body_timeout_s=body_timeout,
+            keep_alive_s=keep_alive,
+        ),
         streams=StreamSettings(
             idle_timeout_s=stream_idle,
             max_streams=max_streams,

@@ -14,8 +14,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
+from starlette.requests import ClientDisconnect
 
 from anomaly import __version__
 from anomaly.checkpoint import load_detector
@@ -23,9 +25,17 @@ from anomaly.detector import Detector
 from anomaly.device import resolve_device
 from service.auth import require_token
 from service.engine import ScoringService, describe_model
-from service.errors import ServiceError, service_error_handler
+from service.errors import (
+    ClientClosed,
+    ServiceError,
+    client_closed_handler,
+    service_error_handler,
+    validation_error_handler,
+)
+from service.guard import RequestLimit
 from service.metrics import RequestMetricsMiddleware, ServiceMetrics
 from service.routers import health, model, score, streams
+from service.routers.common import error_responses
 from service.settings import ServiceSettings
 
 log = logging.getLogger("anomaly.service")
@@ -85,16 +95,24 @@ def create_app(settings: ServiceSettings, detector: Detector | None = None) -> F
     )
     app.state.settings = settings
     app.state.metrics = metrics
-    app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
+    app.add_middleware(
+        RequestLimit, max_requests=settings.connections.max_requests, retry_after_s=settings.batching.retry_after_s
+    )
+    app.add_middleware(RequestMetricsMiddleware, metrics=metrics)  # outermost: counts the 503 `busy` too
     app.add_exception_handler(ServiceError, service_error_handler)
+    app.add_exception_handler(RequestValidationError, validation_error_handler)
+    app.add_exception_handler(ClientClosed, client_closed_handler)
+    app.add_exception_handler(ClientDisconnect, client_closed_handler)
     app.add_exception_handler(Exception, _internal_error)
 
-    guarded = [Depends(require_token)]
+    # With a token, the guarded routes document the bearer scheme and their 401; without one, neither.
+    guarded = [Depends(require_token)] if settings.auth_token is not None else []
+    denied = error_responses(401) if settings.auth_token is not None else {}
     app.include_router(health.router)
-    app.include_router(score.router, dependencies=guarded)
-    app.include_router(streams.router, dependencies=guarded)
+    app.include_router(score.router, dependencies=guarded, responses=denied)
+    app.include_router(streams.router, dependencies=guarded, responses=denied)
     app.include_router(streams.ws_router)
-    app.include_router(model.router, dependencies=guarded)
+    app.include_router(model.router, dependencies=guarded, responses=denied)
 
     @app.get("/openapi.json", include_in_schema=False, dependencies=guarded)
     async def openapi_schema() -> JSONResponse:

@@ -20,7 +20,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 
@@ -77,19 +77,28 @@ class QueueFull(Exception):
 
 
 class Admission:
-    """Counts frames inside the service against a fixed capacity. Event-loop only (no locks needed)."""
+    """Counts frames inside the service against a fixed capacity. Event-loop only (no locks needed).
 
-    def __init__(self, capacity: int) -> None:
+    It also remembers since when it has been full, so readiness can tell a busy service from a stuck one.
+    """
+
+    def __init__(self, capacity: int, clock: Callable[[], float] = time.monotonic) -> None:
         self.capacity = capacity
         self.in_use = 0
+        self.clock = clock
+        self.full_since: float | None = None
         self._waiters: deque[asyncio.Future[None]] = deque()
 
     def try_acquire(self, n: int = 1) -> None:
         if n > self.capacity:
             raise ValueError(f"{n} frames can never fit a queue of {self.capacity}")
         if self.in_use + n > self.capacity:
+            if self.full_since is None:
+                self.full_since = self.clock()
             raise QueueFull
         self.in_use += n
+        if self.in_use >= self.capacity and self.full_since is None:
+            self.full_since = self.clock()
 
     async def acquire(self, n: int = 1) -> None:
         """Wait for room (used by WebSockets, which pause instead of being refused)."""
@@ -109,10 +118,54 @@ class Admission:
     def release(self, n: int = 1) -> None:
         self.in_use -= n
         assert self.in_use >= 0, "released more frames than were admitted"
+        if self.in_use < self.capacity:
+            self.full_since = None
         while self._waiters:  # wake every waiter: each re-checks for room itself
             waiter = self._waiters.popleft()
             if not waiter.done():
                 waiter.set_result(None)
+
+    def full_for(self) -> float:
+        """Seconds the queue has been full without a break (0 when it has room)."""
+        return 0.0 if self.full_since is None else self.clock() - self.full_since
+
+    def ticket(self, n: int) -> Ticket:
+        """Room for `n` frames that were just acquired, as a context manager that gives back what is left."""
+        return Ticket(self, n)
+
+
+class Ticket:
+    """Room for frames taken from an `Admission`, released on every path.
+
+    Each unit is either still held here (given back when the `with` block ends, however it ends) or
+    handed to the future of a submitted frame (given back when that frame is scored or fails).
+    """
+
+    def __init__(self, admission: Admission, n: int) -> None:
+        self.admission = admission
+        self.held = n
+
+    def release(self, n: int = 1) -> None:
+        n = min(n, self.held)
+        if n > 0:
+            self.held -= n
+            self.admission.release(n)
+
+    def hand_to(self, future: asyncio.Future[Any]) -> None:
+        """One unit now belongs to `future`: released when it is done, not when the block ends."""
+        if self.held <= 0:
+            raise RuntimeError("no admitted frame left on this ticket")
+        self.held -= 1
+        future.add_done_callback(lambda _: self.admission.release(1))
+
+    def close(self) -> None:
+        self.release(self.held)
+
+    def __enter__(self) -> Ticket:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
 
 
 @dataclass

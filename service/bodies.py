@@ -7,20 +7,40 @@ too (no temporary files, no per-chunk thread hops).
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 
 from fastapi import Request
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.requests import ClientDisconnect
 
-from service.errors import ServiceError, bad_request
+from service.errors import ClientClosed, ServiceError, bad_request
 
 
 def too_large(limit: int) -> ServiceError:
     return ServiceError(413, "body_too_large", f"request body exceeds the limit of {limit} bytes")
 
 
-async def read_body(request: Request, limit: int) -> bytes:
+def body_timeout(timeout_s: float) -> ServiceError:
+    # Connection: close, because the rest of the body may still be on its way
+    detail = f"the request body did not arrive within {timeout_s:g} s"
+    return ServiceError(408, "body_timeout", detail, headers={"Connection": "close"})
+
+
+async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
+    """The whole body, within `limit` bytes and `timeout_s` seconds; a client that leaves mid-body is
+    `ClientClosed` (its own outcome, not a server error)."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await _read_limited(request, limit)
+    except TimeoutError:
+        raise body_timeout(timeout_s) from None
+    except ClientDisconnect:
+        raise ClientClosed from None
+
+
+async def _read_limited(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None:
         try:
@@ -53,7 +73,10 @@ class Part:
 
 def parse_multipart(content_type: str, body: bytes, max_parts: int) -> list[Part]:
     """The parts of a multipart/form-data body, in order. Malformed bodies are a 400."""
-    _, params = parse_options_header(content_type)
+    try:
+        _, params = parse_options_header(content_type)
+    except (UnicodeError, ValueError):
+        raise bad_request("the multipart Content-Type header is malformed") from None
     boundary = params.get(b"boundary")
     if not boundary:
         raise bad_request("multipart body without a boundary")

@@ -23,7 +23,7 @@ import numpy as np
 
 from anomaly import __version__
 from anomaly.detector import Detector
-from service.batcher import Admission, MicroBatcher, QueueFull, ScoredFrame, detector_scorer
+from service.batcher import Admission, MicroBatcher, QueueFull, ScoredFrame, Ticket, detector_scorer
 from service.errors import ServiceError, unavailable
 from service.images import decode_image, heatmap_png_base64
 from service.metrics import ServiceMetrics
@@ -79,9 +79,14 @@ class ScoringService:
             on_batch=self._record_batch,
         )
         self.accepting = False
+        self.stopping = asyncio.Event()  # set once the drain has answered every accepted frame: sockets close
+        self.drained: bool | None = None  # after a drain: whether every accepted frame was answered in time
         self._unanswered = 0
         self._all_answered = asyncio.Event()
         self._all_answered.set()
+        self._sockets = 0
+        self._no_sockets = asyncio.Event()
+        self._no_sockets.set()
         self._decode_limiter = anyio.CapacityLimiter(settings.batching.decode_threads)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._expiry: asyncio.Task[None] | None = None
@@ -106,17 +111,50 @@ class ScoringService:
 
     @property
     def ready(self) -> bool:
-        return self.accepting
+        return self.not_ready_reason() is None
 
-    async def drain(self, timeout_s: float) -> None:
-        """Refuse new frames; wait until every accepted frame has been scored and answered."""
+    def not_ready_reason(self) -> str | None:
+        """Why /readyz should say 503: starting or draining, or a queue full for too long (a stuck model)."""
+        if not self.accepting:
+            return "shutting down: answering the frames already accepted"
+        full_for = self.admission.full_for()
+        if full_for > self.settings.batching.unready_after_s:
+            return f"the scoring queue has been full for {full_for:.1f} s"
+        return None
+
+    def socket_opened(self) -> None:
+        self._sockets += 1
+        self._no_sockets.clear()
+
+    def socket_closed(self) -> None:
+        self._sockets -= 1
+        if self._sockets <= 0:
+            self._sockets = 0
+            self._no_sockets.set()
+
+    async def drain(self, timeout_s: float) -> bool:
+        """Refuse new frames; answer every accepted one; then have each WebSocket send its last answers
+        and close (1001). True when all of it finished within `timeout_s`."""
         self.accepting = False
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        complete = True
         if self._unanswered:
             log.info("draining: %d accepted frame(s) still to answer", self._unanswered)
             try:
                 await asyncio.wait_for(self._all_answered.wait(), timeout_s)
             except asyncio.TimeoutError:
                 log.error("drain timed out with %d frame(s) unanswered", self._unanswered)
+                complete = False
+        self.stopping.set()
+        if self._sockets:
+            try:
+                await asyncio.wait_for(self._no_sockets.wait(), max(0.1, deadline - loop.time()))
+            except asyncio.TimeoutError:
+                log.error("drain timed out with %d WebSocket(s) still open", self._sockets)
+                complete = False
+        self.drained = complete if self.drained is None else (self.drained and complete)
+        return complete
 
     async def stop(self, timeout_s: float) -> None:
         await self.drain(timeout_s)
@@ -141,8 +179,9 @@ class ScoringService:
         self.metrics.rejected.labels(code).inc()
         return unavailable(code, detail, self.settings.batching.retry_after_s)
 
-    def admit(self, n: int) -> None:
-        """Take room for `n` frames now, or refuse with a 503 (shutting down, or the queue is full)."""
+    def admit(self, n: int) -> Ticket:
+        """Take room for `n` frames now, or refuse with a 503 (shutting down, or the queue is full).
+        The caller holds the ticket in a `with` block: room not handed to a scored frame is given back."""
         if not self.accepting:
             raise self._refusal("shutting_down", "the service is shutting down")
         if n > self.admission.capacity:
@@ -151,21 +190,19 @@ class ScoringService:
             self.admission.try_acquire(n)
         except QueueFull:
             raise self._refusal("queue_full", "the scoring queue is full; retry after the Retry-After delay") from None
-        self.begin(n)
+        return self.admission.ticket(n)
 
-    async def admit_waiting(self, n: int, on_wait: Callable[[], Coroutine[Any, Any, None]]) -> None:
-        """Like `admit`, but wait for room instead of refusing; `on_wait` runs once if it has to wait."""
-        if not self.accepting:
-            raise self._refusal("shutting_down", "the service is shutting down")
+    async def admit_waiting(self, n: int, on_wait: Callable[[], Coroutine[Any, Any, None]]) -> Ticket:
+        """Like `admit`, but wait for room instead of refusing; `on_wait` runs once if it has to wait.
+        A frame read before shutdown began keeps waiting and is scored: it was accepted when it was read."""
+        if n > self.admission.capacity:
+            raise ServiceError(413, "too_many_frames", f"{n} frames exceed the queue of {self.admission.capacity}")
         try:
             self.admission.try_acquire(n)
         except QueueFull:
             await on_wait()
             await self.admission.acquire(n)
-            if not self.accepting:
-                self.admission.release(n)
-                raise self._refusal("shutting_down", "the service is shutting down") from None
-        self.begin(n)
+        return self.admission.ticket(n)
 
     def begin(self, n: int) -> None:
         self._unanswered += n
@@ -184,25 +221,20 @@ class ScoringService:
         return self.detector.preprocessor.prepare(image), (image if keep_original else None)
 
     async def decode(self, data: bytes, keep_original: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
-        """Decode and prepare in a worker thread. On failure the frame's admission is given back."""
+        """Decode and prepare in a worker thread (the caller's ticket gives the room back on failure)."""
         try:
             return await anyio.to_thread.run_sync(self._decode_sync, data, keep_original, limiter=self._decode_limiter)
         except ServiceError as exc:
             self.metrics.bad_frames.labels(exc.code).inc()
-            self.admission.release(1)
-            raise
-        except BaseException:
-            self.admission.release(1)
             raise
 
-    def _submit(self, prepared: np.ndarray) -> asyncio.Future[ScoredFrame]:
-        """Into the batcher; the frame's admission is given back once it is scored."""
+    def _submit(self, prepared: np.ndarray, ticket: Ticket) -> asyncio.Future[ScoredFrame]:
+        """Into the batcher; one unit of `ticket` now belongs to the frame and is given back once it is scored."""
         try:
             future = self.batcher.submit(prepared)
         except RuntimeError:
-            self.admission.release(1)
             raise self._refusal("shutting_down", "the service is shutting down") from None
-        future.add_done_callback(lambda _: self.admission.release(1))
+        ticket.hand_to(future)
         return future
 
     def _record_batch(self, results: list[ScoredFrame], seconds: float) -> None:  # worker thread
@@ -214,15 +246,18 @@ class ScoringService:
     async def score_image(self, data: bytes, heatmap: bool) -> tuple[ScoredFrame, str | None]:
         """One stateless frame (POST /v1/score)."""
         start = time.perf_counter()
-        self.admit(1)
+        ticket = self.admit(1)
+        self.begin(1)
         try:
-            prepared, original = await self.decode(data, keep_original=heatmap)
-            try:
-                scored = await self._submit(prepared)
-            except ServiceError:
-                raise
-            except Exception as exc:
-                raise internal_error(exc) from exc
+            with ticket:
+                prepared, original = await self.decode(data, keep_original=heatmap)
+                future = self._submit(prepared, ticket)
+                try:
+                    scored = await asyncio.shield(future)  # a cancelled request leaves the frame to finish
+                except ServiceError:
+                    raise
+                except Exception as exc:
+                    raise internal_error(exc) from exc
             self.metrics.frame_latency.labels("score").observe(time.perf_counter() - start)
             png = None
             if heatmap and original is not None:
@@ -238,12 +273,18 @@ class ScoringService:
         finally:
             self.answered(1)
 
-    def _attach(self, stream: Stream, slot: Slot, prepared: np.ndarray, start: float, endpoint: str) -> None:
+    def _attach(
+        self, stream: Stream, slot: Slot, prepared: np.ndarray, start: float, endpoint: str, ticket: Ticket
+    ) -> None:
         """Score `prepared` and fill `slot` with the outcome, whoever is (or is no longer) waiting."""
         try:
-            future = self._submit(prepared)
+            future = self._submit(prepared, ticket)
         except ServiceError as exc:
             stream.fill(slot, exc, time.monotonic())
+            return
+        except Exception as exc:
+            log.exception("submitting a frame failed")
+            stream.fill(slot, internal_error(exc), time.monotonic())
             return
 
         def done(f: asyncio.Future[ScoredFrame]) -> None:
@@ -264,43 +305,60 @@ class ScoringService:
         Frames are tagged only once all decoded, so a refused message does not use up frame indices.
         """
         start = time.perf_counter()
-        self.admit(len(frames))
+        ticket = self.admit(len(frames))
+        self.begin(len(frames))
         try:
-            prepared: list[np.ndarray] = []
-            for i, data in enumerate(frames):
+            with ticket:
+                prepared: list[np.ndarray] = []
+                for i, data in enumerate(frames):
+                    try:
+                        prepared.append((await self.decode(data))[0])
+                    except ServiceError as exc:
+                        if len(frames) > 1:
+                            exc.detail = f"frame {i} of the message: {exc.detail}"
+                        raise
+                slots: list[Slot] = []
                 try:
-                    prepared.append((await self.decode(data))[0])
-                except ServiceError as exc:
-                    self.admission.release(len(frames) - 1)  # the failed frame gave its own room back
-                    if len(frames) > 1:
-                        exc.detail = f"frame {i} of the message: {exc.detail}"
+                    now = time.monotonic()
+                    for index, ts in tag_requests:
+                        slots.append(stream.reserve(stream.tag(index, ts, fps), now))
+                    for slot, frame in zip(slots, prepared, strict=True):
+                        self._attach(stream, slot, frame, start, "stream_http", ticket)
+                except BaseException as exc:
+                    # a slot left empty would hold up every later frame of the stream
+                    for slot in slots:
+                        if not slot.filled:
+                            stream.fill(slot, internal_error(exc), time.monotonic())
                     raise
-                except BaseException:
-                    self.admission.release(len(frames) - 1)
-                    raise
-            now = time.monotonic()
-            slots = [stream.reserve(stream.tag(index, ts, fps), now) for index, ts in tag_requests]
-            for slot, frame in zip(slots, prepared, strict=True):
-                self._attach(stream, slot, frame, start, "stream_http")
             return list(await asyncio.gather(*(asyncio.shield(s.future) for s in slots)))
         finally:
             self.answered(len(frames))
 
-    def submit_stream_frame(self, stream: Stream, data: bytes, tag: FrameTag) -> asyncio.Future[StreamOutcome]:
-        """A WebSocket frame, already admitted: its slot is taken now (send order), decoding happens in a task."""
-        slot = stream.reserve(tag, time.monotonic())
+    def submit_stream_frame(
+        self, stream: Stream, data: bytes, tag: FrameTag, ticket: Ticket
+    ) -> asyncio.Future[StreamOutcome]:
+        """A WebSocket frame, already admitted (`ticket`): its slot is taken now (send order), decoding
+        happens in a task, and the ticket's room is given back on every path."""
+        try:
+            slot = stream.reserve(tag, time.monotonic())
+        except BaseException:
+            ticket.close()
+            raise
         start = time.perf_counter()
 
         async def run() -> None:
-            try:
-                prepared, _ = await self.decode(data)
-            except ServiceError as exc:
-                stream.fill(slot, exc, time.monotonic())
-                return
-            except BaseException as exc:
-                stream.fill(slot, internal_error(exc), time.monotonic())
-                raise
-            self._attach(stream, slot, prepared, start, "stream_ws")
+            with ticket:
+                try:
+                    prepared, _ = await self.decode(data)
+                    self._attach(stream, slot, prepared, start, "stream_ws", ticket)
+                except ServiceError as exc:
+                    stream.fill(slot, exc, time.monotonic())
+                except BaseException as exc:
+                    if not slot.filled:
+                        stream.fill(slot, internal_error(exc), time.monotonic())
+                    if not isinstance(exc, Exception):
+                        raise
+                    log.exception("a WebSocket frame failed after admission")
 
         task = asyncio.create_task(run())
         self._tasks.add(task)

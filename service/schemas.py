@@ -2,14 +2,54 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from anomaly.events import Event, EventConfig, TrackerUpdate
 from service.batcher import ScoredFrame
 from service.errors import ServiceError
+from service.settings import MAX_FPS, MAX_FRAME_INDEX, MAX_TIMESTAMP_S, MIN_FPS
 from service.streams import FrameTag, StreamOutcome
+
+# Client tags, bounded so that arithmetic on them cannot overflow or leave the response schema (issue 13)
+FrameIndex = Annotated[int, Field(ge=0, le=MAX_FRAME_INDEX, description="frame index, 0 .. 2**63-1")]
+Timestamp = Annotated[
+    float, Field(ge=0.0, le=MAX_TIMESTAMP_S, allow_inf_nan=False, description="seconds, finite, 0 .. 1e12")
+]
+FrameRate = Annotated[float, Field(ge=MIN_FPS, le=MAX_FPS, allow_inf_nan=False)]
+_FRAME_INDEX: TypeAdapter[int] = TypeAdapter(FrameIndex)
+_FRAME_RATE: TypeAdapter[float] = TypeAdapter(FrameRate)
+_TIMESTAMP: TypeAdapter[float] = TypeAdapter(Timestamp)
+
+
+def invalid_tag(detail: str) -> ServiceError:
+    return ServiceError(422, "invalid_tag", detail)
+
+
+def first_error(exc: ValidationError) -> str:
+    """pydantic's first complaint, on one line."""
+    return exc.errors(include_url=False)[0]["msg"]
+
+
+def parse_fps(raw: str) -> float:
+    """The WebSocket's `?fps=`, bounded like the HTTP query parameter (422 otherwise)."""
+    try:
+        return _FRAME_RATE.validate_python(raw.strip())
+    except ValidationError as exc:
+        shown = raw if len(raw) <= 40 else raw[:37] + "..."
+        raise ServiceError(422, "invalid_request", f"query fps {shown!r}: {first_error(exc)}") from None
+
+
+def parse_form_tag(raw: str, name: Literal["frame_index", "timestamp_s"], position: int) -> int | float:
+    """One multipart tag field, validated like the query parameter of the same name (422 otherwise)."""
+    adapter = _FRAME_INDEX if name == "frame_index" else _TIMESTAMP
+    try:
+        return adapter.validate_python(raw.strip())
+    except ValidationError as exc:
+        shown = raw if len(raw) <= 40 else raw[:37] + "..."
+        raise invalid_tag(f"{name} {shown!r} of frame {position}: {first_error(exc)}") from None
+
 
 _SCORES_EXAMPLE = {
     "score": 4.71,
@@ -183,8 +223,8 @@ class WebSocketFrameTag(_Schema):
 
     model_config = ConfigDict(extra="forbid")
 
-    frame_index: int | None = Field(None, ge=0)
-    timestamp_s: float | None = Field(None, ge=0.0, allow_inf_nan=False)
+    frame_index: FrameIndex | None = None
+    timestamp_s: Timestamp | None = None
 
 
 class StreamClosed(_Schema):

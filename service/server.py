@@ -2,14 +2,20 @@
 
 uvicorn closes every WebSocket (1012) as soon as it starts shutting down, which would lose the
 results of frames a camera already sent. `DrainingServer` first stops listening, lets the
-service score and answer every accepted frame (HTTP and WebSocket), then hands over to uvicorn's
-own shutdown.
+service score and answer every accepted frame (HTTP and WebSocket; each WebSocket then closes
+with 1001), then hands over to uvicorn's own shutdown. uvicorn re-raises SIGTERM after its
+shutdown, so the process would end by the signal (status 143); here a complete drain exits 0.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
 import socket
+import threading
+from collections.abc import Iterator
+from types import FrameType
 
 import uvicorn
 from fastapi import FastAPI
@@ -19,7 +25,10 @@ from anomaly.checkpoint import load_detector
 from anomaly.detector import Detector
 from anomaly.device import resolve_device, set_torch_threads
 from service.app import create_app
+from service.guard import guarded_protocol
 from service.settings import ServiceSettings
+
+log = logging.getLogger("anomaly.service")
 
 
 class DrainingServer(uvicorn.Server):
@@ -36,6 +45,31 @@ class DrainingServer(uvicorn.Server):
             await service.drain(self.drain_timeout_s)
         await super().shutdown(sockets=sockets)
 
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        """SIGINT/SIGTERM start the drain, as in uvicorn, but are not re-raised once it is done."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _on_signal(self, sig: int, frame: FrameType | None) -> None:
+        if self.should_exit and sig == signal.SIGINT:
+            self.force_exit = True  # a second Ctrl-C: stop waiting
+        else:
+            self.should_exit = True
+
+    @property
+    def drained(self) -> bool:
+        """Every accepted frame was answered before the process let go (False before a drain)."""
+        service = getattr(self.app.state, "service", None)
+        return bool(service is not None and service.drained)
+
     @property
     def port(self) -> int:
         """The bound port (useful with port 0)."""
@@ -50,7 +84,10 @@ def make_server(app: FastAPI, settings: ServiceSettings) -> DrainingServer:
         lifespan="on",
         # messages between the app's limit and this one get a JSON 413; beyond it the protocol closes (1009)
         ws_max_size=2 * settings.limits.max_body_bytes,
-        limit_concurrency=settings.max_connections,
+        # connection limits are the guard's (service/guard.py): uvicorn's limit_concurrency would 503 health checks
+        http=guarded_protocol(settings.connections),
+        limit_concurrency=None,
+        timeout_keep_alive=settings.connections.keep_alive_s,
         timeout_graceful_shutdown=settings.shutdown_timeout_s,
         access_log=settings.access_log,
         log_level=settings.log_level,
@@ -80,3 +117,6 @@ def serve(settings: ServiceSettings, detector: Detector | None = None) -> None:
     server.run()
     if not server.started:
         raise OSError(f"the server could not start on {settings.host}:{settings.port} (see the log above)")
+    if not server.drained:
+        # an OSError, so `anomaly serve` reports it in one line and exits non-zero
+        raise TimeoutError(f"shutdown did not answer every accepted frame within {settings.shutdown_timeout_s:g} s")

@@ -19,6 +19,13 @@ from anomaly.events import EventConfig
 TOKEN_ENV = "ANOMALY_API_TOKEN"
 
 
+# bounds of client tags: with them, index / fps and every timestamp stay finite and fit an int64 / a double
+MAX_FRAME_INDEX = 2**63 - 1
+MIN_FPS = 0.01
+MAX_FPS = 1000.0
+MAX_TIMESTAMP_S = 1e12
+
+
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -43,6 +50,9 @@ class BatchSettings(_Frozen):
         128, ge=1, description="frames accepted but not yet scored; beyond this the service answers 503"
     )
     retry_after_s: int = Field(1, ge=1, description="Retry-After sent with a 503")
+    unready_after_s: float = Field(
+        10.0, gt=0.0, description="/readyz answers 503 once the queue has been full this long (the model is stuck)"
+    )
     decode_threads: int = Field(2, ge=1, le=64, description="images decoded at once (each holds a full-size frame)")
 
 
@@ -54,8 +64,30 @@ class StreamSettings(_Frozen):
     ws_max_in_flight: int = Field(
         32, ge=1, description="frames one WebSocket may have unanswered before the server stops reading it"
     )
-    default_fps: float = Field(25.0, gt=0.0, le=1000.0, description="timestamp = frame_index / fps when none is sent")
+    default_fps: float = Field(
+        25.0, ge=MIN_FPS, le=MAX_FPS, description="timestamp = frame_index / fps when none is sent"
+    )
     events: EventConfig = EventConfig()
+
+
+class ConnectionSettings(_Frozen):
+    """Per-connection limits, enforced below the app (service/guard.py), so idle or slow clients cannot
+    hold the server before auth and starve the health checks."""
+
+    max_connections: int = Field(
+        1000, ge=2, description="open TCP connections; at the cap a new one closes the longest-idle one (or is refused)"
+    )
+    max_requests: int = Field(
+        256, ge=1, description="HTTP requests handled at once (health checks excepted); beyond it 503 `busy`"
+    )
+    header_timeout_s: float = Field(
+        10.0, gt=0.0, le=3600.0, description="from connecting (or the previous response) to complete request headers"
+    )
+    body_timeout_s: float = Field(30.0, gt=0.0, le=3600.0, description="to receive a whole request body")
+    keep_alive_s: int = Field(5, ge=1, le=3600, description="an idle keep-alive connection is closed after this")
+    max_header_bytes: int = Field(
+        64 * 1024, ge=1024, description="request line and headers; beyond this the connection is closed"
+    )
 
 
 class ServiceSettings(_Frozen):
@@ -73,7 +105,7 @@ class ServiceSettings(_Frozen):
     shutdown_timeout_s: float = Field(
         30.0, gt=0.0, description="on shutdown, how long accepted frames get to be scored and answered"
     )
-    max_connections: int | None = Field(1000, ge=1, description="open connections before uvicorn answers 503")
+    connections: ConnectionSettings = ConnectionSettings()
     access_log: bool = True
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
 

@@ -10,6 +10,8 @@ published in send order. Everything here runs on the event loop, so no locks.
 from __future__ import annotations
 
 import asyncio
+import logging
+import math
 import time
 from collections import deque
 from collections.abc import Callable
@@ -19,6 +21,8 @@ from anomaly.events import Event, EventConfig, EventTracker, TrackerUpdate
 from service.batcher import ScoredFrame
 from service.errors import ServiceError, unavailable
 from service.settings import StreamSettings
+
+log = logging.getLogger("anomaly.service")
 
 
 @dataclass(frozen=True)
@@ -60,10 +64,17 @@ class Stream:
     _slots: deque[Slot] = field(default_factory=deque)
 
     def tag(self, frame_index: int | None, timestamp_s: float | None, fps: float) -> FrameTag:
-        """The client's tags, or the next index and index / fps where it sent none."""
+        """The client's tags, or the next index and index / fps where it sent none.
+
+        The API bounds tags (index within int64, fps >= 0.01, finite timestamps), so the division stays
+        finite; the check below is the last line that keeps a non-finite time out of a response.
+        """
         index = self.next_index if frame_index is None else frame_index
+        timestamp = float(index) / fps if timestamp_s is None else float(timestamp_s)
+        if not math.isfinite(timestamp):
+            raise ServiceError(422, "invalid_tag", f"frame {index} at {fps} fps has no finite timestamp")
         self.next_index = index + 1
-        return FrameTag(index, index / fps if timestamp_s is None else timestamp_s)
+        return FrameTag(index, timestamp)
 
     def reserve(self, tag: FrameTag, now: float) -> Slot:
         slot = Slot(tag, asyncio.get_running_loop().create_future())
@@ -83,8 +94,13 @@ class Stream:
     def _publish(self, slot: Slot) -> None:
         result = StreamOutcome(slot.tag, scored=slot.scored, error=slot.error)
         if slot.scored is not None:
-            result.update = self.tracker.update(slot.tag.frame_index, slot.tag.timestamp_s, slot.scored.score)
-            self.frames += 1
+            try:
+                result.update = self.tracker.update(slot.tag.frame_index, slot.tag.timestamp_s, slot.scored.score)
+                self.frames += 1
+            except Exception as exc:  # the frame still gets an answer, and later frames are not held up
+                log.exception("event tracking failed on stream %s", self.stream_id)
+                result.scored = None
+                result.error = ServiceError(500, "internal_error", f"event tracking failed: {type(exc).__name__}")
         if not slot.future.done():
             slot.future.set_result(result)
 

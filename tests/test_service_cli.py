@@ -96,8 +96,8 @@ def test_the_command_serves_with_auth_and_stops_cleanly_on_sigterm(model_path: P
     while not lines.empty():
         log.append(lines.get())
     text = "".join(log)
-    # uvicorn re-raises the signal it caught once its shutdown is complete, so the exit is "terminated by SIGTERM"
-    assert code in (0, -signal.SIGTERM), text
+    # a complete drain exits 0 (uvicorn alone would re-raise SIGTERM: status 143)
+    assert code == 0, text
     assert "Application shutdown complete" in text
     assert "auth: bearer token required" in text and "threshold" in text
     assert "stopped after answering every accepted frame" in text

@@ -39,19 +39,23 @@ def image_body(multipart_field: str, multipart_description: str) -> dict[str, An
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     described = {
         400: "empty, corrupt or truncated image; malformed multipart",
-        401: "missing or wrong bearer token (when auth is on)",
+        401: "missing or wrong bearer token",
         404: "unknown stream",
+        408: "the body did not arrive within the body timeout",
         409: "the stream is busy",
         413: "body, image dimensions or frame count over the limit",
         415: "not a JPEG or PNG image",
-        503: "queue full, too many streams, or shutting down; see Retry-After",
+        422: "a path, query or form value out of range (frame index, timestamp, fps, stream id)",
+        503: "queue full, too many requests or streams, starting, or shutting down; see Retry-After",
     }
     return {s: {"model": ErrorResponse, "description": described[s]} for s in statuses}
 
 
-async def read_upload(request: Request, limits: Limits, max_parts: int) -> tuple[bytes, list[Part] | None]:
+async def read_upload(
+    request: Request, limits: Limits, max_parts: int, timeout_s: float
+) -> tuple[bytes, list[Part] | None]:
     """The raw body, or (when multipart) the body and its parts."""
-    body = await read_body(request, limits.max_body_bytes)
+    body = await read_body(request, limits.max_body_bytes, timeout_s)
     if not is_multipart(request):
         return body, None
     return body, parse_multipart(request.headers["content-type"], body, max_parts)

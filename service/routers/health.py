@@ -21,11 +21,17 @@ async def healthz() -> Health:
     response_model=Health,
     response_model_exclude_none=True,
     summary="The model is loaded and frames are accepted",
-    responses={503: {"model": Health, "description": "starting, or draining before shutdown"}},
+    responses={
+        503: {
+            "model": Health,
+            "description": "starting, draining before shutdown, or the queue full for longer than --unready-after",
+        }
+    },
 )
 async def readyz(request: Request) -> Health | JSONResponse:
     service = current_service(request)
-    if service is not None and service.ready:
+    reason = "the model is loading" if service is None else service.not_ready_reason()
+    if service is not None and reason is None:
         return Health(status="ready", model_version=service.model.version)
-    detail = "the model is loading" if service is None else "shutting down: answering the frames already accepted"
+    detail = reason
     return JSONResponse(Health(status="not_ready", detail=detail).model_dump(exclude_none=True), status_code=503)

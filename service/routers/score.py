@@ -21,7 +21,7 @@ router = APIRouter(tags=["scoring"])
     summary="Score one image",
     description="One JPEG or PNG frame in, its anomaly scores out. Frames from concurrent requests are scored "
     "together in micro-batches.",
-    responses=error_responses(400, 401, 413, 415, 503),
+    responses=error_responses(400, 408, 413, 415, 422, 503),
     openapi_extra=image_body("image", "the frame (JPEG or PNG)"),
 )
 async def score_image(
@@ -29,7 +29,7 @@ async def score_image(
     service: ServiceDep,
     heatmap: Annotated[bool, Query(description="add the error heat map over the frame as a base64 PNG")] = False,
 ) -> ScoreResponse:
-    body, parts = await read_upload(request, service.settings.limits, max_parts=4)
+    body, parts = await read_upload(request, service.settings.limits, 4, service.settings.connections.body_timeout_s)
     if parts is not None:
         files = file_parts(parts)
         if len(files) != 1:

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import math
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Path, Query, Request, WebSocket
 from fastapi.responses import JSONResponse
@@ -12,7 +11,16 @@ from service.auth import websocket_auth_error
 from service.dependencies import ServiceDep, current_service
 from service.errors import ServiceError, bad_request
 from service.routers.common import error_responses, file_parts, image_body, read_upload
-from service.schemas import FinishedEvent, StreamClosed, StreamFrameResult, StreamFramesResponse, outcome_message
+from service.schemas import (
+    FinishedEvent,
+    StreamClosed,
+    StreamFrameResult,
+    StreamFramesResponse,
+    outcome_message,
+    parse_form_tag,
+    parse_fps,
+)
+from service.settings import MAX_FPS, MAX_FRAME_INDEX, MAX_TIMESTAMP_S, MIN_FPS
 from service.websocket import StreamSocket, close_quietly
 
 router = APIRouter(tags=["streams"])
@@ -30,26 +38,30 @@ StreamId = Annotated[
 ]
 Fps = Annotated[
     float | None,
-    Query(gt=0, le=1000, description="frame rate for timestamps the client does not send (default: the service's)"),
+    Query(
+        ge=MIN_FPS,
+        le=MAX_FPS,
+        description="frame rate for timestamps the client does not send (default: the service's)",
+    ),
+]
+FrameIndexQuery = Annotated[
+    int | None, Query(ge=0, le=MAX_FRAME_INDEX, description="index of the (first) frame, 0 .. 2**63-1")
+]
+TimestampQuery = Annotated[
+    float | None,
+    Query(ge=0, le=MAX_TIMESTAMP_S, allow_inf_nan=False, description="its time in seconds (finite, 0 .. 1e12)"),
 ]
 
 
-def parse_tags(parts_values: list[str], name: str, n: int, parse: type[int] | type[float]) -> list[int | float | None]:
-    """Per-frame form fields: none, or one per frame."""
+def parse_tags(
+    parts_values: list[str], name: Literal["frame_index", "timestamp_s"], n: int
+) -> list[int | float | None]:
+    """Per-frame form fields: none, or one per frame, each validated like its query parameter (422)."""
     if not parts_values:
         return [None] * n
     if len(parts_values) != n:
         raise bad_request(f"{len(parts_values)} {name} field(s) for {n} frame(s): send one per frame or none")
-    values: list[int | float | None] = []
-    for raw in parts_values:
-        try:
-            value = parse(raw)
-        except ValueError:
-            raise bad_request(f"{name} {raw!r} is not a number") from None
-        if value < 0 or not math.isfinite(value):
-            raise bad_request(f"{name} must be a finite number >= 0, got {raw!r}")
-        values.append(value)
-    return values
+    return [parse_form_tag(raw, name, i) for i, raw in enumerate(parts_values)]
 
 
 @router.post(
@@ -61,20 +73,20 @@ def parse_tags(parts_values: list[str], name: str, n: int, parse: type[int] | ty
     "`timestamp_s` tag the first frame; untagged frames get the next index and index / fps. Each result carries "
     "the stream's smoothed score and event state. A message with a bad frame is refused whole (4xx) and the "
     "stream stays as it was.",
-    responses=error_responses(400, 401, 413, 415, 503),
+    responses=error_responses(400, 408, 413, 415, 422, 503),
     openapi_extra=image_body("frames", "a frame (JPEG or PNG); repeat the part for several frames"),
 )
 async def post_frames(
     request: Request,
     stream_id: StreamId,
     service: ServiceDep,
-    frame_index: Annotated[int | None, Query(ge=0, description="index of the (first) frame")] = None,
-    timestamp_s: Annotated[float | None, Query(ge=0, allow_inf_nan=False, description="its time in seconds")] = None,
+    frame_index: FrameIndexQuery = None,
+    timestamp_s: TimestampQuery = None,
     fps: Fps = None,
 ) -> StreamFramesResponse:
     limits = service.settings.limits
     max_frames = limits.max_frames_per_message
-    body, parts = await read_upload(request, limits, max_parts=3 * max_frames)
+    body, parts = await read_upload(request, limits, 3 * max_frames, service.settings.connections.body_timeout_s)
     if parts is None:
         frames = [body]
         requests: list[tuple[int | None, float | None]] = [(frame_index, timestamp_s)]
@@ -87,8 +99,8 @@ async def post_frames(
             name: [bytes(p.data).decode("utf-8", "replace") for p in parts if p.name == name and not p.is_file]
             for name in ("frame_index", "timestamp_s")
         }
-        indices = parse_tags(fields["frame_index"], "frame_index", len(frames), int)
-        times = parse_tags(fields["timestamp_s"], "timestamp_s", len(frames), float)
+        indices = parse_tags(fields["frame_index"], "frame_index", len(frames))
+        times = parse_tags(fields["timestamp_s"], "timestamp_s", len(frames))
         if indices[0] is None and frame_index is not None:
             indices[0] = frame_index
         if times[0] is None and timestamp_s is not None:
@@ -112,7 +124,7 @@ async def post_frames(
     summary="Close a stream",
     description="Forget the stream's state now (idle streams also expire on their own); an open stretch ends "
     "and is returned as a finished event.",
-    responses=error_responses(401, 404, 409),
+    responses=error_responses(404, 409, 422, 503),
 )
 async def close_stream(stream_id: StreamId, service: ServiceDep) -> StreamClosed:
     stream = service.streams.get(stream_id)
@@ -123,15 +135,21 @@ async def close_stream(stream_id: StreamId, service: ServiceDep) -> StreamClosed
 
 
 @ws_router.websocket("/v1/streams/{stream_id}/ws")
-async def stream_websocket(websocket: WebSocket, stream_id: StreamId, fps: Fps = None) -> None:
-    """Binary frames in, one JSON result per frame out, in send order (protocol in service/websocket.py)."""
+async def stream_websocket(
+    websocket: WebSocket, stream_id: StreamId, fps: Annotated[str | None, Query()] = None
+) -> None:
+    """Binary frames in, one JSON result per frame out, in send order (protocol in service/websocket.py).
+
+    `fps` is checked here rather than by FastAPI, so a bad value is a JSON 422 denial, not a bare 403."""
     service = current_service(websocket)
     denial = websocket_auth_error(websocket)
     if denial is None and service is None:
         denial = ServiceError(503, "not_ready", "the model is still loading")
     stream = None
+    frame_rate: float | None = None
     if denial is None and service is not None:
         try:
+            frame_rate = None if fps is None else parse_fps(fps)
             if not service.accepting:
                 raise ServiceError(503, "shutting_down", "the service is shutting down")
             stream = service.streams.open(stream_id, service.settings.batching.retry_after_s)
@@ -145,9 +163,13 @@ async def stream_websocket(websocket: WebSocket, stream_id: StreamId, fps: Fps =
     await websocket.accept()
     stream.websockets += 1
     service.metrics.websockets.inc()
+    service.socket_opened()
+    code = 1000
     try:
-        await StreamSocket(websocket, service, stream, fps or service.settings.streams.default_fps).run()
+        rate = frame_rate or service.settings.streams.default_fps
+        code = await StreamSocket(websocket, service, stream, rate).run()
     finally:
         stream.websockets -= 1
         service.metrics.websockets.dec()
-        await close_quietly(websocket)
+        await close_quietly(websocket, code)
+        service.socket_closed()
