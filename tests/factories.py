@@ -54,3 +54,13 @@ def with_square(frame: np.ndarray, colour: tuple[int, int, int] = (0, 0, 255), f
     y, x = int(h * 0.7), w // 2 - s // 2
     out[y : y + s, x : x + s] = colour
     return out
+
+
+# Score distributions of normal frames, light- and heavy-tailed, for tests of scaling and thresholds.
+N = 20_000
+DISTRIBUTIONS = {
+    "normal": lambda rng, n: rng.normal(3.0, 2.0, n),
+    "exponential": lambda rng, n: rng.exponential(1.5, n),
+    "student-t2": lambda rng, n: rng.standard_t(2, n),  # heavy tails, infinite variance
+    "pareto": lambda rng, n: rng.pareto(1.5, n),
+}

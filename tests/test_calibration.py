@@ -3,6 +3,7 @@ import io
 import numpy as np
 import pytest
 import torch
+from factories import N
 
 from anomaly.calibration import (
     Calibration,
@@ -11,15 +12,6 @@ from anomaly.calibration import (
     fit_scaling,
     score_quantiles,
 )
-
-N = 20_000
-DISTRIBUTIONS = {
-    "normal": lambda rng, n: rng.normal(3.0, 2.0, n),
-    "exponential": lambda rng, n: rng.exponential(1.5, n),
-    "student-t2": lambda rng, n: rng.standard_t(2, n),  # heavy tails, infinite variance
-    "pareto": lambda rng, n: rng.pareto(1.5, n),
-}
-
 
 # --- fit_scaling ---------------------------------------------------------------------------------
 

@@ -2,6 +2,7 @@ import math
 
 import numpy as np
 import pytest
+from factories import DISTRIBUTIONS, N
 
 from anomaly.thresholds import (
     OperatingPoint,
@@ -137,13 +138,6 @@ def test_best_f1_needs_anomalous_frames():
         best_f1(sweep(np.zeros(3), np.array([1.0, 2.0, 3.0])))
 
 
-N = 20_000
-DISTRIBUTIONS = {
-    "normal": lambda rng, n: rng.normal(3.0, 2.0, n),
-    "exponential": lambda rng, n: rng.exponential(1.5, n),
-    "student-t2": lambda rng, n: rng.standard_t(2, n),  # heavy tails, infinite variance
-    "pareto": lambda rng, n: rng.pareto(1.5, n),
-}
 
 
 # --- threshold_for_rate --------------------------------------------------------------------------
