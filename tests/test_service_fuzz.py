@@ -31,7 +31,7 @@ from schemathesis.specs.openapi.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
-from test_service import Model, Running, serving, settings_for
+from servers import Model, Running, serving, settings_for
 
 from anomaly.events import EventConfig, EventTracker
 from service.app import create_app

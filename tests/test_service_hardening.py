@@ -22,7 +22,7 @@ from contextlib import contextmanager
 import httpx
 import pytest
 from factories import road_frames
-from test_service import Model, Running, png, receive_json, serving, settings_for, wait_until
+from servers import Model, Running, png, receive_json, serving, settings_for, wait_until
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
