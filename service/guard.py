@@ -41,6 +41,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().__init__(*args, **kwargs)
         self._header_timer: asyncio.TimerHandle | None = None
         self._header_bytes = 0
+        # the next bytes start a request's headers: not while a request's body is still arriving, which it
+        # can after its response went out (a 413 for a body over the limit)
+        self._awaiting_headers = True
         self.idle_since: float | None = None  # waiting for a request (None while one is being handled)
 
     # -- between requests: the header timer runs, and the connection may be evicted
@@ -58,7 +61,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def _header_timeout(self) -> None:
         self._header_timer = None
-        if self.idle_since is not None and not self.transport.is_closing():
+        # no request's headers completed since the timer started (a body still trickling in after its
+        # early response counts as no request either)
+        if not self.transport.is_closing():
             log.debug("closing a connection that sent no complete request in %g s", self.limits.header_timeout_s)
             self.transport.close()
 
@@ -85,8 +90,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         return True
 
     def data_received(self, data: bytes) -> None:
+        counted = self._awaiting_headers  # the parser below may complete the headers within `data`
         super().data_received(data)
-        if self.idle_since is not None:  # still no complete request: these bytes were (partial) headers
+        if counted and self._awaiting_headers:  # still no complete headers: these bytes were (partial) headers
             self._header_bytes += len(data)
             if self._header_bytes > self.limits.max_header_bytes and not self.transport.is_closing():
                 log.debug("closing a connection whose headers exceed %d bytes", self.limits.max_header_bytes)
@@ -96,13 +102,25 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self.idle_since = None
+        self._awaiting_headers = False
         self._cancel_header_timer()
         super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._awaiting_headers = True
+        self._header_bytes = 0
+        if self._header_timer is not None:  # answered before its body was all in: idle from here
+            self.idle_since = time.monotonic()
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
         if not self.transport.is_closing() and (self.cycle is None or self.cycle.response_complete):
-            self._await_request()
+            if self._awaiting_headers:
+                self._await_request()
+            else:  # the body is still arriving: not idle, but the next headers are due all the same
+                self._cancel_header_timer()
+                self._header_timer = self.loop.call_later(self.limits.header_timeout_s, self._header_timeout)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.idle_since = None

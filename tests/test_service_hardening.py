@@ -31,7 +31,7 @@ import service.routers.score
 from anomaly.events import EventTracker
 from service.batcher import MicroBatcher
 from service.engine import ScoringService
-from service.settings import BatchSettings, ConnectionSettings
+from service.settings import BatchSettings, ConnectionSettings, Limits
 from service.streams import Stream
 
 HUGE = "9" * 400  # the frame_index that overflowed `index / fps`
@@ -317,6 +317,21 @@ def test_idle_keep_alive_and_oversized_headers_are_closed(model: Model) -> None:
             wait_until(lambda: closed_by_server(s), timeout=5)
             assert time.monotonic() - t < 5  # not the 30 s header timeout
         assert httpx.get(f"{srv.url}/healthz").status_code == 200
+
+
+def test_a_body_still_arriving_after_its_early_answer_is_not_taken_for_headers(model: Model) -> None:
+    """A 413 goes out before an oversized body is all in; the rest of that body is body, not the next headers."""
+    connections = ConnectionSettings(max_header_bytes=4096)
+    limits = Limits(max_body_bytes=64 * 1024)
+    body = b"\x89PNG" + b"\0" * 300_000
+    with (
+        serving(settings_for(model, connections=connections, limits=limits)) as srv,
+        socket.create_connection(("127.0.0.1", srv.server.port), timeout=10) as s,
+    ):
+        s.sendall(b"POST /v1/score HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        assert read_response_head(s).startswith(b"HTTP/1.1 413")
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert read_response_head(s).startswith(b"HTTP/1.1 200")
 
 
 def test_slow_body_gets_408_and_the_connection_is_closed(model: Model) -> None:
