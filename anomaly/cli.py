@@ -6,6 +6,7 @@ line or the environment.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import sys
@@ -42,6 +43,12 @@ EndOpt = Annotated[float | None, typer.Option("--end", help="stop each source at
 MaxFramesOpt = Annotated[int | None, typer.Option("--max-frames", min=1, help="at most this many frames per source")]
 FolderFpsOpt = Annotated[float, typer.Option("--folder-fps", help="frame rate assumed for image folders")]
 ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress", help="show progress bars")]
+CameraOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="camera the footage comes from: its profile (from `anomaly calibrate`) scores it, else the fleet's"
+    ),
+]
 
 
 class UserError(Exception):
@@ -129,7 +136,7 @@ def train(
     from anomaly.preprocess import Preprocessor
     from anomaly.train import TrainingData, train_detector
     from pipelines.ingest import expand_sources
-    from pipelines.training import load_prepared_frames
+    from pipelines.training import load_named_prepared_frames
 
     default = DetectorConfig()
     config = DetectorConfig(
@@ -150,14 +157,14 @@ def train(
     context = context_from_env(os.environ)  # torchrun's RANK/WORLD_SIZE/LOCAL_RANK; rank 0 of 1 otherwise
     echo = typer.echo if context.is_main else quiet
     sampling = sampling_config(stride, fps, start, end, max_frames, folder_fps)
-    per_source = load_prepared_frames(
+    named = load_named_prepared_frames(
         expand_sources(sources),
         sampling,
         Preprocessor(config.preprocess),
         max_train_frames,
         report_source_error if context.is_main else quiet,
     )
-    data = TrainingData.split(per_source, holdout)
+    data = TrainingData.split([f for _, f in named], holdout, names=[Path(n).name for n, _ in named])
     if context.enabled:
         echo(f"training on {context.world_size} processes (DistributedDataParallel)")
     with process_group(context, context.device(torch_device)):
@@ -206,6 +213,7 @@ def score(
         Path | None, typer.Option(help="also write <source>.annotated.mp4 with score and heat map into this folder")
     ] = None,
     threshold: Annotated[float | None, typer.Option(help="override the model's calibrated threshold")] = None,
+    camera: CameraOpt = None,
     smooth: Annotated[int, typer.Option(min=1, help="frames in the moving average used for events")] = 1,
     min_event: Annotated[float, typer.Option(help="drop events shorter than this (seconds)")] = 0.0,
     merge_gap: Annotated[float, typer.Option(help="join events separated by less than this (seconds)")] = 0.0,
@@ -268,6 +276,8 @@ def score(
         raise UserError("--address and --workers apply to --engine ray only")
     set_torch_threads(threads)
     detector = load_detector(model, resolve_device(device))
+    typer.echo(detector.profile_note(camera), err=True)
+    detector = detector.for_camera(camera)
     if threshold is not None:
         detector = detector.with_threshold(threshold)
     summary = score_sources(
@@ -329,6 +339,62 @@ def demo(
     typer.echo("")
     typer.echo(format_report(metrics))
     typer.echo(f"\nmodel, scores, events and metrics.json in {out}")
+
+
+@app.command()
+@friendly_errors
+def calibrate(
+    model: Annotated[Path, typer.Argument(help="model file from `anomaly train`")],
+    sources: Annotated[list[str], typer.Argument(help="normal footage of the camera: videos or image folders")],
+    camera: Annotated[str, typer.Option(help="name of the camera (the profile's name)")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="model file to write, with this camera's profile added")],
+    target_far: Annotated[
+        float | None, typer.Option(help="false-alarm rate the threshold aims at (default: the model's)")
+    ] = None,
+    device: DeviceOpt = "auto",
+    stride: StrideOpt = 1,
+    fps: FpsOpt = None,
+    start: StartOpt = 0.0,
+    end: EndOpt = None,
+    max_frames: MaxFramesOpt = None,
+    folder_fps: FolderFpsOpt = 10.0,
+    progress: ProgressOpt = True,
+) -> None:
+    """Fit one camera's normal statistics and threshold from its normal footage, without retraining."""
+    import time
+
+    from anomaly.checkpoint import save_detector
+    from anomaly.profiles import fit_camera_profile
+    from pipelines.ingest import expand_sources
+    from pipelines.training import load_named_prepared_frames
+
+    t0 = time.perf_counter()
+    detector = load_detector(model, resolve_device(device))
+    if target_far is not None:
+        cal = detector.config.calibration.model_copy(update={"target_false_alarm_rate": target_far})
+        config = DetectorConfig.model_validate({**detector.config.model_dump(), "calibration": cal.model_dump()})
+        detector = dataclasses.replace(detector, config=config)
+    named = load_named_prepared_frames(
+        expand_sources(sources),
+        sampling_config(stride, fps, start, end, max_frames, folder_fps),
+        detector.preprocessor,
+        detector.config.train.max_train_frames,
+        report_source_error,
+    )
+    profile = fit_camera_profile(detector, [f for _, f in named], names=[Path(n).name for n, _ in named])
+    replaced = camera in detector.profiles
+    detector = detector.with_profile(camera, profile)
+    save_detector(detector, out)
+    rates = profile.holdout_false_alarms
+    typer.echo(
+        f"{'replaced' if replaced else 'added'} camera profile {camera!r} from {profile.n_frames} frames of "
+        f"{len(named)} source(s) in {time.perf_counter() - t0:.1f} s: threshold {profile.threshold:.3f} for a "
+        f"{profile.target_false_alarm_rate:.1%} false-alarm rate"
+        + (f"; cross-fitted false alarms {sum(rates.values()) / len(rates):.1%}" if rates else "")
+    )
+    if rates:
+        typer.echo("per time block (threshold set without it): " + ", ".join(f"{k} {v:.1%}" for k, v in rates.items()))
+    typer.echo(f"profiles in {out}: fleet, {', '.join(sorted(detector.profiles))}")
 
 
 @app.command("generate-samples")

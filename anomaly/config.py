@@ -94,14 +94,31 @@ class CalibrationConfig(_Frozen):
     signals: tuple[str, ...] = Field(
         ("spatial", "latent"), min_length=1, description="signals whose calibrated z-scores are combined"
     )
+    memory_size: int = Field(
+        1000, ge=1, le=100_000, description="normal frames kept in the memory (a greedy k-centre coreset)"
+    )
+    knn_k: int = Field(5, ge=1, le=100, description="nearest memory frames whose mean distance is the knn signal")
+    local_neighbours: int = Field(
+        30, ge=2, le=1000, description="nearest memory frames whose cells give each cell's normal range (local)"
+    )
+    local_quantile: float = Field(
+        0.9, gt=0.5, lt=1.0, description="local cell errors count in units of (this quantile - median) of neighbours"
+    )
+    local_floor: float = Field(
+        0.5, ge=0.0, le=1.0, description="local cell spread floor, as a fraction of that cell's pooled spread"
+    )
+    camera_blocks: int = Field(
+        4, ge=2, le=50, description="time blocks per source for cross-fitted camera calibration (anomaly calibrate)"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> CalibrationConfig:
         if self.error_stride > self.error_pool:
             raise ValueError(f"error_stride {self.error_stride} > error_pool {self.error_pool}: cells would leave gaps")
-        unknown = set(self.signals) - {"spatial", "latent", "recon", "disc"}
+        known = ("spatial", "latent", "recon", "disc", "knn", "local", "disc_patch")
+        unknown = set(self.signals) - set(known)
         if unknown:
-            raise ValueError(f"unknown signals {sorted(unknown)}: choose from spatial, latent, recon, disc")
+            raise ValueError(f"unknown signals {sorted(unknown)}: choose from {', '.join(known)}")
         return self
 
 

@@ -16,7 +16,15 @@ from pipelines.score_videos import read_scores_csv, score_sources
 from pipelines.synth import generate_sample_set
 from pipelines.training import load_prepared_frames
 
-SIGNAL_COLUMNS = {"recon": "recon_error", "disc": "disc_score", "spatial": "spatial_score", "latent": "latent_score"}
+SIGNAL_COLUMNS = {
+    "recon": "recon_error",
+    "disc": "disc_score",
+    "spatial": "spatial_score",
+    "latent": "latent_score",
+    "knn": "knn_score",
+    "local": "local_score",
+    "disc_patch": "disc_patch_score",
+}
 
 
 def sample_clips(sample_dir: Path, log: Callable[[str], None]) -> tuple[list[Path], list[Path]]:
@@ -64,6 +72,7 @@ def run_demo(
     metrics["signals"] = {
         name: {"auroc": auroc(labels, cols[col]), "auroc_per_kind": per_kind_auroc(labels, kinds, cols[col])}
         for name, col in SIGNAL_COLUMNS.items()
+        if col in cols
     }
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics

@@ -54,10 +54,18 @@ from pipelines.ingest import IngestError, SamplingConfig, expand_sources, iter_s
 from pipelines.labels import LabelError, Labels, SourceExtent, labels_path_for
 from pipelines.plots import frame_pair, histogram_figure, kind_colours, pr_figure, roc_figure, save_png, timeline_figure
 from pipelines.report import Picture, write_report
-from pipelines.score_videos import CSV_COLUMNS, read_scores_csv, score_sources
+from pipelines.score_videos import REQUIRED_COLUMNS, read_scores_csv, score_sources
 from pipelines.training import load_prepared_frames
 
-SIGNAL_COLUMNS = {"spatial": "spatial_score", "latent": "latent_score", "recon": "recon_error", "disc": "disc_score"}
+SIGNAL_COLUMNS = {
+    "spatial": "spatial_score",
+    "latent": "latent_score",
+    "recon": "recon_error",
+    "disc": "disc_score",
+    "knn": "knn_score",
+    "local": "local_score",
+    "disc_patch": "disc_patch_score",
+}
 TOP_FRAME_GAP_S = 1.0  # the strip shows at most one frame per second of a clip, not one event ten times
 UNDEFINED_POINT = dict.fromkeys(
     ("threshold", "tp", "fp", "fn", "tn", "precision", "recall", "false_positive_rate", "f1")
@@ -141,7 +149,7 @@ def read_scores(path: Path) -> dict[str, np.ndarray]:
         raise OSError(f"scores CSV not found: {path}")
     with path.open(newline="") as fh:
         header = next(csv.reader(fh), [])
-    missing = [c for c in CSV_COLUMNS if c not in header]
+    missing = [c for c in REQUIRED_COLUMNS if c not in header]
     if missing:
         raise ValueError(f"{path} is not a scores CSV from `anomaly score` (missing {', '.join(missing)})")
     cols = read_scores_csv(path)
@@ -276,6 +284,7 @@ def signal_figures(scored: Scored) -> dict[str, Any]:
             },
         }
         for name, col in SIGNAL_COLUMNS.items()
+        if col in scored.cols
     }
 
 

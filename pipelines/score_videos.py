@@ -23,7 +23,7 @@ from pipelines.annotate import AnnotatedVideoWriter, draw_annotation
 from pipelines.ingest import Frame, IngestError, SamplingConfig, iter_frames, probe_source
 from pipelines.prefetch import batched, prefetch
 
-CSV_COLUMNS = (
+REQUIRED_COLUMNS = (
     "source",
     "frame_index",
     "timestamp_s",
@@ -34,6 +34,9 @@ CSV_COLUMNS = (
     "latent_score",
     "is_anomaly",
 )
+# signals of the memory and the discriminator's patches (checkpoint format 4), after the original columns
+EXTRA_COLUMNS = ("knn_score", "local_score", "disc_patch_score")
+CSV_COLUMNS = REQUIRED_COLUMNS + EXTRA_COLUMNS
 
 
 @dataclass
@@ -64,6 +67,10 @@ def csv_rows(batch: ScoredBatch) -> Iterator[tuple]:
             f"{s.spatial_score[i]:.6g}",
             f"{s.latent_score[i]:.6g}",
             int(s.is_anomaly[i]),
+            *(
+                f"{extra[i]:.6g}" if extra is not None else ""
+                for extra in (s.knn_score, s.local_score, s.disc_patch_score)
+            ),
         )
 
 
@@ -202,7 +209,8 @@ def read_scores_csv(path: Path) -> dict[str, np.ndarray]:
         return {c: np.array([]) for c in CSV_COLUMNS}
     cols: dict[str, np.ndarray] = {"source": np.array([r["source"] for r in rows], dtype=object)}
     for c in CSV_COLUMNS[1:]:
-        cols[c] = np.array([float(r[c]) for r in rows])
+        if c in rows[0] and all(r[c] not in ("", None) for r in rows):
+            cols[c] = np.array([float(r[c]) for r in rows])
     cols["frame_index"] = cols["frame_index"].astype(int)
     cols["is_anomaly"] = cols["is_anomaly"].astype(bool)
     return cols
