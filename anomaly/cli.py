@@ -116,6 +116,15 @@ def train(
     holdout: Annotated[float, typer.Option(help="tail fraction of each source held out for calibration")] = 0.25,
     target_far: Annotated[float, typer.Option(help="false-alarm rate on normal frames the threshold aims at")] = 0.01,
     max_train_frames: int = TrainConfig().max_train_frames,
+    defects: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="share of each batch given generic synthetic defects (restored by the autoencoder, "
+            "found by the discriminator)",
+        ),
+    ] = TrainConfig().defect_fraction,
     resume: Annotated[bool, typer.Option(help="continue from the training state saved beside --out")] = False,
     device: DeviceOpt = "auto",
     stride: StrideOpt = 1,
@@ -148,6 +157,7 @@ def train(
             seed=seed,
             holdout_fraction=holdout,
             max_train_frames=max_train_frames,
+            defect_fraction=defects,
             device=device,  # type: ignore[arg-type]
             loss=default.train.loss.model_copy(update={"adversarial": adversarial_weight}),
         ),

@@ -54,6 +54,9 @@ class LossConfig(_Frozen):
 
     adversarial: float = Field(0.02, ge=0.0)
     l1: float = Field(1.0, ge=0.0, description="weight of L1 next to the squared error")
+    defect: float = Field(
+        1.0, ge=0.0, description="weight of the discriminator's loss on finding synthetic defects (anomaly.synthetic)"
+    )
 
 
 class TrainConfig(_Frozen):
@@ -70,6 +73,13 @@ class TrainConfig(_Frozen):
         4, ge=0, le=32, description="random translation of training frames, so the autoencoder cannot memorise them"
     )
     checkpoint_every: int = Field(250, ge=1, description="steps between resumable training-state saves")
+    defect_fraction: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="share of each batch given generic synthetic defects: the autoencoder learns to restore them, "
+        "the discriminator to find them",
+    )
     device: Device = "auto"
     loss: LossConfig = LossConfig()
 

@@ -49,6 +49,7 @@ from anomaly.distributed import (
 )
 from anomaly.model import AutoencoderGAN
 from anomaly.scoring import RawSignals, combine, raw_signals, signal_values
+from anomaly.synthetic import add_defects
 
 
 @dataclass
@@ -96,16 +97,28 @@ def train_step(
     opt_g: torch.optim.Optimizer,
     opt_d: torch.optim.Optimizer,
     loss: LossConfig,
+    damaged: torch.Tensor | None = None,
+    masks: torch.Tensor | None = None,
 ) -> dict[str, float]:
-    """One discriminator update, then one autoencoder update (non-saturating GAN loss)."""
+    """One discriminator update, then one autoencoder update (non-saturating GAN loss).
+
+    With `damaged` frames (synthetic defects under `masks`, see `anomaly.synthetic`) the autoencoder
+    reconstructs the clean `x` from them, and the discriminator also learns to mark their defective
+    patches as not real.
+    """
     disc = model.discriminator
-    recon = model.reconstruct(x)
+    recon = model.reconstruct(x if damaged is None else damaged)
 
     disc.requires_grad_(True)
     real_logits, fake_logits = disc(x), disc(recon.detach())
     loss_d = F.binary_cross_entropy_with_logits(
         real_logits, torch.ones_like(real_logits)
     ) + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
+    if damaged is not None and masks is not None and loss.defect > 0:
+        defect_logits = disc(damaged)
+        covered = F.adaptive_avg_pool2d(masks, defect_logits.shape[-2:])
+        target = 1.0 - (2.0 * covered).clamp(0, 1)  # a patch half covered or more is all "not real"
+        loss_d = loss_d + loss.defect * F.binary_cross_entropy_with_logits(defect_logits, target)
     opt_d.zero_grad(set_to_none=True)
     loss_d.backward()
     opt_d.step()
@@ -318,7 +331,13 @@ def train_detector(
         g = step_generator(tc.seed, step)
         idx = torch.randint(len(data.train), (tc.batch_size,), generator=g).numpy()
         x = random_shift(detector.preprocessor.to_tensor(data.train[idx], device), tc.shift_pixels, g)
-        losses = train_step(nets, shard(x, context), *opts, config.train.loss)
+        if tc.defect_fraction > 0:
+            damaged, masks = add_defects(x, tc.defect_fraction, g)
+            losses = train_step(
+                nets, shard(x, context), *opts, config.train.loss, shard(damaged, context), shard(masks, context)
+            )
+        else:
+            losses = train_step(nets, shard(x, context), *opts, config.train.loss)
         bar.set_postfix({k: f"{v:.4f}" for k, v in losses.items()}, refresh=False)
         if (step + 1) % tc.checkpoint_every == 0 and step + 1 < tc.steps and context.is_main:
             save_training_state(state_path, config, model, opts, step + 1)
