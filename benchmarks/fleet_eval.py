@@ -44,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fleet_inject import INJECTORS  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data"
+DATA = ROOT.parent / "shared" / "data"  # --data replaces it
 FLEET = DATA / "fleet"
 SIZE = (256, 144)  # written frames: twice the model's default input, 16:9 like the model's
 UNSEEN_CAMERA = "chanremin"
@@ -165,7 +165,10 @@ def main() -> None:
     parser.add_argument("--train-args", default="", help="extra arguments for `anomaly train`, one string")
     parser.add_argument("--model", type=Path, default=None, help="score this model instead of training one")
     parser.add_argument("--keep-frames", action="store_true", help="reuse frames written by an earlier run")
+    parser.add_argument("--data", type=Path, default=DATA, help="the shared data folder (default ../shared/data)")
     args = parser.parse_args()
+    global DATA, FLEET
+    DATA, FLEET = args.data, args.data / "fleet"
     missing = [p for p in (FLEET, DATA / "solidWhiteRight.mp4") if not p.exists()]
     if missing:
         print(f"fleet benchmark skipped: {', '.join(map(str, missing))} not found (real footage lives beside the repo)")
