@@ -159,6 +159,7 @@ def gather(scores: dict[str, dict[str, np.ndarray]], group: str, column: str) ->
 
 
 def main() -> None:
+    global DATA, FLEET
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=None, help="training steps (default: the CLI's)")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "fleet")
@@ -167,7 +168,6 @@ def main() -> None:
     parser.add_argument("--keep-frames", action="store_true", help="reuse frames written by an earlier run")
     parser.add_argument("--data", type=Path, default=DATA, help="the shared data folder (default ../shared/data)")
     args = parser.parse_args()
-    global DATA, FLEET
     DATA, FLEET = args.data, args.data / "fleet"
     missing = [p for p in (FLEET, DATA / "solidWhiteRight.mp4") if not p.exists()]
     if missing:
