@@ -487,6 +487,7 @@ def evaluate(
     min_event: Annotated[float, typer.Option(min=0.0, help="drop events shorter than this (seconds)")] = 0.0,
     merge_gap: Annotated[float, typer.Option(min=0.0, help="join events separated by less than this (seconds)")] = 0.0,
     top_k: Annotated[int, typer.Option(min=0, help="most anomalous frames shown with heat maps in the report")] = 12,
+    camera: CameraOpt = None,
     batch_size: Annotated[int, typer.Option(min=1)] = 16,
     threads: Annotated[int | None, typer.Option(min=1, help="torch CPU threads")] = None,
     device: DeviceOpt = "auto",
@@ -523,6 +524,9 @@ def evaluate(
     )
     set_torch_threads(threads)
     detector = load_detector(model, resolve_device(device)) if model else None
+    if detector is not None:
+        typer.echo(detector.profile_note(camera), err=True)
+        detector = detector.for_camera(camera)
     result = run_evaluation(config, detector, log=typer.echo)
     typer.echo("")
     typer.echo(format_summary(result.metrics))
