@@ -265,6 +265,8 @@ def score(
 
         if events is not None or annotate is not None:
             raise UserError("--events and --annotate work with --engine local only; --engine ray writes scores")
+        if camera is not None:
+            raise UserError("--camera works with --engine local only (ray workers score with the fleet profile)")
         score_with_ray(
             RayScoreConfig(
                 sources=tuple(listed),
