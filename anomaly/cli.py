@@ -43,6 +43,13 @@ EndOpt = Annotated[float | None, typer.Option("--end", help="stop each source at
 MaxFramesOpt = Annotated[int | None, typer.Option("--max-frames", min=1, help="at most this many frames per source")]
 FolderFpsOpt = Annotated[float, typer.Option("--folder-fps", help="frame rate assumed for image folders")]
 ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress", help="show progress bars")]
+SignalsOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="signals the score combines, comma-separated, from spatial, latent, local, knn, disc_patch, recon, disc "
+        "(default spatial,latent; local,knn,disc_patch measured better on real fleet footage, worse on the demo)"
+    ),
+]
 CameraOpt = Annotated[
     str | None,
     typer.Option(
@@ -92,6 +99,10 @@ def parse_roi(text: str | None) -> tuple[float, float, float, float] | None:
     return x0, y0, x1, y1
 
 
+def parse_signals(text: str) -> tuple[str, ...]:
+    return tuple(name.strip() for name in text.split(",") if name.strip())
+
+
 def report_source_error(src: str, err: Exception) -> None:
     typer.echo(f"warning: skipped {src}: {err}", err=True)
 
@@ -116,6 +127,7 @@ def train(
     holdout: Annotated[float, typer.Option(help="tail fraction of each source held out for calibration")] = 0.25,
     target_far: Annotated[float, typer.Option(help="false-alarm rate on normal frames the threshold aims at")] = 0.01,
     max_train_frames: int = TrainConfig().max_train_frames,
+    signals: SignalsOpt = None,
     defects: Annotated[
         float,
         typer.Option(
@@ -161,7 +173,10 @@ def train(
             device=device,  # type: ignore[arg-type]
             loss=default.train.loss.model_copy(update={"adversarial": adversarial_weight}),
         ),
-        calibration=CalibrationConfig(target_false_alarm_rate=target_far),
+        calibration=CalibrationConfig(
+            target_false_alarm_rate=target_far,
+            **({"signals": parse_signals(signals)} if signals else {}),
+        ),
     )
     torch_device = resolve_device(device)  # fail before reading any video
     context = context_from_env(os.environ)  # torchrun's RANK/WORLD_SIZE/LOCAL_RANK; rank 0 of 1 otherwise
@@ -363,6 +378,7 @@ def calibrate(
     target_far: Annotated[
         float | None, typer.Option(help="false-alarm rate the threshold aims at (default: the model's)")
     ] = None,
+    signals: SignalsOpt = None,
     device: DeviceOpt = "auto",
     stride: StrideOpt = 1,
     fps: FpsOpt = None,
@@ -382,8 +398,12 @@ def calibrate(
 
     t0 = time.perf_counter()
     detector = load_detector(model, resolve_device(device))
-    if target_far is not None:
-        cal = detector.config.calibration.model_copy(update={"target_false_alarm_rate": target_far})
+    update: dict[str, Any] = {"target_false_alarm_rate": target_far} if target_far is not None else {}
+    if signals:
+        update["signals"] = parse_signals(signals)
+    original = detector.config
+    if update:  # this profile's own settings; the model's config (and the fleet profile) stay as they are
+        cal = CalibrationConfig.model_validate({**detector.config.calibration.model_dump(), **update})
         config = DetectorConfig.model_validate({**detector.config.model_dump(), "calibration": cal.model_dump()})
         detector = dataclasses.replace(detector, config=config)
     named = load_named_prepared_frames(
@@ -395,7 +415,7 @@ def calibrate(
     )
     profile = fit_camera_profile(detector, [f for _, f in named], names=[Path(n).name for n, _ in named])
     replaced = camera in detector.profiles
-    detector = detector.with_profile(camera, profile)
+    detector = dataclasses.replace(detector, config=original).with_profile(camera, profile)
     save_detector(detector, out)
     rates = profile.holdout_false_alarms
     typer.echo(

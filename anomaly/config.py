@@ -102,7 +102,7 @@ class CalibrationConfig(_Frozen):
     )
     latent_components: int = Field(8, ge=1, le=256, description="principal components of the latent distance")
     signals: tuple[str, ...] = Field(
-        ("local", "knn", "disc_patch"), min_length=1, description="signals whose calibrated z-scores are combined"
+        ("spatial", "latent"), min_length=1, description="signals whose calibrated z-scores are combined"
     )
     memory_size: int = Field(
         1000, ge=1, le=100_000, description="normal frames kept in the memory (a greedy k-centre coreset)"

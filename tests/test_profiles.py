@@ -128,6 +128,22 @@ def test_calibrate_command_end_to_end(tmp_path, tiny_trained):
         assert len(cols["score"]) == 40 and np.isfinite(cols["knn_score"]).all()
 
 
+def test_calibrate_with_its_own_signals_keeps_the_fleet_profile(tmp_path, tiny_trained):
+    cam_video = write_video(tmp_path / "cam.mp4", road_frames(40, seed=5))
+    out = tmp_path / "with_cam.pt"
+    result = runner.invoke(
+        app,
+        ["calibrate", str(tiny_trained.path), str(cam_video), "--camera", "van7", "--out", str(out)]
+        + ["--signals", "local,knn,disc_patch", "--target-far", "0.05", "--device", "cpu", "--no-progress"],
+    )
+    assert result.exit_code == 0, result.output
+    det = load_detector(out, CPU)
+    assert det.profiles["van7"].combine == ("local", "knn", "disc_patch")
+    assert det.profiles["van7"].target_false_alarm_rate == pytest.approx(0.05)
+    assert det.calibrated.combine == tiny_trained.detector.calibrated.combine
+    assert det.config == tiny_trained.detector.config
+
+
 def test_calibrate_refuses_too_little_footage(tmp_path, tiny_trained):
     video = write_video(tmp_path / "short.mp4", road_frames(4, seed=5))
     result = runner.invoke(
