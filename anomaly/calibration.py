@@ -21,31 +21,51 @@ than promised. `anomaly.training.train.calibrate` does the fitting.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
+from anomaly.memory import coreset_indices, standardiser
+
 
 @dataclass
 class NormalStats:
+    """What normal frames look like to the networks. The fields after the first four (the memory of
+    normal frames and the discriminator's per-position statistics, see `anomaly.memory`) came with
+    checkpoint format 4; a format-3 checkpoint has none and its signals that need them read 0."""
+
     cell_center: torch.Tensor  # h x w, median squared error of each cell on normal frames
     cell_spread: torch.Tensor  # h x w, upper quantile minus median (floored)
     feature_mean: torch.Tensor  # d
     feature_whitening: torch.Tensor  # d x k: projects centred features on k principal axes, unit variance each
+    feature_center: torch.Tensor | None = None  # d, per-dimension mean of normal features (for the memory)
+    feature_scale: torch.Tensor | None = None  # d, per-dimension standard deviation
+    memory_features: torch.Tensor | None = None  # M x d standardised features of the memory's frames (a coreset)
+    memory_cells: torch.Tensor | None = None  # M x h x w their heat-map cells
+    disc_center: torch.Tensor | None = None  # h' x w', median of the discriminator's "not real" logit per position
+    disc_spread: torch.Tensor | None = None  # h' x w', its upper quantile minus median (floored)
 
     FIELDS: ClassVar[tuple[str, ...]] = ("cell_center", "cell_spread", "feature_mean", "feature_whitening")
 
+    @property
+    def has_memory(self) -> bool:
+        return self.memory_features is not None and self.memory_cells is not None
+
     def to_state(self) -> dict[str, torch.Tensor]:
-        return {k: v.detach().cpu().float() for k, v in asdict(self).items()}
+        return {k: v.detach().cpu().float() for k, v in asdict(self).items() if v is not None}
 
     @classmethod
     def from_state(cls, state: dict[str, torch.Tensor]) -> NormalStats:
-        return cls(**{k: state[k].float() for k in cls.FIELDS})
+        optional = [f.name for f in fields(cls) if f.name not in cls.FIELDS]
+        return cls(
+            **{k: state[k].float() for k in cls.FIELDS},
+            **{k: state[k].float() for k in optional if k in state},
+        )
 
     def to(self, device: torch.device) -> NormalStats:
-        return NormalStats(**{k: v.to(device) for k, v in asdict(self).items()})
+        return NormalStats(**{k: None if v is None else v.to(device) for k, v in asdict(self).items()})
 
 
 @dataclass
@@ -58,6 +78,8 @@ class Calibration:
     target_false_alarm_rate: float
     n_frames: int
     score_quantiles: dict[str, float] = field(default_factory=dict)
+    # false-alarm rate of each held-out source (or time block) at a threshold set without it
+    holdout_false_alarms: dict[str, float] = field(default_factory=dict)
 
     def to_state(self) -> dict[str, Any]:
         return {
@@ -69,6 +91,7 @@ class Calibration:
             "target_false_alarm_rate": float(self.target_false_alarm_rate),
             "n_frames": int(self.n_frames),
             "score_quantiles": dict(self.score_quantiles),
+            "holdout_false_alarms": dict(self.holdout_false_alarms),
         }
 
     @classmethod
@@ -82,6 +105,7 @@ class Calibration:
             target_false_alarm_rate=float(state["target_false_alarm_rate"]),
             n_frames=int(state["n_frames"]),
             score_quantiles={k: float(v) for k, v in state.get("score_quantiles", {}).items()},
+            holdout_false_alarms={k: float(v) for k, v in state.get("holdout_false_alarms", {}).items()},
         )
 
     def summary(self) -> dict[str, Any]:
@@ -91,6 +115,7 @@ class Calibration:
             "calibration_frames": self.n_frames,
             "signals": list(self.signals),
             "score_quantiles": self.score_quantiles,
+            "holdout_false_alarms": self.holdout_false_alarms,
         }
 
 
@@ -101,6 +126,9 @@ def fit_normal_stats(
     cell_quantile: float = 0.99,
     spread_floor: float = 0.1,
     components: int = 8,
+    disc_map: torch.Tensor | None = None,
+    memory_size: int | None = None,
+    seed: int = 0,
 ) -> NormalStats:
     """Per-cell error range and the principal axes of features, from normal frames.
 
@@ -124,12 +152,29 @@ def fit_normal_stats(
     k = max(1, min(components, len(feats) - 1, feats.shape[1]))
     pca = PCA(n_components=k, whiten=True).fit(feats)
     whitening = pca.components_.T / np.sqrt(pca.explained_variance_ + 1e-12)
-    return NormalStats(
+    stats = NormalStats(
         cell_center=center.float(),
         cell_spread=spread.float(),
         feature_mean=torch.from_numpy(pca.mean_).float(),
         feature_whitening=torch.from_numpy(whitening).float(),
     )
+    if disc_map is not None:
+        stats.disc_center, stats.disc_spread = position_stats(disc_map, cell_quantile, spread_floor)
+    if memory_size is not None:
+        stats.feature_center, stats.feature_scale = standardiser(features)
+        standard = (features.float() - stats.feature_center) / stats.feature_scale
+        keep = coreset_indices(standard, memory_size, seed=seed)
+        stats.memory_features, stats.memory_cells = standard[keep], error_cells[keep].float()
+    return stats
+
+
+def position_stats(maps: torch.Tensor, quantile: float, spread_floor: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-position median and upper spread (quantile - median, floored) of N x h x w maps of normal frames."""
+    m = maps.double()
+    center = m.median(0).values
+    spread = torch.quantile(m.flatten(1), quantile, dim=0).view_as(center) - center
+    spread = torch.clamp(spread, min=spread_floor * float(spread.median()) + 1e-12)
+    return center.float(), spread.float()
 
 
 def fit_scaling(signals: dict[str, np.ndarray]) -> tuple[dict[str, float], dict[str, float]]:

@@ -22,7 +22,10 @@ from anomaly.config import DetectorConfig
 from anomaly.detector import Detector
 from anomaly.model import AutoencoderGAN
 
-FORMAT_VERSION = 3  # 2: per-cell quantile spreads and PCA latent distance; 3: blurred heat map
+# 2: per-cell quantile spreads and PCA latent distance; 3: blurred heat map;
+# 4: memory of normal frames, discriminator patch statistics, camera profiles (format 3 still loads)
+FORMAT_VERSION = 4
+READABLE_VERSIONS = (3, 4)
 KIND_MODEL = "anomaly-detector"
 KIND_TRAINING_STATE = "anomaly-training-state"
 
@@ -56,10 +59,12 @@ def read_checkpoint(path: Path, kind: str) -> dict[str, Any]:
     if not isinstance(state, dict) or state.get("kind") != kind:
         raise CheckpointError(f"{path} is not an {kind} file")
     version = state.get("format_version")
-    if version != FORMAT_VERSION:
+    readable = READABLE_VERSIONS if kind == KIND_MODEL else (FORMAT_VERSION,)
+    if version not in readable:
         raise CheckpointError(
             f"{path} has checkpoint format version {version}, but this build of anomaly ({__version__}) "
-            f"reads version {FORMAT_VERSION}; retrain the model with this version"
+            f"reads version{'s' if len(readable) > 1 else ''} {', '.join(map(str, readable))}; "
+            "retrain the model with this version"
         )
     return state
 
@@ -105,7 +110,8 @@ def save_detector(detector: Detector, path: Path) -> None:
             "anomaly_version": __version__,
             "config": detector.config.model_dump(mode="json"),
             "state_dict": {k: v.detach().cpu() for k, v in detector.model.state_dict().items()},
-            "calibration": detector.calibrated.to_state(),
+            "calibration": detector.for_camera(None).calibrated.to_state(),
+            "cameras": {name: cal.to_state() for name, cal in detector.profiles.items()},
         },
         path,
     )
@@ -130,7 +136,8 @@ def load_detector(path: Path, device: torch.device) -> Detector:
     try:
         model.load_state_dict(state["state_dict"])
         calibration = Calibration.from_state(state["calibration"])
+        profiles = {str(name): Calibration.from_state(cal) for name, cal in state.get("cameras", {}).items()}
     except (KeyError, RuntimeError, TypeError) as exc:
         reason = first_line(str(exc))
         raise CheckpointError(f"{path}: weights or calibration do not match its config ({reason})") from None
-    return Detector(config=config, model=model, calibration=calibration, device=device)
+    return Detector(config=config, model=model, calibration=calibration, device=device, profiles=profiles)

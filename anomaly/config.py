@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 Device = Literal["auto", "cpu", "cuda"]
 # The raw signals one pass through the networks gives (see anomaly.scoring); each has a score field.
-SIGNAL_NAMES = ("spatial", "latent", "recon", "disc")
+SIGNAL_NAMES = ("spatial", "latent", "recon", "disc", "knn", "local", "disc_patch")
 
 
 class _Frozen(BaseModel):
@@ -56,6 +56,9 @@ class LossConfig(_Frozen):
 
     adversarial: float = Field(0.02, ge=0.0)
     l1: float = Field(1.0, ge=0.0, description="weight of L1 next to the squared error")
+    defect: float = Field(
+        1.0, ge=0.0, description="weight of the discriminator loss on synthetic defects (anomaly.training.defects)"
+    )
 
 
 class TrainConfig(_Frozen):
@@ -72,6 +75,13 @@ class TrainConfig(_Frozen):
         4, ge=0, le=32, description="random translation of training frames, so the autoencoder cannot memorise them"
     )
     checkpoint_every: int = Field(250, ge=1, description="steps between resumable training-state saves")
+    defect_fraction: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="share of each batch given generic synthetic defects: the autoencoder learns to restore them, "
+        "the discriminator to find them",
+    )
     device: Device = "auto"
     loss: LossConfig = LossConfig()
 
@@ -95,6 +105,22 @@ class CalibrationConfig(_Frozen):
     latent_components: int = Field(8, ge=1, le=256, description="principal components of the latent distance")
     signals: tuple[str, ...] = Field(
         ("spatial", "latent"), min_length=1, description="signals whose calibrated z-scores are combined"
+    )
+    memory_size: int = Field(
+        1000, ge=1, le=100_000, description="normal frames kept in the memory (a greedy k-centre coreset)"
+    )
+    knn_k: int = Field(5, ge=1, le=100, description="nearest memory frames whose mean distance is the knn signal")
+    local_neighbours: int = Field(
+        30, ge=2, le=1000, description="nearest memory frames whose cells give each cell's normal range (local)"
+    )
+    local_quantile: float = Field(
+        0.9, gt=0.5, lt=1.0, description="local cell errors count in units of (this quantile - median) of neighbours"
+    )
+    local_floor: float = Field(
+        0.5, ge=0.0, le=1.0, description="local cell spread floor, as a fraction of that cell's pooled spread"
+    )
+    camera_blocks: int = Field(
+        4, ge=2, le=50, description="time blocks per source for cross-fitted camera calibration (anomaly calibrate)"
     )
 
     @model_validator(mode="after")

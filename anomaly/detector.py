@@ -1,4 +1,9 @@
-"""A trained detector: networks, the settings they were trained with, and their calibration."""
+"""A trained detector: networks, the settings they were trained with, and their calibration.
+
+A detector holds one calibration per camera it was calibrated for (`profiles`, written by
+`anomaly calibrate`) beside the fleet calibration from training. `for_camera` picks the profile a
+frame's camera has, falling back to the fleet profile; `profile` says which one is in use.
+"""
 
 from __future__ import annotations
 
@@ -12,13 +17,17 @@ from anomaly.config import DetectorConfig
 from anomaly.model import AutoencoderGAN
 from anomaly.preprocess import Preprocessor
 
+FLEET = "fleet"
+
 
 @dataclass
 class Detector:
     config: DetectorConfig
     model: AutoencoderGAN
-    calibration: Calibration | None
+    calibration: Calibration | None  # the fleet profile, from training
     device: torch.device
+    profiles: dict[str, Calibration] = field(default_factory=dict)  # camera name -> its calibration
+    profile: str = FLEET  # the profile `calibrated` (and so scoring) uses
     preprocessor: Preprocessor = field(init=False)
 
     def __post_init__(self) -> None:
@@ -26,6 +35,8 @@ class Detector:
         # channels-last matches how prepared NHWC frames arrive and is faster for these convolutions
         self.model.to(self.device, memory_format=torch.channels_last).eval()
         self._normal_stats: NormalStats | None = None
+        if self.profile != FLEET and self.profile not in self.profiles:
+            raise ValueError(f"no camera profile {self.profile!r}")
 
     @property
     def normal_stats(self) -> NormalStats:
@@ -40,6 +51,9 @@ class Detector:
 
     @property
     def calibrated(self) -> Calibration:
+        """The calibration in use: the active camera's profile, or the fleet one."""
+        if self.profile != FLEET:
+            return self.profiles[self.profile]
         if self.calibration is None:
             raise ValueError("this model has not been calibrated yet (training did not finish); retrain it")
         return self.calibration
@@ -48,9 +62,38 @@ class Detector:
     def threshold(self) -> float:
         return self.calibrated.threshold
 
+    def _copy(self, **changes: object) -> Detector:
+        fields = {"config": self.config, "model": self.model, "calibration": self.calibration, "device": self.device}
+        fields |= {"profiles": dict(self.profiles), "profile": self.profile}
+        return Detector(**(fields | changes))  # type: ignore[arg-type]
+
     def with_calibration(self, calibration: Calibration) -> Detector:
-        return Detector(config=self.config, model=self.model, calibration=calibration, device=self.device)
+        """A copy with a new fleet calibration (camera profiles kept), using the fleet profile."""
+        return self._copy(calibration=calibration, profile=FLEET)
+
+    def with_profile(self, camera: str, calibration: Calibration) -> Detector:
+        """A copy that also holds (or replaces) `camera`'s profile; the profile in use does not change."""
+        if not camera or camera == FLEET:
+            raise ValueError(f"camera name {camera!r} is reserved or empty; choose another")
+        return self._copy(profiles={**self.profiles, camera: calibration})
+
+    def for_camera(self, camera: str | None) -> Detector:
+        """A copy that scores with `camera`'s profile, or the fleet profile when it has none (see `profile`)."""
+        name = camera if camera and camera in self.profiles else FLEET
+        return self if name == self.profile else self._copy(profile=name)
+
+    def profile_note(self, camera: str | None) -> str:
+        """One line saying which profile scores `camera`'s frames."""
+        if not camera:
+            return "no camera given: using the fleet profile"
+        if camera in self.profiles:
+            return f"camera {camera!r}: using its own profile (threshold {self.profiles[camera].threshold:.3f})"
+        known = ", ".join(sorted(self.profiles)) or "none"
+        return f"camera {camera!r} has no profile in this model (profiles: {known}): using the fleet profile"
 
     def with_threshold(self, threshold: float) -> Detector:
-        """A copy that flags frames above `threshold` instead of the calibrated one."""
-        return self.with_calibration(dataclasses.replace(self.calibrated, threshold=float(threshold)))
+        """A copy that flags frames above `threshold` instead of the calibrated one (in the profile in use)."""
+        changed = dataclasses.replace(self.calibrated, threshold=float(threshold))
+        if self.profile == FLEET:
+            return self._copy(calibration=changed)
+        return self._copy(profiles={**self.profiles, self.profile: changed})

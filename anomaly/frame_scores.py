@@ -14,9 +14,16 @@ from anomaly.config import SIGNAL_NAMES
 
 # The per-frame score fields, in the order of the scores CSV and the service's responses.
 SCORE_FIELDS = ("score", "recon_error", "disc_score", "spatial_score", "latent_score")
+# Signals of the memory of normal frames and of the discriminator's patches (checkpoint format 4):
+# None for a model without them; in the CSV after `is_anomaly`, so older readers keep working.
+EXTRA_SCORE_FIELDS = ("knn_score", "local_score", "disc_patch_score")
 # The field that carries each raw signal.
 SIGNAL_FIELDS = dict(
-    zip(SIGNAL_NAMES, ("spatial_score", "latent_score", "recon_error", "disc_score"), strict=True)
+    zip(
+        SIGNAL_NAMES,
+        ("spatial_score", "latent_score", "recon_error", "disc_score", "knn_score", "local_score", "disc_patch_score"),
+        strict=True,
+    )
 )
 
 
@@ -32,6 +39,10 @@ class FrameScore:
     is_anomaly: bool
     threshold: float
     heatmap: np.ndarray  # H x W (model input size), per-pixel error in units of its cell's normal range
+    knn_score: float | None = None
+    local_score: float | None = None
+    disc_patch_score: float | None = None
+    profile: str = "fleet"  # the camera profile whose statistics and threshold scored the frame
 
 
 @dataclass
@@ -46,6 +57,10 @@ class FrameScores:
     is_anomaly: np.ndarray
     heatmap: np.ndarray  # N x H x W (model input size): the worst cell covering each pixel, as in `spatial`
     threshold: float
+    knn_score: np.ndarray | None = None
+    local_score: np.ndarray | None = None
+    disc_patch_score: np.ndarray | None = None
+    profile: str = "fleet"  # the camera profile whose statistics and threshold scored these frames
 
     def __len__(self) -> int:
         return len(self.score)
@@ -53,12 +68,15 @@ class FrameScores:
     def rows(self) -> list[FrameScore]:
         """One `FrameScore` per frame, in order."""
         columns = [getattr(self, name) for name in SCORE_FIELDS]
+        extras = {name: getattr(self, name) for name in EXTRA_SCORE_FIELDS}
         return [
             FrameScore(
                 *(float(c[i]) for c in columns),
                 is_anomaly=bool(self.is_anomaly[i]),
                 threshold=float(self.threshold),
                 heatmap=self.heatmap[i],
+                profile=self.profile,
+                **{name: None if c is None else float(c[i]) for name, c in extras.items()},
             )
             for i in range(len(self))
         ]

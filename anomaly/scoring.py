@@ -11,6 +11,11 @@ Per frame, one pass through the networks gives four raw signals:
             their leading principal axes. Catches global changes (fog, night, glare, a smeared
             lens) that can *lower* the error.
 - `disc`    the discriminator's belief that the frame is not a real normal frame, 0..1.
+- `disc_patch` the discriminator's most "not real" patch, in units of that position's normal range.
+- `knn`     mean distance of the standardised summary features to the nearest frames of the memory
+            of normal frames (`anomaly.memory`): normal driving is many clusters, not one Gaussian.
+- `local`   the worst cell of the error map against the same cell of the frame's nearest memory
+            frames, rather than against every normal frame of every camera.
 
 Each signal becomes a z-score against held-out normal frames, and the anomaly score is the largest
 z-score among the signals the calibration selected. `is_anomaly` is score > threshold.
@@ -30,6 +35,7 @@ from anomaly.calibration import NormalStats
 from anomaly.config import CalibrationConfig
 from anomaly.detector import Detector
 from anomaly.frame_scores import FrameScores
+from anomaly.memory import knn_distance, nearest, neighbour_cell_scores
 from anomaly.model import AutoencoderGAN
 
 
@@ -39,6 +45,7 @@ class RawSignals:
     error_cells: torch.Tensor  # N x h x w, mean squared error per cell
     features: torch.Tensor  # N x d
     disc: torch.Tensor  # N
+    disc_map: torch.Tensor | None = None  # N x h' x w': the discriminator's "not real" logit per patch
 
 
 def cell_sizes(height: int, width: int, cell: int) -> tuple[int, int]:
@@ -130,19 +137,46 @@ def raw_signals(model: AutoencoderGAN, x: torch.Tensor, config: CalibrationConfi
         error_cells=pool_errors(heat_error, config.error_pool, config.error_stride),
         features=summary_features(out.stage_features, out.latent),
         disc=1.0 - torch.sigmoid(out.disc_logits).mean(dim=(1, 2, 3)),
+        disc_map=-out.disc_logits[:, 0],
     )
 
 
-def signal_values(raw: RawSignals, stats: NormalStats) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """The four per-frame signals, and the heat map (per-cell z-scores) they were taken from."""
+def signal_values(
+    raw: RawSignals, stats: NormalStats, config: CalibrationConfig | None = None
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """The per-frame signals, and the heat map (per-cell z-scores) they were taken from.
+
+    The heat map is the `local` one (cells against the frame's nearest memory frames) when the
+    statistics hold a memory, else the pooled one. Signals whose statistics are missing (a
+    checkpoint of format 3) read 0.
+    """
+    config = config or CalibrationConfig()
     heat = (raw.error_cells - stats.cell_center) / stats.cell_spread
     mahalanobis = ((raw.features - stats.feature_mean) @ stats.feature_whitening).norm(dim=1)
+    zero = torch.zeros_like(raw.recon)
     signals = {
         "spatial": heat.flatten(1).amax(dim=1),
         "latent": mahalanobis,
         "recon": raw.recon,
         "disc": raw.disc,
+        "knn": zero,
+        "local": zero,
+        "disc_patch": zero,
     }
+    if raw.disc_map is not None and stats.disc_center is not None and stats.disc_spread is not None:
+        signals["disc_patch"] = ((raw.disc_map - stats.disc_center) / stats.disc_spread).flatten(1).amax(dim=1)
+    if stats.has_memory and len(raw.features):
+        assert stats.memory_features is not None and stats.memory_cells is not None  # for the type checker
+        standard = (raw.features - stats.feature_center) / stats.feature_scale
+        signals["knn"] = knn_distance(standard, stats.memory_features, config.knn_k)
+        _, neighbours = nearest(standard, stats.memory_features, config.local_neighbours)
+        heat = neighbour_cell_scores(
+            raw.error_cells,
+            stats.memory_cells[neighbours],
+            quantile=config.local_quantile,
+            spread_floor=config.local_floor * stats.cell_spread,
+        )
+        signals["local"] = heat.flatten(1).amax(dim=1)
     return signals, heat
 
 
@@ -159,10 +193,14 @@ def score_prepared(detector: Detector, prepared: Sequence[np.ndarray] | np.ndarr
     calibration = detector.config.calibration
     x = detector.preprocessor.to_tensor(prepared, detector.device)
     raw = raw_signals(detector.model, x, calibration)
-    signals_t, heat = signal_values(raw, detector.normal_stats)
+    signals_t, heat = signal_values(raw, detector.normal_stats, calibration)
     signals = {k: v.float().cpu().numpy() for k, v in signals_t.items()}
     score = combine(signals, cal.loc, cal.scale, cal.signals)
     return FrameScores(
+        knn_score=signals["knn"],
+        local_score=signals["local"],
+        disc_patch_score=signals["disc_patch"],
+        profile=detector.profile,
         score=score,
         recon_error=signals["recon"],
         disc_score=signals["disc"],

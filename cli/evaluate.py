@@ -8,6 +8,7 @@ import typer
 from anomaly.events import EventConfig
 from cli.options import (
     BatchSizeOpt,
+    CameraOpt,
     DeviceOpt,
     ProgressOpt,
     ThreadsOpt,
@@ -68,6 +69,7 @@ def evaluate(
         int | None, typer.Option(min=1, help="AE-only training steps (default: the model's)")
     ] = None,
     top_k: Annotated[int, typer.Option(min=0, help="most anomalous frames shown with heat maps in the report")] = 12,
+    camera: CameraOpt = None,
     batch_size: BatchSizeOpt = 16,
     threads: ThreadsOpt = None,
     device: DeviceOpt = "auto",
@@ -101,6 +103,9 @@ def evaluate(
     )
     set_torch_threads(threads)
     detector = load_detector(model, resolve_device(device)) if model else None
+    if detector is not None:
+        typer.echo(detector.profile_note(camera), err=True)
+        detector = detector.for_camera(camera)
     result = run_evaluation(config, detector, log=typer.echo)
     typer.echo("")
     typer.echo(format_summary(result.metrics))

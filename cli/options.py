@@ -27,6 +27,19 @@ DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA when presen
 ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress", help="show progress bars")]
 ThreadsOpt = Annotated[int | None, typer.Option(min=1, help="torch CPU threads (default: all cores but one)")]
 BatchSizeOpt = Annotated[int, typer.Option(min=1, help="frames per model pass")]
+SignalsOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="signals the score combines, comma-separated, from spatial, latent, local, knn, disc_patch, recon, disc "
+        "(default spatial,latent; local,knn,disc_patch measured better on real fleet footage, worse on the demo)"
+    ),
+]
+CameraOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="camera the footage comes from: its profile (from `anomaly calibrate`) scores it, else the fleet's"
+    ),
+]
 
 
 class UserError(Exception):
@@ -133,6 +146,10 @@ def parse_roi(text: str | None) -> tuple[float, float, float, float] | None:
     except ValueError:
         raise UserError(f"--roi {text!r}: expected four fractions x0,y0,x1,y1 such as 0,0.3,1,0.85") from None
     return x0, y0, x1, y1
+
+
+def parse_signals(text: str) -> tuple[str, ...]:
+    return tuple(name.strip() for name in text.split(",") if name.strip())
 
 
 def expand_patterns(values: list[str] | None, what: str) -> list[str]:

@@ -8,6 +8,7 @@ import typer
 from anomaly.events import EventConfig
 from cli.options import (
     BatchSizeOpt,
+    CameraOpt,
     DeviceOpt,
     ModelOpt,
     ProgressOpt,
@@ -64,6 +65,7 @@ def score(
         Path | None, typer.Option(help="also write <source>.annotated.mp4 with score and heat map into this folder")
     ] = None,
     threshold: Annotated[float | None, typer.Option(help="override the model's calibrated threshold")] = None,
+    camera: CameraOpt = None,
     resume: Annotated[
         bool,
         typer.Option(help="continue an interrupted run: keep its CSV's complete rows and score only what is missing"),
@@ -97,6 +99,8 @@ def score(
 
         if events_out is not None or annotate is not None:
             raise UserError("--events and --annotate work with --engine local only; --engine ray writes scores")
+        if camera is not None:
+            raise UserError("--camera works with --engine local only (ray workers score with the fleet profile)")
         score_with_ray(
             RayScoreConfig(
                 sources=tuple(listed),
@@ -127,6 +131,8 @@ def score(
 
     set_torch_threads(threads)
     detector = load_detector(model, resolve_device(device))
+    typer.echo(detector.profile_note(camera), err=True)
+    detector = detector.for_camera(camera)
     if threshold is not None:
         detector = detector.with_threshold(threshold)
     expanded = expand_sources(listed)

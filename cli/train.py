@@ -10,9 +10,11 @@ from anomaly.config import CalibrationConfig, DetectorConfig, ModelConfig, Prepr
 from cli.options import (
     DeviceOpt,
     ProgressOpt,
+    SignalsOpt,
     Sources,
     friendly_errors,
     parse_roi,
+    parse_signals,
     quiet,
     report_source_error,
     sampling_options,
@@ -45,6 +47,16 @@ def train(
         "target_false_alarm_rate"
     ].default,
     max_train_frames: int = _TRAIN["max_train_frames"].default,
+    signals: SignalsOpt = None,
+    defects: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="share of each batch given generic synthetic defects (restored by the autoencoder, "
+            "found by the discriminator)",
+        ),
+    ] = _TRAIN["defect_fraction"].default,
     resume: Annotated[bool, typer.Option(help="continue from the training state saved beside --out")] = False,
     device: DeviceOpt = "auto",
     progress: ProgressOpt = True,
@@ -58,7 +70,7 @@ def train(
     from anomaly.training.distributed import context_from_env, process_group
     from anomaly.training.train import TrainingData, train_detector
     from footage.ingest import expand_sources
-    from footage.training_frames import load_prepared_frames
+    from footage.training_frames import load_named_prepared_frames
 
     default = DetectorConfig()
     config = DetectorConfig(
@@ -70,22 +82,26 @@ def train(
             seed=seed,
             holdout_fraction=holdout,
             max_train_frames=max_train_frames,
+            defect_fraction=defects,
             device=device,  # type: ignore[arg-type]
             loss=default.train.loss.model_copy(update={"adversarial": adversarial_weight}),
         ),
-        calibration=CalibrationConfig(target_false_alarm_rate=target_far),
+        calibration=CalibrationConfig(
+            target_false_alarm_rate=target_far,
+            **({"signals": parse_signals(signals)} if signals else {}),
+        ),
     )
     torch_device = resolve_device(device)  # fail before reading any video
     context = context_from_env(os.environ)  # torchrun's RANK/WORLD_SIZE/LOCAL_RANK; rank 0 of 1 otherwise
     echo = typer.echo if context.is_main else quiet
-    per_source = load_prepared_frames(
+    named = load_named_prepared_frames(
         expand_sources(sources),
         sampling,
         Preprocessor(config.preprocess),
         max_train_frames,
         report_source_error if context.is_main else quiet,
     )
-    data = TrainingData.split(per_source, holdout)
+    data = TrainingData.split([f for _, f in named], holdout, names=[Path(n).name for n, _ in named])
     if context.enabled:
         echo(f"training on {context.world_size} processes (DistributedDataParallel)")
     with process_group(context, context.device(torch_device)):

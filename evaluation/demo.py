@@ -15,7 +15,7 @@ from batch.local import score_sources
 from footage.labels import FrameLabels, labels_path_for
 from footage.sampling import SamplingConfig
 from footage.scores_csv import read_scores_csv
-from footage.training_frames import load_prepared_frames
+from footage.training_frames import load_named_prepared_frames
 from synthetic.sample_set import generate_sample_set
 
 
@@ -42,12 +42,14 @@ def run_demo(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     log(f"training on {len(train_clips)} normal clips ({config.train.steps} steps) ...")
-    per_source = load_prepared_frames(
+    named = load_named_prepared_frames(
         [str(p) for p in train_clips], SamplingConfig(), Preprocessor(config.preprocess), config.train.max_train_frames
     )
     detector = train_detector(
         config,
-        TrainingData.split(per_source, config.train.holdout_fraction),
+        TrainingData.split(
+            [f for _, f in named], config.train.holdout_fraction, names=[Path(n).name for n, _ in named]
+        ),
         out_dir / "model.pt",
         progress=progress,
         log=log,
@@ -64,6 +66,7 @@ def run_demo(
     metrics["signals"] = {
         name: {"auroc": auroc(labels, cols[col]), "auroc_per_kind": per_kind_auroc(labels, kinds, cols[col])}
         for name, col in SIGNAL_FIELDS.items()
+        if col in cols
     }
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
@@ -83,13 +86,13 @@ def format_report(metrics: dict) -> str:
         f"at the calibrated threshold {metrics['threshold']:.3f}: false-alarm rate {metrics['false_alarm_rate']:.2%} "
         f"(target {metrics['target_false_alarm_rate']:.2%}), detection rate {metrics['detection_rate']:.2%}",
         "",
-        f"{'AUROC per kind':<16}{'combined':>10}" + "".join(f"{n:>10}" for n in metrics["signals"]),
+        f"{'AUROC per kind':<16}{'combined':>10}" + "".join(f"{n:>11}" for n in metrics["signals"]),
     ]
     for kind in kinds:
         row = f"{kind:<16}{metrics['auroc_per_kind'][kind]:>10.3f}"
-        row += "".join(f"{_or_nan(s['auroc_per_kind'].get(kind)):>10.3f}" for s in metrics["signals"].values())
+        row += "".join(f"{_or_nan(s['auroc_per_kind'].get(kind)):>11.3f}" for s in metrics["signals"].values())
         lines.append(row)
     lines.append(
-        f"{'all':<16}{metrics['auroc']:>10.3f}" + "".join(f"{s['auroc']:>10.3f}" for s in metrics["signals"].values())
+        f"{'all':<16}{metrics['auroc']:>10.3f}" + "".join(f"{s['auroc']:>11.3f}" for s in metrics["signals"].values())
     )
     return "\n".join(lines)

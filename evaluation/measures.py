@@ -62,6 +62,7 @@ def signal_figures(scored: LabeledScores) -> dict[str, Any]:
             },
         }
         for name, col in SIGNAL_FIELDS.items()
+        if col in scored.cols
     }
 
 

@@ -20,11 +20,13 @@ from typing import IO
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from anomaly.frame_scores import SCORE_FIELDS, FrameScores
+from anomaly.frame_scores import EXTRA_SCORE_FIELDS, SCORE_FIELDS, FrameScores
 from footage.ingest import Frame
 from footage.sampling import SamplingConfig
 
-CSV_COLUMNS = ("source", "frame_index", "timestamp_s", *SCORE_FIELDS, "is_anomaly")
+# what every scores CSV holds; the extra signals follow (empty for a model without them)
+REQUIRED_COLUMNS = ("source", "frame_index", "timestamp_s", *SCORE_FIELDS, "is_anomaly")
+CSV_COLUMNS = (*REQUIRED_COLUMNS, *EXTRA_SCORE_FIELDS)
 
 
 @dataclass
@@ -38,6 +40,7 @@ class ScoredBatch:
 def csv_rows(batch: ScoredBatch) -> Iterator[tuple]:
     """The CSV rows of a scored batch: timestamps to 0.1 ms, scores to six significant digits."""
     columns = [getattr(batch.scores, name) for name in SCORE_FIELDS]
+    extras = [getattr(batch.scores, name) for name in EXTRA_SCORE_FIELDS]
     for i, f in enumerate(batch.frames):
         yield (
             f.source,
@@ -45,6 +48,7 @@ def csv_rows(batch: ScoredBatch) -> Iterator[tuple]:
             f"{f.timestamp_s:.4f}",
             *(f"{c[i]:.6g}" for c in columns),
             int(batch.scores.is_anomaly[i]),
+            *("" if c is None else f"{c[i]:.6g}" for c in extras),
         )
 
 
@@ -83,13 +87,15 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def read_scores_csv(path: Path) -> dict[str, np.ndarray]:
-    """A scores CSV back as columns (numeric ones as arrays), with a clear error for anything else."""
+    """A scores CSV back as columns (numeric ones as arrays), with a clear error for anything else.
+
+    The extra signal columns are there only when every row holds them (a model with a memory)."""
     path = Path(path)
     if not path.is_file():
         raise OSError(f"scores CSV not found: {path}")
     with path.open(newline="") as fh:
         reader = csv.DictReader(fh)
-        missing = [c for c in CSV_COLUMNS if c not in (reader.fieldnames or [])]
+        missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
         if missing:
             raise ValueError(f"{path} is not a scores CSV from `anomaly score` (missing {', '.join(missing)})")
         rows = list(reader)
@@ -98,7 +104,8 @@ def read_scores_csv(path: Path) -> dict[str, np.ndarray]:
     cols: dict[str, np.ndarray] = {"source": np.array([r["source"] for r in rows], dtype=object)}
     try:
         for c in CSV_COLUMNS[1:]:
-            cols[c] = np.array([float(r[c]) for r in rows])
+            if c in REQUIRED_COLUMNS or all(r.get(c) not in ("", None) for r in rows):  # extras: when all there
+                cols[c] = np.array([float(r[c]) for r in rows])
     except (TypeError, ValueError):
         raise ValueError(f"{path}: column {c} holds a value that is not a number") from None
     if not np.isfinite(cols["score"]).all():

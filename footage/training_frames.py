@@ -26,12 +26,26 @@ def load_prepared_frames(
     default 128x72), so `max_frames` bounds memory; each source contributes frames evenly spaced
     in time rather than only its beginning.
     """
+    return [frames for _, frames in load_named_prepared_frames(sources, sampling, preprocessor, max_frames, on_error)]
+
+
+def load_named_prepared_frames(
+    sources: Sequence[str],
+    sampling: SamplingConfig,
+    preprocessor: Preprocessor,
+    max_frames: int,
+    on_error: Callable[[str, IngestError], None] | None = None,
+) -> list[tuple[str, np.ndarray]]:
+    """`load_prepared_frames` with each source's name beside its frames."""
     frames = prefetch(iter_frames(sources, sampling, transform=preprocessor.prepare, on_error=on_error))
-    per_source = [np.stack([f.image for f in group]) for _, group in groupby(frames, key=lambda f: f.source)]
+    per_source = [(name, np.stack([f.image for f in group])) for name, group in groupby(frames, key=lambda f: f.source)]
     if not per_source:
         raise IngestError("no frames could be read from the training sources")
-    total = sum(len(s) for s in per_source)
+    total = sum(len(s) for _, s in per_source)
     if total > max_frames:
         keep = max_frames / total
-        per_source = [s[np.linspace(0, len(s) - 1, max(2, int(len(s) * keep))).round().astype(int)] for s in per_source]
+        per_source = [
+            (name, s[np.linspace(0, len(s) - 1, max(2, int(len(s) * keep))).round().astype(int)])
+            for name, s in per_source
+        ]
     return per_source

@@ -45,6 +45,7 @@ class ScoredFrame:
     is_anomaly: bool
     threshold: float
     heatmap: np.ndarray  # h x w, per-cell error in units of its normal range
+    profile: str = "fleet"  # the camera profile that scored it
 
 
 def split_scores(scores: FrameScores) -> list[ScoredFrame]:
@@ -58,16 +59,37 @@ def split_scores(scores: FrameScores) -> list[ScoredFrame]:
             is_anomaly=bool(scores.is_anomaly[i]),
             threshold=float(scores.threshold),
             heatmap=scores.heatmap[i],
+            profile=scores.profile,
         )
         for i in range(len(scores))
     ]
 
 
-def detector_scorer(detector: Detector) -> Callable[[list[np.ndarray]], list[ScoredFrame]]:
-    """Batch scorer over frames already passed through `detector.preprocessor.prepare`."""
+CameraFrame = tuple[np.ndarray, str | None]  # a prepared frame and the camera (stream) it comes from
 
-    def score(prepared: list[np.ndarray]) -> list[ScoredFrame]:
-        return split_scores(score_prepared(detector, prepared))
+
+def detector_scorer(detector: Detector) -> Callable[[list[np.ndarray | CameraFrame]], list[ScoredFrame]]:
+    """Batch scorer over frames already passed through `detector.preprocessor.prepare`.
+
+    A frame may come with its camera: frames of one batch are scored together per camera profile
+    (`Detector.for_camera`: the camera's own, else the fleet's; no camera: the detector's own
+    profile), and answered in their order.
+    """
+    profiles: dict[str | None, Detector] = {}
+
+    def score(items: list[np.ndarray | CameraFrame]) -> list[ScoredFrame]:
+        cameras = [item[1] if isinstance(item, tuple) else None for item in items]
+        frames = [item[0] if isinstance(item, tuple) else item for item in items]
+        out: list[ScoredFrame | None] = [None] * len(items)
+        for camera in dict.fromkeys(cameras):
+            if camera not in profiles:
+                profiles[camera] = detector if camera is None else detector.for_camera(camera)
+            idx = [i for i, c in enumerate(cameras) if c == camera]
+            for i, result in zip(
+                idx, split_scores(score_prepared(profiles[camera], [frames[i] for i in idx])), strict=True
+            ):
+                out[i] = result
+        return out  # type: ignore[return-value]
 
     return score
 

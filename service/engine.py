@@ -23,7 +23,7 @@ import numpy as np
 
 from anomaly import __version__
 from anomaly.detector import Detector
-from service.batcher import Admission, MicroBatcher, QueueFull, ScoredFrame, Ticket, detector_scorer
+from service.batcher import Admission, CameraFrame, MicroBatcher, QueueFull, ScoredFrame, Ticket, detector_scorer
 from service.errors import ServiceError, unavailable
 from service.images import decode_image, heatmap_png_base64
 from service.metrics import ServiceMetrics
@@ -71,8 +71,11 @@ class ScoringService:
         self.model = model
         self.metrics = metrics
         self.admission = Admission(settings.batching.queue_size)
-        self.streams = StreamRegistry(settings.streams, detector.threshold)
-        self.batcher: MicroBatcher[np.ndarray, ScoredFrame] = MicroBatcher(
+        # a stream's id names its camera: its profile (from `anomaly calibrate`) scores it, else the fleet's
+        self.streams = StreamRegistry(
+            settings.streams, lambda stream_id: detector.for_camera(stream_id).threshold, on_open=self._log_profile
+        )
+        self.batcher: MicroBatcher[np.ndarray | CameraFrame, ScoredFrame] = MicroBatcher(
             detector_scorer(detector),
             max_batch=settings.batching.max_batch,
             max_wait_s=settings.batching.max_wait_ms / 1000.0,
@@ -228,10 +231,14 @@ class ScoringService:
             self.metrics.bad_frames.labels(exc.code).inc()
             raise
 
-    def _submit(self, prepared: np.ndarray, ticket: Ticket) -> asyncio.Future[ScoredFrame]:
-        """Into the batcher; one unit of `ticket` now belongs to the frame and is given back once it is scored."""
+    def _log_profile(self, stream_id: str) -> None:
+        log.info("stream %s: %s", stream_id, self.detector.profile_note(stream_id))
+
+    def _submit(self, prepared: np.ndarray, ticket: Ticket, camera: str | None = None) -> asyncio.Future[ScoredFrame]:
+        """Into the batcher (scored with `camera`'s profile); one unit of `ticket` now belongs to the frame
+        and is given back once it is scored."""
         try:
-            future = self.batcher.submit(prepared)
+            future = self.batcher.submit((prepared, camera))
         except RuntimeError:
             raise self._refusal("shutting_down", "the service is shutting down") from None
         ticket.hand_to(future)
@@ -278,7 +285,7 @@ class ScoringService:
     ) -> None:
         """Score `prepared` and fill `slot` with the outcome, whoever is (or is no longer) waiting."""
         try:
-            future = self._submit(prepared, ticket)
+            future = self._submit(prepared, ticket, stream.stream_id)
         except ServiceError as exc:
             stream.fill(slot, exc, time.monotonic())
             return

@@ -114,10 +114,18 @@ class Stream:
 
 
 class StreamRegistry:
-    def __init__(self, settings: StreamSettings, threshold: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        settings: StreamSettings,
+        threshold: float | Callable[[str], float],
+        clock: Callable[[], float] = time.monotonic,
+        on_open: Callable[[str], None] | None = None,
+    ) -> None:
+        """`threshold`: one for every stream, or the threshold of a stream's camera profile by stream id."""
         self.settings = settings
         self.threshold = threshold
         self.clock = clock
+        self.on_open = on_open
         self._streams: dict[str, Stream] = {}
 
     def __len__(self) -> int:
@@ -139,8 +147,11 @@ class StreamRegistry:
                     f"the service already holds {self.settings.max_streams} streams; close one or retry later",
                     retry_after_s,
                 )
-        stream = Stream(stream_id, EventTracker(stream_id, self.threshold, self.settings.events), self.clock())
+        threshold = self.threshold(stream_id) if callable(self.threshold) else self.threshold
+        stream = Stream(stream_id, EventTracker(stream_id, threshold, self.settings.events), self.clock())
         self._streams[stream_id] = stream
+        if self.on_open is not None:
+            self.on_open(stream_id)
         return stream
 
     def close(self, stream_id: str) -> list[Event] | None:

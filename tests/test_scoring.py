@@ -3,6 +3,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from factories import road_frames
 
 from anomaly.calibration import NormalStats
 from anomaly.detector import Detector
@@ -37,8 +38,8 @@ def detector(tiny_trained) -> Detector:
 
 
 @pytest.fixture
-def source_frames(make_frames) -> np.ndarray:
-    return make_frames(8, seed=7)  # 64x48 BGR, unseen in training
+def source_frames() -> np.ndarray:
+    return road_frames(8, seed=7, size=(64, 48))  # BGR, like the training frames but unseen in training
 
 
 def test_score_frames_equals_score_prepared_of_prepare(detector, source_frames):

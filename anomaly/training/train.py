@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from anomaly.calibration import (
     Calibration,
+    NormalStats,
     fit_normal_stats,
     fit_scaling,
     score_quantiles,
@@ -32,13 +33,14 @@ from anomaly.checkpoint import (
     read_checkpoint,
     save_detector,
 )
-from anomaly.config import DetectorConfig, LossConfig
+from anomaly.config import CalibrationConfig, DetectorConfig, LossConfig
 from anomaly.detector import Detector
 from anomaly.device import resolve_device
 from anomaly.model import AutoencoderGAN
 from anomaly.progress import progress_bar
 from anomaly.scoring import RawSignals, combine, raw_signals, signal_values
 from anomaly.thresholds import threshold_for_rate
+from anomaly.training.defects import add_defects
 from anomaly.training.distributed import (
     SINGLE_PROCESS,
     DistributedContext,
@@ -56,21 +58,33 @@ class TrainingData:
 
     train: np.ndarray  # N x H x W x 3 uint8 RGB
     holdout: np.ndarray
+    holdout_sources: tuple[str, ...] = ()  # names of the sources the held-out frames come from
+    holdout_groups: np.ndarray | None = None  # per held-out frame, its index in holdout_sources
 
     @classmethod
-    def split(cls, per_source: list[np.ndarray], holdout_fraction: float) -> TrainingData:
+    def split(
+        cls, per_source: list[np.ndarray], holdout_fraction: float, names: list[str] | None = None
+    ) -> TrainingData:
         """Hold out the last `holdout_fraction` of each source, so calibration frames are unseen scenery."""
-        train, holdout = [], []
-        for frames in per_source:
+        names = names or [f"source {i + 1}" for i in range(len(per_source))]
+        train, holdout, held_names, groups = [], [], [], []
+        for name, frames in zip(names, per_source, strict=True):
             n_hold = int(round(len(frames) * holdout_fraction))
             if len(frames) < 4 or n_hold < 1:
                 train.append(frames)
                 continue
             train.append(frames[:-n_hold])
             holdout.append(frames[-n_hold:])
+            groups.append(np.full(n_hold, len(held_names)))
+            held_names.append(name)
         if not holdout:
             raise ValueError("too few frames to hold any out for calibration; give longer or more sources")
-        return cls(train=np.concatenate(train), holdout=np.concatenate(holdout))
+        return cls(
+            train=np.concatenate(train),
+            holdout=np.concatenate(holdout),
+            holdout_sources=tuple(held_names),
+            holdout_groups=np.concatenate(groups),
+        )
 
 
 def training_state_path(model_path: Path) -> Path:
@@ -83,16 +97,28 @@ def train_step(
     opt_g: torch.optim.Optimizer,
     opt_d: torch.optim.Optimizer,
     loss: LossConfig,
+    damaged: torch.Tensor | None = None,
+    masks: torch.Tensor | None = None,
 ) -> dict[str, float]:
-    """One discriminator update, then one autoencoder update (non-saturating GAN loss)."""
+    """One discriminator update, then one autoencoder update (non-saturating GAN loss).
+
+    With `damaged` frames (synthetic defects under `masks`, see `anomaly.training.defects`) the autoencoder
+    reconstructs the clean `x` from them, and the discriminator also learns to mark their defective
+    patches as not real.
+    """
     disc = model.discriminator
-    recon = model.reconstruct(x)
+    recon = model.reconstruct(x if damaged is None else damaged)
 
     disc.requires_grad_(True)
     real_logits, fake_logits = disc(x), disc(recon.detach())
     loss_d = F.binary_cross_entropy_with_logits(
         real_logits, torch.ones_like(real_logits)
     ) + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
+    if damaged is not None and masks is not None and loss.defect > 0:
+        defect_logits = disc(damaged)
+        covered = F.adaptive_avg_pool2d(masks, defect_logits.shape[-2:])
+        target = 1.0 - (2.0 * covered).clamp(0, 1)  # a patch half covered or more is all "not real"
+        loss_d = loss_d + loss.defect * F.binary_cross_entropy_with_logits(defect_logits, target)
     opt_d.zero_grad(set_to_none=True)
     loss_d.backward()
     opt_d.step()
@@ -168,10 +194,8 @@ def collect_raw(detector: Detector, frames: np.ndarray, batch_size: int = 128) -
     for i in range(0, len(frames), batch_size):
         x = detector.preprocessor.to_tensor(frames[i : i + batch_size], detector.device)
         r = raw_signals(detector.model, x, detector.config.calibration)
-        parts.append(RawSignals(*(t.cpu() for t in (r.recon, r.error_cells, r.features, r.disc))))
-    return RawSignals(
-        *(torch.cat([getattr(p, f) for p in parts]) for f in ("recon", "error_cells", "features", "disc"))
-    )
+        parts.append(RawSignals(**{f.name: getattr(r, f.name).cpu() for f in fields(RawSignals)}))
+    return RawSignals(**{f.name: torch.cat([getattr(p, f.name) for p in parts]) for f in fields(RawSignals)})
 
 
 def collect_raw_sharded(detector: Detector, frames: np.ndarray, context: DistributedContext) -> RawSignals:
@@ -182,10 +206,70 @@ def collect_raw_sharded(detector: Detector, frames: np.ndarray, context: Distrib
     return RawSignals(**{f.name: all_gather_rows(getattr(raw, f.name), context) for f in fields(RawSignals)})
 
 
+def evenly_index(n: int, limit: int) -> np.ndarray:
+    if n <= limit:
+        return np.arange(n)
+    return np.linspace(0, n - 1, limit).round().astype(int)
+
+
 def evenly(frames: np.ndarray, limit: int) -> np.ndarray:
-    if len(frames) <= limit:
-        return frames
-    return frames[np.linspace(0, len(frames) - 1, limit).round().astype(int)]
+    return frames if len(frames) <= limit else frames[evenly_index(len(frames), limit)]
+
+
+def fit_stats(raw: RawSignals, cfg: CalibrationConfig, seed: int = 0) -> NormalStats:
+    """`fit_normal_stats` with the settings of `cfg`: pooled statistics, patch statistics and the memory."""
+    return fit_normal_stats(
+        raw.error_cells,
+        raw.features,
+        cell_quantile=cfg.cell_quantile,
+        spread_floor=cfg.spread_floor,
+        components=cfg.latent_components,
+        disc_map=raw.disc_map,
+        memory_size=cfg.memory_size,
+        seed=seed,
+    )
+
+
+def held_out_false_alarms(
+    scores: np.ndarray, groups: np.ndarray, names: tuple[str, ...], rate: float
+) -> dict[str, float]:
+    """Per held-out group: the share of its frames above a threshold set on the *other* groups' scores.
+
+    What a new drive (or a new stretch of a drive) will see, where the threshold from all groups
+    would count each group's frames in its own threshold. One group alone: its in-sample rate.
+    """
+    out = {}
+    for g, name in enumerate(names):
+        mine = groups == g
+        if not mine.any():
+            continue
+        others = scores[~mine] if (~mine).any() else scores
+        out[name] = float((scores[mine] > threshold_for_rate(others, rate)).mean())
+    return out
+
+
+def calibration_from_signals(
+    stats: NormalStats,
+    signals: dict[str, np.ndarray],
+    cfg: CalibrationConfig,
+    groups: np.ndarray | None = None,
+    names: tuple[str, ...] = (),
+) -> Calibration:
+    """Signal scales and the threshold from signals of normal frames that `stats` were not fit on."""
+    loc, scale = fit_scaling(signals)
+    scores = combine(signals, loc, scale, cfg.signals)
+    far = {} if groups is None else held_out_false_alarms(scores, groups, names, cfg.target_false_alarm_rate)
+    return Calibration(
+        stats=stats,
+        loc=loc,
+        scale=scale,
+        signals=tuple(cfg.signals),
+        threshold=threshold_for_rate(scores, cfg.target_false_alarm_rate),
+        target_false_alarm_rate=cfg.target_false_alarm_rate,
+        n_frames=len(scores),
+        score_quantiles=score_quantiles(scores),
+        holdout_false_alarms=far,
+    )
 
 
 def calibrate(detector: Detector, data: TrainingData, context: DistributedContext = SINGLE_PROCESS) -> Calibration:
@@ -197,28 +281,13 @@ def calibrate(detector: Detector, data: TrainingData, context: DistributedContex
     cfg = detector.config.calibration
     detector.model.eval()
     seen = collect_raw_sharded(detector, evenly(data.train, cfg.max_stat_frames), context)
-    stats = fit_normal_stats(
-        seen.error_cells,
-        seen.features,
-        cell_quantile=cfg.cell_quantile,
-        spread_floor=cfg.spread_floor,
-        components=cfg.latent_components,
-    )
-    held = collect_raw_sharded(detector, evenly(data.holdout, cfg.max_stat_frames), context)
-    values, _ = signal_values(held, stats)
+    stats = fit_stats(seen, cfg, seed=detector.config.train.seed)
+    keep = evenly_index(len(data.holdout), cfg.max_stat_frames)
+    held = collect_raw_sharded(detector, data.holdout[keep], context)
+    values, _ = signal_values(held, stats, cfg)
     signals = {name: v.numpy().astype(np.float64) for name, v in values.items()}
-    loc, scale = fit_scaling(signals)
-    scores = combine(signals, loc, scale, cfg.signals)
-    return Calibration(
-        stats=stats,
-        loc=loc,
-        scale=scale,
-        signals=tuple(cfg.signals),
-        threshold=threshold_for_rate(scores, cfg.target_false_alarm_rate),
-        target_false_alarm_rate=cfg.target_false_alarm_rate,
-        n_frames=len(scores),
-        score_quantiles=score_quantiles(scores),
-    )
+    groups = None if data.holdout_groups is None else data.holdout_groups[keep]
+    return calibration_from_signals(stats, signals, cfg, groups, data.holdout_sources)
 
 
 def train_detector(
@@ -264,7 +333,13 @@ def train_detector(
         g = step_generator(tc.seed, step)
         idx = torch.randint(len(data.train), (tc.batch_size,), generator=g).numpy()
         x = random_shift(detector.preprocessor.to_tensor(data.train[idx], device), tc.shift_pixels, g)
-        losses = train_step(nets, shard(x, context), *opts, config.train.loss)
+        if tc.defect_fraction > 0:
+            damaged, masks = add_defects(x, tc.defect_fraction, g)
+            losses = train_step(
+                nets, shard(x, context), *opts, config.train.loss, shard(damaged, context), shard(masks, context)
+            )
+        else:
+            losses = train_step(nets, shard(x, context), *opts, config.train.loss)
         bar.set_postfix({k: f"{v:.4f}" for k, v in losses.items()}, refresh=False)
         if (step + 1) % tc.checkpoint_every == 0 and step + 1 < tc.steps and context.is_main:
             save_training_state(state_path, config, model, opts, step + 1)
@@ -283,4 +358,9 @@ def train_detector(
         f"threshold {calibration.threshold:.3f} for a {calibration.target_false_alarm_rate:.1%} false-alarm rate"
         + (f"; final losses {', '.join(f'{k} {v:.4f}' for k, v in losses.items())}" if losses else "")
     )
+    if calibration.holdout_false_alarms:
+        log(
+            "held-out false alarms per source (threshold set on the other sources' held-out frames): "
+            + ", ".join(f"{name} {rate:.1%}" for name, rate in calibration.holdout_false_alarms.items())
+        )
     return detector

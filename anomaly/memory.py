@@ -1,0 +1,95 @@
+"""A memory of normal frames, and scores that measure a frame against the normal frames it resembles.
+
+Normal driving in a fleet is many clusters (cameras, roads, light), not one. Statistics pooled over
+all of it are wide enough to swallow an anomaly in one cluster, and a single Gaussian can place a
+new kind of picture (a camera pointing at the asphalt) closer to the pooled mean than normal
+frames are. So besides the pooled statistics of `anomaly.calibration`, a detector keeps a bank of
+normal frames, each as
+
+- its summary features (standardised per dimension over the normal frames), and
+- its heat-map cells (the blurred reconstruction error per cell).
+
+Two scores come from the bank:
+
+- `knn`:   mean distance of the frame's standardised summary features to its `k` nearest bank
+           frames: "is this frame like *some* normal frame", whichever cluster that is.
+- `local`: the worst heat-map cell measured against the same cells of the frame's nearest bank
+           frames (median and upper spread over those neighbours), so that a cell that is often
+           noisy on one camera does not widen the normal range on another. The camera is fixed
+           to the car, so the same cell of similar frames shows the same part of the scene.
+
+The bank is a coreset (greedy k-centre selection): it keeps frames that cover the feature space
+rather than a random subset, so its size can be bounded (hours of footage) without dropping the
+rare kinds of normal picture.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def coreset_indices(x: torch.Tensor, size: int, seed: int = 0) -> torch.Tensor:
+    """Indices of at most `size` rows of `x` (N x d) chosen by greedy k-centre (farthest-point) selection.
+
+    Starts from a seeded random row and repeatedly adds the row farthest from every row chosen so
+    far, so every row of `x` lies within the final covering radius of a chosen one. Deterministic
+    for a given seed; all rows (in order) when `size >= N`.
+    """
+    n = len(x)
+    if size < 1:
+        raise ValueError(f"coreset size must be at least 1, got {size}")
+    if size >= n:
+        return torch.arange(n)
+    x = x.float()
+    start = int(torch.randint(n, (1,), generator=torch.Generator().manual_seed(seed)))
+    chosen = torch.empty(size, dtype=torch.long)
+    chosen[0] = start
+    nearest = (x - x[start]).pow(2).sum(1)
+    for i in range(1, size):
+        nxt = int(nearest.argmax())
+        chosen[i] = nxt
+        nearest = torch.minimum(nearest, (x - x[nxt]).pow(2).sum(1))
+    return chosen
+
+
+def standardiser(features: torch.Tensor, floor: float = 1e-3) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-dimension mean and standard deviation of normal features (std floored against constant dims)."""
+    f = features.double()
+    mean = f.mean(0)
+    std = f.std(0) if len(f) > 1 else torch.ones_like(mean)
+    std = torch.clamp(std, min=floor * float(std.median()) + 1e-12)
+    return mean.float(), std.float()
+
+
+def nearest(query: torch.Tensor, bank: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Distances (N x k, ascending) and indices of the `k` nearest bank rows of each query row."""
+    k = max(1, min(k, len(bank)))
+    d = torch.cdist(query.float(), bank.float())
+    dist, idx = d.topk(k, dim=1, largest=False)
+    return dist, idx
+
+
+def knn_distance(query: torch.Tensor, bank: torch.Tensor, k: int) -> torch.Tensor:
+    """Mean distance (per dimension, so its size does not grow with d) to the `k` nearest bank rows."""
+    dist, _ = nearest(query, bank, k)
+    return dist.mean(1) / query.shape[1] ** 0.5
+
+
+def neighbour_cell_scores(
+    cells: torch.Tensor,
+    neighbour_cells: torch.Tensor,
+    *,
+    quantile: float,
+    spread_floor: torch.Tensor,
+) -> torch.Tensor:
+    """Per-cell z-scores of `cells` (N x h x w) against their neighbours' cells (N x K x h x w).
+
+    Centre: the neighbours' median per cell; spread: their `quantile` minus that median, floored
+    per cell by `spread_floor` (h x w, from the pooled statistics) so that a cell the neighbours
+    happen to agree on exactly does not turn a tiny change into a huge score.
+    """
+    nb = neighbour_cells.float()
+    center = nb.median(dim=1).values
+    upper = torch.quantile(nb.flatten(2), quantile, dim=1).view_as(center)
+    spread = torch.maximum(upper - center, spread_floor.to(nb.dtype))
+    return (cells.float() - center) / spread

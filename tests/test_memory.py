@@ -1,0 +1,107 @@
+"""The memory of normal frames: coreset bounds, and scores that respect several kinds of normal."""
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+
+from anomaly.calibration import fit_normal_stats
+from anomaly.config import CalibrationConfig
+from anomaly.memory import coreset_indices, knn_distance, nearest, standardiser
+from anomaly.scoring import RawSignals, signal_values
+
+
+@pytest.mark.parametrize(("n", "size"), [(50, 1), (50, 10), (50, 49), (50, 50), (50, 500), (1, 3)])
+def test_coreset_size_is_bounded_and_indices_are_distinct(n, size):
+    x = torch.randn(n, 6, generator=torch.Generator().manual_seed(0))
+    idx = coreset_indices(x, size, seed=3)
+    assert len(idx) == min(n, size)
+    assert len(set(idx.tolist())) == len(idx) and int(idx.min()) >= 0 and int(idx.max()) < n
+
+
+def test_coreset_is_deterministic_and_covers_rare_points():
+    g = torch.Generator().manual_seed(1)
+    common = torch.randn(500, 4, generator=g) * 0.1
+    rare = torch.tensor([[10.0, 0, 0, 0], [0, -10.0, 0, 0]])  # two rare kinds of normal frame
+    x = torch.cat([common, rare])
+    idx = coreset_indices(x, 8, seed=0)
+    assert torch.equal(idx, coreset_indices(x, 8, seed=0))
+    assert {500, 501} <= set(idx.tolist())  # a random subset of 8 would almost surely miss them
+    # every point lies within the covering radius of a chosen one, which is far below the data's extent
+    radius = torch.cdist(x, x[idx]).min(1).values.max()
+    assert radius < 0.5
+
+
+def test_coreset_rejects_size_zero():
+    with pytest.raises(ValueError, match="at least 1"):
+        coreset_indices(torch.zeros(3, 2), 0)
+
+
+def test_nearest_and_knn_distance():
+    bank = torch.tensor([[0.0, 0.0], [1.0, 0.0], [5.0, 0.0]])
+    dist, idx = nearest(torch.tensor([[0.9, 0.0]]), bank, 2)
+    assert idx.tolist() == [[1, 0]]
+    torch.testing.assert_close(dist, torch.tensor([[0.1, 0.9]]))
+    assert knn_distance(torch.tensor([[0.9, 0.0]]), bank, 2).item() == pytest.approx(0.5 / 2**0.5)
+    assert nearest(torch.zeros(1, 2), bank, 10)[0].shape == (1, 3)  # k capped by the bank
+
+
+def test_standardiser_floors_constant_dimensions():
+    f = torch.tensor([[1.0, 5.0, 0.0], [3.0, 5.0, 2.0], [2.0, 5.0, 4.0]])
+    mean, std = standardiser(f)
+    torch.testing.assert_close(mean, torch.tensor([2.0, 5.0, 2.0]))
+    assert std[1] > 0
+
+
+def two_cameras(n: int, seed: int):
+    """Two clusters of normal frames: camera A (features near +5, its left cell noisy, right cell quiet) and
+    camera B (features near -5, the other way round)."""
+    g = torch.Generator().manual_seed(seed)
+    half = n // 2
+    feats = torch.randn(n, 2, generator=g) * 0.3
+    feats[:half, 0] += 5.0
+    feats[half:, 0] -= 5.0
+    cells = torch.empty(n, 1, 2)
+    cells[:half, 0, 0] = torch.rand(half, generator=g) * 10
+    cells[:half, 0, 1] = torch.rand(half, generator=g) * 0.1
+    cells[half:, 0, 0] = torch.rand(n - half, generator=g) * 0.1
+    cells[half:, 0, 1] = torch.rand(n - half, generator=g) * 10
+    return feats, cells
+
+
+def raw(feats, cells):
+    n = len(feats)
+    return RawSignals(recon=torch.zeros(n), error_cells=cells, features=feats, disc=torch.zeros(n))
+
+
+def test_two_cluster_normal_set_pooled_statistics_fail_and_the_memory_succeeds():
+    cfg = CalibrationConfig(memory_size=200, knn_k=5, local_neighbours=20, local_floor=0.0)
+    train_f, train_c = two_cameras(400, seed=0)
+    stats = fit_normal_stats(train_c, train_f, components=2, memory_size=cfg.memory_size, spread_floor=0.0)
+    assert len(stats.memory_features) == 200
+
+    normal_f, normal_c = two_cameras(100, seed=1)
+    # a new kind of picture halfway between the cameras (say a camera knocked to face the road): near the pooled mean
+    g = torch.Generator().manual_seed(2)
+    between_f = torch.randn(50, 2, generator=g) * 0.3
+    between_c = normal_c[:50].clone()
+    # camera A frames with camera B's kind of error in A's quiet cell (an object where A never errs)
+    local_f = normal_f[:50].clone()
+    local_c = normal_c[:50].clone()
+    local_c[:, 0, 1] = 2.0 + torch.rand(50, generator=g)
+
+    s_normal, _ = signal_values(raw(normal_f, normal_c), stats, cfg)
+    s_between, _ = signal_values(raw(between_f, between_c), stats, cfg)
+    s_local, heat = signal_values(raw(local_f, local_c), stats, cfg)
+
+    def auc(normal, anomalous):
+        return roc_auc_score(np.r_[np.zeros(len(normal)), np.ones(len(anomalous))], np.r_[normal, anomalous])
+
+    # pooled: the Gaussian latent distance puts the in-between frames *closer* than normal ones,
+    # and the pooled cell range (wide because of camera B) swallows the error in A's quiet cell
+    assert auc(s_normal["latent"], s_between["latent"]) < 0.2
+    assert auc(s_normal["spatial"], s_local["spatial"]) < 0.8
+    # the memory: both separated
+    assert auc(s_normal["knn"], s_between["knn"]) > 0.99
+    assert auc(s_normal["local"], s_local["local"]) > 0.99
+    assert heat.shape == local_c.shape and (heat[:, 0, 1] > heat[:, 0, 0]).all()  # the heat map points at the cell

@@ -1,0 +1,153 @@
+"""Camera profiles: fitted without retraining, chosen per camera, kept in the checkpoint; `anomaly calibrate`."""
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from factories import road_frames, write_video
+from typer.testing import CliRunner
+
+from anomaly.checkpoint import KIND_MODEL, load_detector, read_checkpoint, save_detector
+from anomaly.detector import FLEET
+from anomaly.profiles import fit_camera_profile, time_blocks
+from anomaly.scoring import score_prepared
+from cli.main import app
+from footage.scores_csv import read_scores_csv
+
+CPU = torch.device("cpu")
+runner = CliRunner()
+
+
+def camera_frames(make_frames, prepare_all, config, seed, brighten):
+    """A 'camera' whose normal frames are the gradient frames shifted in brightness (its own look)."""
+    frames = make_frames(40, seed=seed).astype(int) + brighten
+    return prepare_all(config, np.clip(frames, 0, 255).astype(np.uint8))
+
+
+def test_time_blocks_cut_each_source_in_contiguous_runs():
+    ids = time_blocks([8, 3], 4)
+    assert list(ids) == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 4]  # three frames make one block (two frames a block at least)
+
+
+def test_a_calibrated_camera_gets_its_own_threshold(tiny_trained, make_frames, prepare_all):
+    det = tiny_trained.detector
+    frames = camera_frames(make_frames, prepare_all, tiny_trained.config, seed=7, brighten=40)
+    profile = fit_camera_profile(det, [frames[:20], frames[20:]], names=["a", "b"])
+    withcam = det.with_profile("cam1", profile)
+    cam = withcam.for_camera("cam1")
+    assert cam.profile == "cam1" and cam.threshold == pytest.approx(profile.threshold)
+    assert cam.threshold != pytest.approx(det.threshold)
+    assert withcam.for_camera(None).threshold == pytest.approx(det.threshold)
+    # blocks reported by name, each a rate
+    assert profile.holdout_false_alarms and all(0.0 <= v <= 1.0 for v in profile.holdout_false_alarms.values())
+    assert any(k.startswith("a block") for k in profile.holdout_false_alarms)
+    # the camera's own memory frames join the fleet's
+    fleet_memory = len(det.calibrated.stats.memory_features)
+    assert len(profile.stats.memory_features) > fleet_memory
+    scored = score_prepared(cam, frames[:5])
+    assert scored.profile == "cam1" and scored.threshold == pytest.approx(profile.threshold)
+
+
+def test_unknown_camera_falls_back_to_the_fleet_profile_and_says_so(tiny_trained, make_frames, prepare_all):
+    det = tiny_trained.detector
+    frames = camera_frames(make_frames, prepare_all, tiny_trained.config, seed=7, brighten=40)
+    withcam = det.with_profile("cam1", fit_camera_profile(det, [frames]))
+    other = withcam.for_camera("cam9")
+    assert other.profile == FLEET and other.threshold == pytest.approx(det.threshold)
+    note = withcam.profile_note("cam9")
+    assert "cam9" in note and "fleet profile" in note and "cam1" in note
+    assert "own profile" in withcam.profile_note("cam1")
+    assert score_prepared(other, frames[:3]).profile == FLEET
+
+
+def test_checkpoint_round_trip_with_several_profiles(tmp_path, tiny_trained, make_frames, prepare_all):
+    det = tiny_trained.detector
+    cfg = tiny_trained.config
+    a = camera_frames(make_frames, prepare_all, cfg, seed=7, brighten=40)
+    b = camera_frames(make_frames, prepare_all, cfg, seed=8, brighten=-30)
+    det2 = det.with_profile("a", fit_camera_profile(det, [a])).with_profile("b", fit_camera_profile(det, [b]))
+    path = tmp_path / "multi.pt"
+    save_detector(det2.for_camera("a"), path)  # saving while a camera's profile is in use keeps the fleet one
+    loaded = load_detector(path, CPU)
+    assert sorted(loaded.profiles) == ["a", "b"] and loaded.profile == FLEET
+    assert loaded.threshold == pytest.approx(det.threshold)
+    for name, frames in (("a", a), ("b", b)):
+        want = score_prepared(det2.for_camera(name), frames[:6])
+        got = score_prepared(loaded.for_camera(name), frames[:6])
+        np.testing.assert_allclose(got.score, want.score, rtol=1e-5, atol=1e-5)
+        assert got.threshold == pytest.approx(want.threshold)
+
+
+def test_format_3_checkpoint_still_loads_and_scores_as_before(tmp_path, tiny_trained):
+    """A checkpoint from before the memory (format 3): pooled signals only, new ones read 0."""
+    path = tmp_path / "old.pt"
+    shutil.copy(tiny_trained.path, path)
+    state = read_checkpoint(path, KIND_MODEL)
+    state["format_version"] = 3
+    state.pop("cameras", None)
+    stats = state["calibration"]["stats"]
+    for key in list(stats):
+        if key not in ("cell_center", "cell_spread", "feature_mean", "feature_whitening"):
+            del stats[key]
+    state["calibration"]["combine"] = ["spatial", "latent"]
+    torch.save(state, path)
+    old = load_detector(path, CPU)
+    assert old.profiles == {} and not old.calibrated.stats.has_memory
+    x = np.stack([np.zeros((24, 32, 3), np.uint8) + 90, np.zeros((24, 32, 3), np.uint8) + 140])
+    s = score_prepared(old, x)
+    assert np.isfinite(s.score).all() and (s.knn_score == 0).all() and (s.local_score == 0).all()
+
+
+def test_training_reports_held_out_false_alarms_per_source(tiny_trained):
+    rates = tiny_trained.detector.calibrated.holdout_false_alarms
+    assert list(rates) == ["source 1"] and 0.0 <= rates["source 1"] <= 1.0
+
+
+def test_calibrate_command_end_to_end(tmp_path, tiny_trained):
+    cam_video = write_video(tmp_path / "cam.mp4", road_frames(40, seed=5))
+    out = tmp_path / "with_cam.pt"
+    result = runner.invoke(
+        app,
+        ["calibrate", str(tiny_trained.path), str(cam_video), "--camera", "van7", "--out", str(out), "--device", "cpu"],
+    )
+    assert result.exit_code == 0, result.output
+    assert "added camera profile 'van7'" in result.output and "per time block" in result.output
+    assert sorted(load_detector(out, CPU).profiles) == ["van7"]
+    for camera, expect in (("van7", "own profile"), ("van8", "using the fleet profile")):
+        csv_path = tmp_path / f"{camera}.csv"
+        scored = runner.invoke(
+            app,
+            ["score", str(cam_video), "--model", str(out), "--out", str(csv_path), "--camera", camera]
+            + ["--device", "cpu"],
+        )
+        assert scored.exit_code == 0, scored.output
+        assert expect in scored.output
+        cols = read_scores_csv(csv_path)
+        assert len(cols["score"]) == 40 and np.isfinite(cols["knn_score"]).all()
+
+
+def test_calibrate_with_its_own_signals_keeps_the_fleet_profile(tmp_path, tiny_trained):
+    cam_video = write_video(tmp_path / "cam.mp4", road_frames(40, seed=5))
+    out = tmp_path / "with_cam.pt"
+    result = runner.invoke(
+        app,
+        ["calibrate", str(tiny_trained.path), str(cam_video), "--camera", "van7", "--out", str(out)]
+        + ["--signals", "local,knn,disc_patch", "--target-far", "0.05", "--device", "cpu"],
+    )
+    assert result.exit_code == 0, result.output
+    det = load_detector(out, CPU)
+    assert det.profiles["van7"].signals == ("local", "knn", "disc_patch")
+    assert det.profiles["van7"].target_false_alarm_rate == pytest.approx(0.05)
+    assert det.calibrated.signals == tiny_trained.detector.calibrated.signals
+    assert det.config == tiny_trained.detector.config
+
+
+def test_calibrate_refuses_too_little_footage(tmp_path, tiny_trained):
+    video = write_video(tmp_path / "short.mp4", road_frames(4, seed=5))
+    result = runner.invoke(
+        app,
+        ["calibrate", str(tiny_trained.path), str(video), "--camera", "c", "--out", str(tmp_path / "m.pt")]
+        + ["--device", "cpu"],
+    )
+    assert result.exit_code == 2 and "at least 8" in result.output
