@@ -25,7 +25,8 @@ from typing import Any, Generic, TypeVar
 import numpy as np
 
 from anomaly.detector import Detector
-from anomaly.scoring import FrameScores, score_prepared
+from anomaly.frame_scores import FrameScore
+from anomaly.scoring import score_prepared
 
 log = logging.getLogger("anomaly.service")
 
@@ -33,42 +34,10 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
-@dataclass(frozen=True)
-class ScoredFrame:
-    """One frame's row of `FrameScores`."""
-
-    score: float
-    recon_error: float
-    disc_score: float
-    spatial_score: float
-    latent_score: float
-    is_anomaly: bool
-    threshold: float
-    heatmap: np.ndarray  # h x w, per-cell error in units of its normal range
-    profile: str = "fleet"  # the camera profile that scored it
-
-
-def split_scores(scores: FrameScores) -> list[ScoredFrame]:
-    return [
-        ScoredFrame(
-            score=float(scores.score[i]),
-            recon_error=float(scores.recon_error[i]),
-            disc_score=float(scores.disc_score[i]),
-            spatial_score=float(scores.spatial_score[i]),
-            latent_score=float(scores.latent_score[i]),
-            is_anomaly=bool(scores.is_anomaly[i]),
-            threshold=float(scores.threshold),
-            heatmap=scores.heatmap[i],
-            profile=scores.profile,
-        )
-        for i in range(len(scores))
-    ]
-
-
 CameraFrame = tuple[np.ndarray, str | None]  # a prepared frame and the camera (stream) it comes from
 
 
-def detector_scorer(detector: Detector) -> Callable[[list[np.ndarray | CameraFrame]], list[ScoredFrame]]:
+def detector_scorer(detector: Detector) -> Callable[[list[np.ndarray | CameraFrame]], list[FrameScore]]:
     """Batch scorer over frames already passed through `detector.preprocessor.prepare`.
 
     A frame may come with its camera: frames of one batch are scored together per camera profile
@@ -77,16 +46,16 @@ def detector_scorer(detector: Detector) -> Callable[[list[np.ndarray | CameraFra
     """
     profiles: dict[str | None, Detector] = {}
 
-    def score(items: list[np.ndarray | CameraFrame]) -> list[ScoredFrame]:
+    def score(items: list[np.ndarray | CameraFrame]) -> list[FrameScore]:
         cameras = [item[1] if isinstance(item, tuple) else None for item in items]
         frames = [item[0] if isinstance(item, tuple) else item for item in items]
-        out: list[ScoredFrame | None] = [None] * len(items)
+        out: list[FrameScore | None] = [None] * len(items)
         for camera in dict.fromkeys(cameras):
             if camera not in profiles:
                 profiles[camera] = detector if camera is None else detector.for_camera(camera)
             idx = [i for i, c in enumerate(cameras) if c == camera]
             for i, result in zip(
-                idx, split_scores(score_prepared(profiles[camera], [frames[i] for i in idx])), strict=True
+                idx, score_prepared(profiles[camera], [frames[i] for i in idx]).rows(), strict=True
             ):
                 out[i] = result
         return out  # type: ignore[return-value]

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import time
 from collections.abc import Callable, Coroutine
@@ -22,8 +21,10 @@ import anyio
 import numpy as np
 
 from anomaly import __version__
+from anomaly.checkpoint import file_sha256
 from anomaly.detector import Detector
-from service.batcher import Admission, CameraFrame, MicroBatcher, QueueFull, ScoredFrame, Ticket, detector_scorer
+from anomaly.frame_scores import FrameScore
+from service.batcher import Admission, CameraFrame, MicroBatcher, QueueFull, Ticket, detector_scorer
 from service.errors import ServiceError, unavailable
 from service.images import decode_image, heatmap_png_base64
 from service.metrics import ServiceMetrics
@@ -34,18 +35,10 @@ from service.streams import FrameTag, Slot, Stream, StreamOutcome, StreamRegistr
 log = logging.getLogger("anomaly.service")
 
 
-def file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with Path(path).open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def describe_model(settings: ServiceSettings, detector: Detector) -> ModelInfo:
     pre = detector.config.preprocess
     return ModelInfo(
-        version=file_digest(settings.model_path)[:12],
+        version=file_sha256(settings.model_path)[:12],
         file=Path(settings.model_path).name,
         anomaly_version=__version__,
         device=str(detector.device),
@@ -64,18 +57,18 @@ def internal_error(exc: BaseException) -> ServiceError:
 
 class ScoringService:
     def __init__(
-        self, settings: ServiceSettings, detector: Detector, model: ModelInfo, metrics: ServiceMetrics
+        self, settings: ServiceSettings, detector: Detector, model_info: ModelInfo, metrics: ServiceMetrics
     ) -> None:
         self.settings = settings
         self.detector = detector
-        self.model = model
+        self.model_info = model_info
         self.metrics = metrics
         self.admission = Admission(settings.batching.queue_size)
         # a stream's id names its camera: its profile (from `anomaly calibrate`) scores it, else the fleet's
         self.streams = StreamRegistry(
             settings.streams, lambda stream_id: detector.for_camera(stream_id).threshold, on_open=self._log_profile
         )
-        self.batcher: MicroBatcher[np.ndarray | CameraFrame, ScoredFrame] = MicroBatcher(
+        self.batcher: MicroBatcher[np.ndarray | CameraFrame, FrameScore] = MicroBatcher(
             detector_scorer(detector),
             max_batch=settings.batching.max_batch,
             max_wait_s=settings.batching.max_wait_ms / 1000.0,
@@ -103,10 +96,10 @@ class ScoringService:
         self.accepting = True
         log.info(
             "model %s (%s) on %s, threshold %.3f; batches of up to %d frames, %.1f ms wait, queue %d",
-            self.model.file,
-            self.model.version,
-            self.model.device,
-            self.model.threshold,
+            self.model_info.file,
+            self.model_info.version,
+            self.model_info.device,
+            self.model_info.threshold,
             self.settings.batching.max_batch,
             self.settings.batching.max_wait_ms,
             self.settings.batching.queue_size,
@@ -234,7 +227,7 @@ class ScoringService:
     def _log_profile(self, stream_id: str) -> None:
         log.info("stream %s: %s", stream_id, self.detector.profile_note(stream_id))
 
-    def _submit(self, prepared: np.ndarray, ticket: Ticket, camera: str | None = None) -> asyncio.Future[ScoredFrame]:
+    def _submit(self, prepared: np.ndarray, ticket: Ticket, camera: str | None = None) -> asyncio.Future[FrameScore]:
         """Into the batcher (scored with `camera`'s profile); one unit of `ticket` now belongs to the frame
         and is given back once it is scored."""
         try:
@@ -244,13 +237,13 @@ class ScoringService:
         ticket.hand_to(future)
         return future
 
-    def _record_batch(self, results: list[ScoredFrame], seconds: float) -> None:  # worker thread
+    def _record_batch(self, results: list[FrameScore], seconds: float) -> None:  # worker thread
         self.metrics.batch_size.observe(len(results))
         self.metrics.model_seconds.observe(seconds)
         self.metrics.frames_scored.inc(len(results))
         self.metrics.anomalies.inc(sum(r.is_anomaly for r in results))
 
-    async def score_image(self, data: bytes, heatmap: bool) -> tuple[ScoredFrame, str | None]:
+    async def score_image(self, data: bytes, heatmap: bool) -> tuple[FrameScore, str | None]:
         """One stateless frame (POST /v1/score)."""
         start = time.perf_counter()
         ticket = self.admit(1)
@@ -294,7 +287,7 @@ class ScoringService:
             stream.fill(slot, internal_error(exc), time.monotonic())
             return
 
-        def done(f: asyncio.Future[ScoredFrame]) -> None:
+        def done(f: asyncio.Future[FrameScore]) -> None:
             if f.cancelled() or f.exception() is not None:
                 exc = f.exception() if not f.cancelled() else asyncio.CancelledError()
                 stream.fill(slot, internal_error(exc), time.monotonic())

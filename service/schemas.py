@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from anomaly.events import Event, EventConfig, TrackerUpdate
-from service.batcher import ScoredFrame
+from anomaly.frame_scores import SCORE_FIELDS, FrameScore
 from service.errors import ServiceError
 from service.settings import MAX_FPS, MAX_FRAME_INDEX, MAX_TIMESTAMP_S, MIN_FPS
 from service.streams import FrameTag, StreamOutcome
@@ -78,13 +78,9 @@ class Scores(_Schema):
     model_version: str = Field(description="first 12 hex digits of the model file's SHA-256")
 
     @classmethod
-    def fields_of(cls, scored: ScoredFrame, model_version: str) -> dict[str, Any]:
+    def fields_of(cls, scored: FrameScore, model_version: str) -> dict[str, Any]:
         return {
-            "score": scored.score,
-            "recon_error": scored.recon_error,
-            "disc_score": scored.disc_score,
-            "spatial_score": scored.spatial_score,
-            "latent_score": scored.latent_score,
+            **{name: getattr(scored, name) for name in SCORE_FIELDS},
             "is_anomaly": scored.is_anomaly,
             "threshold": scored.threshold,
             "model_version": model_version,
@@ -152,7 +148,7 @@ class StreamFrameResult(Scores):
     )
 
     @classmethod
-    def of(cls, tag: FrameTag, scored: ScoredFrame, update: TrackerUpdate, model_version: str) -> StreamFrameResult:
+    def of(cls, tag: FrameTag, scored: FrameScore, update: TrackerUpdate, model_version: str) -> StreamFrameResult:
         return cls(
             frame_index=tag.frame_index,
             timestamp_s=tag.timestamp_s,

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from anomaly.events import Event, EventConfig, EventTracker, TrackerUpdate
-from service.batcher import ScoredFrame
+from anomaly.frame_scores import FrameScore
 from service.errors import ServiceError, unavailable
 from service.settings import StreamSettings
 
@@ -36,7 +36,7 @@ class StreamOutcome:
     """A frame's result in its stream: scores with the tracker's update, or why it was not scored."""
 
     tag: FrameTag
-    scored: ScoredFrame | None = None
+    scored: FrameScore | None = None
     update: TrackerUpdate | None = None
     error: ServiceError | None = None
 
@@ -45,7 +45,7 @@ class StreamOutcome:
 class Slot:
     tag: FrameTag
     future: asyncio.Future[StreamOutcome]
-    scored: ScoredFrame | None = None
+    scored: FrameScore | None = None
     error: ServiceError | None = None
 
     @property
@@ -82,7 +82,7 @@ class Stream:
         self.last_seen = now
         return slot
 
-    def fill(self, slot: Slot, outcome: ScoredFrame | ServiceError, now: float) -> None:
+    def fill(self, slot: Slot, outcome: FrameScore | ServiceError, now: float) -> None:
         if isinstance(outcome, ServiceError):
             slot.error = outcome
         else:

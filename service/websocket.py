@@ -182,7 +182,7 @@ class StreamSocket:
             return answer.item.model_dump_json()
         outcome = await answer.item
         try:
-            return outcome_message(outcome, self.service.model.version).model_dump_json()
+            return outcome_message(outcome, self.service.model_info.version).model_dump_json()
         except Exception as exc:
             log.exception("a result could not be serialised")
             return FrameError.of(internal_error(exc), outcome.tag).model_dump_json()

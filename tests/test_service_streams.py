@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 
 from anomaly.events import EventConfig, EventTracker
-from service.batcher import ScoredFrame
+from anomaly.frame_scores import FrameScore
 from service.errors import ServiceError
 from service.settings import StreamSettings
 from service.streams import StreamRegistry
 
 
-def scored(score: float) -> ScoredFrame:
-    return ScoredFrame(score, 0.0, 0.0, 0.0, 0.0, score > 1.0, 1.0, np.zeros((2, 2), np.float32))
+def scored(score: float) -> FrameScore:
+    return FrameScore(score, 0.0, 0.0, 0.0, 0.0, score > 1.0, 1.0, np.zeros((2, 2), np.float32))
 
 
 class Clock:

@@ -32,6 +32,6 @@ async def readyz(request: Request) -> Health | JSONResponse:
     service = current_service(request)
     reason = "the model is loading" if service is None else service.not_ready_reason()
     if service is not None and reason is None:
-        return Health(status="ready", model_version=service.model.version)
+        return Health(status="ready", model_version=service.model_info.version)
     detail = reason
     return JSONResponse(Health(status="not_ready", detail=detail).model_dump(exclude_none=True), status_code=503)

@@ -20,7 +20,7 @@ router = APIRouter()
     responses=error_responses(503),
 )
 async def model_info(service: ServiceDep) -> ModelInfo:
-    return service.model
+    return service.model_info
 
 
 @router.get(

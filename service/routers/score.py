@@ -36,4 +36,4 @@ async def score_image(
             raise bad_request(f"send one image to /v1/score (got {len(files)}); use a stream for several")
         body = files[0]
     scored, png = await service.score_image(body, heatmap)
-    return ScoreResponse(**Scores.fields_of(scored, service.model.version), heatmap_png=png)
+    return ScoreResponse(**Scores.fields_of(scored, service.model_info.version), heatmap_png=png)

@@ -112,7 +112,7 @@ async def post_frames(
     for outcome in outcomes:
         if outcome.error is not None:
             raise outcome.error
-        message = outcome_message(outcome, service.model.version)
+        message = outcome_message(outcome, service.model_info.version)
         assert isinstance(message, StreamFrameResult)
         results.append(message)
     return StreamFramesResponse(stream_id=stream_id, results=results)
