@@ -16,7 +16,7 @@ Statistics come from the training frames (many scenes, so they know how much roa
 varies); scaling and threshold come from frames held out from training and later in time: the next
 seconds of a drive look different from the last, and the networks reconstruct frames they were
 trained on better than new ones, so a threshold from training frames would fire far more often
-than promised. `anomaly.training.train.calibrate` does the fitting.
+than promised. `anomaly.calibrate` does the fitting, after training and per camera.
 """
 
 from __future__ import annotations

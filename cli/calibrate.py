@@ -34,10 +34,10 @@ def calibrate(
     device: DeviceOpt = "auto",
 ) -> None:
     """Fit one camera's normal statistics and threshold from its normal footage, without retraining."""
+    from anomaly.calibrate import fit_camera_profile
     from anomaly.checkpoint import load_detector, save_detector
     from anomaly.config import CalibrationConfig, DetectorConfig
     from anomaly.device import resolve_device
-    from anomaly.profiles import fit_camera_profile
     from footage.ingest import expand_sources
     from footage.training_frames import load_named_prepared_frames
 

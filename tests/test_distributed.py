@@ -14,6 +14,7 @@ import torch
 import torch.multiprocessing as mp
 from factories import TINY, road_frames, write_video
 
+from anomaly.calibrate import calibrate
 from anomaly.checkpoint import load_detector
 from anomaly.config import DetectorConfig
 from anomaly.preprocess import Preprocessor
@@ -26,7 +27,7 @@ from anomaly.training.distributed import (
     shard,
     shard_bounds,
 )
-from anomaly.training.train import TrainingData, calibrate, train_detector
+from anomaly.training.train import TrainingData, train_detector
 
 pytestmark = pytest.mark.slow  # Ray instances and process groups: minutes, not seconds
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from anomaly.profiles import fit_camera_profile
+from anomaly.calibrate import fit_camera_profile
 from service.batcher import detector_scorer
 from service.settings import StreamSettings
 from service.streams import StreamRegistry

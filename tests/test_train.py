@@ -3,6 +3,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 
+from anomaly.calibrate import evenly
 from anomaly.checkpoint import CheckpointError, load_detector
 from anomaly.config import ModelConfig
 from anomaly.model import AutoencoderGAN
@@ -10,7 +11,6 @@ from anomaly.preprocess import Preprocessor
 from anomaly.training import train as train_module
 from anomaly.training.train import (
     TrainingData,
-    evenly,
     make_optimisers,
     random_shift,
     restore_training_state,

@@ -10,20 +10,14 @@ optimisers, step) is written beside the model, and the batch drawn at step k dep
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from anomaly.calibration import (
-    Calibration,
-    NormalStats,
-    fit_normal_stats,
-    fit_scaling,
-    score_quantiles,
-)
+from anomaly.calibrate import calibrate
 from anomaly.checkpoint import (
     FORMAT_VERSION,
     KIND_TRAINING_STATE,
@@ -33,19 +27,16 @@ from anomaly.checkpoint import (
     read_checkpoint,
     save_detector,
 )
-from anomaly.config import CalibrationConfig, DetectorConfig, LossConfig
+from anomaly.config import DetectorConfig, LossConfig
 from anomaly.detector import Detector
 from anomaly.device import resolve_device
 from anomaly.model import AutoencoderGAN
 from anomaly.progress import progress_bar
-from anomaly.scoring import RawSignals, combine, raw_signals, signal_values
-from anomaly.thresholds import threshold_for_rate
 from anomaly.training.defects import add_defects
 from anomaly.training.distributed import (
     SINGLE_PROCESS,
     DistributedContext,
     DistributedGAN,
-    all_gather_rows,
     barrier,
     broadcast_state,
     shard,
@@ -186,108 +177,6 @@ def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator) ->
     padded = F.pad(x, (max_shift,) * 4, mode="reflect")
     offsets = torch.randint(0, 2 * max_shift + 1, (len(x), 2), generator=generator).tolist()
     return torch.stack([padded[i, :, dy : dy + h, dx : dx + w] for i, (dy, dx) in enumerate(offsets)])
-
-
-def collect_raw(detector: Detector, frames: np.ndarray, batch_size: int = 128) -> RawSignals:
-    """Raw signals for many prepared frames, gathered on the CPU."""
-    parts = []
-    for i in range(0, len(frames), batch_size):
-        x = detector.preprocessor.to_tensor(frames[i : i + batch_size], detector.device)
-        r = raw_signals(detector.model, x, detector.config.calibration)
-        parts.append(RawSignals(**{f.name: getattr(r, f.name).cpu() for f in fields(RawSignals)}))
-    return RawSignals(**{f.name: torch.cat([getattr(p, f.name) for p in parts]) for f in fields(RawSignals)})
-
-
-def collect_raw_sharded(detector: Detector, frames: np.ndarray, context: DistributedContext) -> RawSignals:
-    """`collect_raw` of all `frames` on every rank, each rank computing only its shard."""
-    if len(frames) < context.world_size:  # too few to split: every rank computes them all
-        return collect_raw(detector, frames)
-    raw = collect_raw(detector, shard(frames, context))
-    return RawSignals(**{f.name: all_gather_rows(getattr(raw, f.name), context) for f in fields(RawSignals)})
-
-
-def evenly_index(n: int, limit: int) -> np.ndarray:
-    if n <= limit:
-        return np.arange(n)
-    return np.linspace(0, n - 1, limit).round().astype(int)
-
-
-def evenly(frames: np.ndarray, limit: int) -> np.ndarray:
-    return frames if len(frames) <= limit else frames[evenly_index(len(frames), limit)]
-
-
-def fit_stats(raw: RawSignals, cfg: CalibrationConfig, seed: int = 0) -> NormalStats:
-    """`fit_normal_stats` with the settings of `cfg`: pooled statistics, patch statistics and the memory."""
-    return fit_normal_stats(
-        raw.error_cells,
-        raw.features,
-        cell_quantile=cfg.cell_quantile,
-        spread_floor=cfg.spread_floor,
-        components=cfg.latent_components,
-        disc_map=raw.disc_map,
-        memory_size=cfg.memory_size,
-        seed=seed,
-    )
-
-
-def held_out_false_alarms(
-    scores: np.ndarray, groups: np.ndarray, names: tuple[str, ...], rate: float
-) -> dict[str, float]:
-    """Per held-out group: the share of its frames above a threshold set on the *other* groups' scores.
-
-    What a new drive (or a new stretch of a drive) will see, where the threshold from all groups
-    would count each group's frames in its own threshold. One group alone: its in-sample rate.
-    """
-    out = {}
-    for g, name in enumerate(names):
-        mine = groups == g
-        if not mine.any():
-            continue
-        others = scores[~mine] if (~mine).any() else scores
-        out[name] = float((scores[mine] > threshold_for_rate(others, rate)).mean())
-    return out
-
-
-def calibration_from_signals(
-    stats: NormalStats,
-    signals: dict[str, np.ndarray],
-    cfg: CalibrationConfig,
-    groups: np.ndarray | None = None,
-    names: tuple[str, ...] = (),
-) -> Calibration:
-    """Signal scales and the threshold from signals of normal frames that `stats` were not fit on."""
-    loc, scale = fit_scaling(signals)
-    scores = combine(signals, loc, scale, cfg.signals)
-    far = {} if groups is None else held_out_false_alarms(scores, groups, names, cfg.target_false_alarm_rate)
-    return Calibration(
-        stats=stats,
-        loc=loc,
-        scale=scale,
-        signals=tuple(cfg.signals),
-        threshold=threshold_for_rate(scores, cfg.target_false_alarm_rate),
-        target_false_alarm_rate=cfg.target_false_alarm_rate,
-        n_frames=len(scores),
-        score_quantiles=score_quantiles(scores),
-        holdout_false_alarms=far,
-    )
-
-
-def calibrate(detector: Detector, data: TrainingData, context: DistributedContext = SINGLE_PROCESS) -> Calibration:
-    """Normal statistics from training frames; signal scales and threshold from held-out frames.
-
-    The held-out frames are scored exactly as new frames will be (statistics they did not shape,
-    networks that never saw them), so the threshold's false-alarm rate carries over to new drives.
-    """
-    cfg = detector.config.calibration
-    detector.model.eval()
-    seen = collect_raw_sharded(detector, evenly(data.train, cfg.max_stat_frames), context)
-    stats = fit_stats(seen, cfg, seed=detector.config.train.seed)
-    keep = evenly_index(len(data.holdout), cfg.max_stat_frames)
-    held = collect_raw_sharded(detector, data.holdout[keep], context)
-    values, _ = signal_values(held, stats, cfg)
-    signals = {name: v.numpy().astype(np.float64) for name, v in values.items()}
-    groups = None if data.holdout_groups is None else data.holdout_groups[keep]
-    return calibration_from_signals(stats, signals, cfg, groups, data.holdout_sources)
 
 
 def train_detector(

@@ -1,0 +1,221 @@
+"""Fitting a detector's calibration: the trained networks run over normal frames, then statistics, signal
+scales and a threshold are fitted from what they give.
+
+Two fits share this code. After training (`calibrate`), statistics come from the training frames and
+scales and threshold from the held-out tail of each source, which the networks never saw. For a
+camera (`fit_camera_profile`, `anomaly calibrate`), from a few minutes of its normal footage:
+
+- the pooled per-cell error range, the latent axes and the discriminator's per-position range;
+- a memory of its frames (a coreset), added to the fleet memory from training, so a frame is
+  measured against the normal frames it resembles, from this camera or any other;
+- signal scales and the threshold.
+
+The threshold must come from frames the statistics did not see, or it promises fewer false
+alarms than a new drive gets. With only minutes of footage there is none to spare, so the fit is
+cross-fitted: each source is cut into `camera_blocks` contiguous time blocks, each block is scored
+with statistics fit on all the other blocks, and the scales and threshold come from those
+out-of-block scores. The statistics kept are then fit on all blocks. The false-alarm rate of each
+block at a threshold set without it is reported, as training does per held-out source.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import fields
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from anomaly.calibration import Calibration, NormalStats, fit_normal_stats, fit_scaling, score_quantiles
+from anomaly.config import CalibrationConfig
+from anomaly.detector import Detector
+from anomaly.memory import coreset_indices
+from anomaly.scoring import RawSignals, combine, raw_signals, signal_values
+from anomaly.thresholds import threshold_for_rate
+from anomaly.training.distributed import SINGLE_PROCESS, DistributedContext, all_gather_rows, shard
+
+if TYPE_CHECKING:
+    from anomaly.training.train import TrainingData
+
+
+def collect_raw(detector: Detector, frames: np.ndarray, batch_size: int = 128) -> RawSignals:
+    """Raw signals for many prepared frames, gathered on the CPU."""
+    parts = []
+    for i in range(0, len(frames), batch_size):
+        x = detector.preprocessor.to_tensor(frames[i : i + batch_size], detector.device)
+        r = raw_signals(detector.model, x, detector.config.calibration)
+        parts.append(RawSignals(**{f.name: getattr(r, f.name).cpu() for f in fields(RawSignals)}))
+    return RawSignals(**{f.name: torch.cat([getattr(p, f.name) for p in parts]) for f in fields(RawSignals)})
+
+
+def collect_raw_sharded(detector: Detector, frames: np.ndarray, context: DistributedContext) -> RawSignals:
+    """`collect_raw` of all `frames` on every rank, each rank computing only its shard."""
+    if len(frames) < context.world_size:  # too few to split: every rank computes them all
+        return collect_raw(detector, frames)
+    raw = collect_raw(detector, shard(frames, context))
+    return RawSignals(**{f.name: all_gather_rows(getattr(raw, f.name), context) for f in fields(RawSignals)})
+
+
+def evenly_index(n: int, limit: int) -> np.ndarray:
+    if n <= limit:
+        return np.arange(n)
+    return np.linspace(0, n - 1, limit).round().astype(int)
+
+
+def evenly(frames: np.ndarray, limit: int) -> np.ndarray:
+    return frames if len(frames) <= limit else frames[evenly_index(len(frames), limit)]
+
+
+def fit_stats(raw: RawSignals, cfg: CalibrationConfig, seed: int = 0) -> NormalStats:
+    """`fit_normal_stats` with the settings of `cfg`: pooled statistics, patch statistics and the memory."""
+    return fit_normal_stats(
+        raw.error_cells,
+        raw.features,
+        cell_quantile=cfg.cell_quantile,
+        spread_floor=cfg.spread_floor,
+        components=cfg.latent_components,
+        disc_map=raw.disc_map,
+        memory_size=cfg.memory_size,
+        seed=seed,
+    )
+
+
+def held_out_false_alarms(
+    scores: np.ndarray, groups: np.ndarray, names: tuple[str, ...], rate: float
+) -> dict[str, float]:
+    """Per held-out group: the share of its frames above a threshold set on the *other* groups' scores.
+
+    What a new drive (or a new stretch of a drive) will see, where the threshold from all groups
+    would count each group's frames in its own threshold. One group alone: its in-sample rate.
+    """
+    out = {}
+    for g, name in enumerate(names):
+        mine = groups == g
+        if not mine.any():
+            continue
+        others = scores[~mine] if (~mine).any() else scores
+        out[name] = float((scores[mine] > threshold_for_rate(others, rate)).mean())
+    return out
+
+
+def calibration_from_signals(
+    stats: NormalStats,
+    signals: dict[str, np.ndarray],
+    cfg: CalibrationConfig,
+    groups: np.ndarray | None = None,
+    names: tuple[str, ...] = (),
+) -> Calibration:
+    """Signal scales and the threshold from signals of normal frames that `stats` were not fit on."""
+    loc, scale = fit_scaling(signals)
+    scores = combine(signals, loc, scale, cfg.signals)
+    far = {} if groups is None else held_out_false_alarms(scores, groups, names, cfg.target_false_alarm_rate)
+    return Calibration(
+        stats=stats,
+        loc=loc,
+        scale=scale,
+        signals=tuple(cfg.signals),
+        threshold=threshold_for_rate(scores, cfg.target_false_alarm_rate),
+        target_false_alarm_rate=cfg.target_false_alarm_rate,
+        n_frames=len(scores),
+        score_quantiles=score_quantiles(scores),
+        holdout_false_alarms=far,
+    )
+
+
+def calibrate(detector: Detector, data: TrainingData, context: DistributedContext = SINGLE_PROCESS) -> Calibration:
+    """Normal statistics from training frames; signal scales and threshold from held-out frames.
+
+    The held-out frames are scored exactly as new frames will be (statistics they did not shape,
+    networks that never saw them), so the threshold's false-alarm rate carries over to new drives.
+    """
+    cfg = detector.config.calibration
+    detector.model.eval()
+    seen = collect_raw_sharded(detector, evenly(data.train, cfg.max_stat_frames), context)
+    stats = fit_stats(seen, cfg, seed=detector.config.train.seed)
+    keep = evenly_index(len(data.holdout), cfg.max_stat_frames)
+    held = collect_raw_sharded(detector, data.holdout[keep], context)
+    values, _ = signal_values(held, stats, cfg)
+    signals = {name: v.numpy().astype(np.float64) for name, v in values.items()}
+    groups = None if data.holdout_groups is None else data.holdout_groups[keep]
+    return calibration_from_signals(stats, signals, cfg, groups, data.holdout_sources)
+
+
+def time_blocks(lengths: Sequence[int], blocks: int) -> np.ndarray:
+    """Per frame of the concatenated sources, a block id: each source cut into up to `blocks` runs in time."""
+    ids, next_id = [], 0
+    for n in lengths:
+        k = max(1, min(blocks, n // 2))
+        ids.append(next_id + np.minimum(np.arange(n) * k // max(n, 1), k - 1))
+        next_id += k
+    return np.concatenate(ids) if ids else np.zeros(0, int)
+
+
+def select(raw: RawSignals, mask: np.ndarray) -> RawSignals:
+    idx = torch.from_numpy(np.flatnonzero(mask))
+    return RawSignals(
+        **{f.name: None if getattr(raw, f.name) is None else getattr(raw, f.name)[idx] for f in fields(RawSignals)}
+    )
+
+
+def with_fleet_memory(stats: NormalStats, fleet: NormalStats, limit: int, seed: int) -> NormalStats:
+    """`stats` whose memory is the fleet memory plus (a coreset of) this camera's frames.
+
+    The camera's features are standardised like the fleet memory's, so one distance serves both.
+    """
+    if not fleet.has_memory or not stats.has_memory:
+        return stats
+    assert fleet.memory_features is not None and fleet.memory_cells is not None
+    assert stats.memory_features is not None and stats.memory_cells is not None
+    assert stats.feature_center is not None and stats.feature_scale is not None
+    # re-standardise this camera's memory frames with the fleet's scale
+    raw_feats = stats.memory_features * stats.feature_scale + stats.feature_center
+    own = (raw_feats - fleet.feature_center) / fleet.feature_scale
+    keep = coreset_indices(own, limit, seed=seed)
+    stats.memory_features = torch.cat([fleet.memory_features.cpu(), own[keep]])
+    stats.memory_cells = torch.cat([fleet.memory_cells.cpu(), stats.memory_cells[keep]])
+    stats.feature_center, stats.feature_scale = fleet.feature_center, fleet.feature_scale
+    return stats
+
+
+def fit_camera_profile(
+    detector: Detector, per_source: Sequence[np.ndarray], *, names: Sequence[str] | None = None
+) -> Calibration:
+    """A calibration for one camera from its normal footage (prepared frames per source, in time order)."""
+    cfg = detector.config.calibration
+    seed = detector.config.train.seed
+    fleet = detector.for_camera(None).calibrated.stats
+    lengths = [len(f) for f in per_source]
+    if sum(lengths) < 8:
+        raise ValueError(f"only {sum(lengths)} frames of the camera: give at least 8 (a minute of footage is better)")
+    frames = np.concatenate(list(per_source))
+    block = time_blocks(lengths, cfg.camera_blocks)
+    keep = evenly_index(len(frames), max(cfg.max_stat_frames, 10))
+    frames, block = frames[keep], block[keep]
+    detector.model.eval()
+    raw = collect_raw(detector, frames)
+
+    def fit(mask: np.ndarray) -> NormalStats:
+        return with_fleet_memory(fit_stats(select(raw, mask), cfg, seed=seed), fleet, cfg.memory_size, seed)
+
+    pooled: dict[str, list[np.ndarray]] = {}
+    order = []
+    for b in np.unique(block):
+        inside = block == b
+        if (~inside).sum() < 2:
+            continue
+        values, _ = signal_values(select(raw, inside), fit(~inside), cfg)
+        for name, v in values.items():
+            pooled.setdefault(name, []).append(v.numpy().astype(np.float64))
+        order.append(np.full(int(inside.sum()), b))
+    if not order:
+        raise ValueError("too few frames to cross-fit the camera's threshold; give longer footage")
+    signals = {name: np.concatenate(v) for name, v in pooled.items()}
+    groups = np.concatenate(order)
+    source_names = list(names) if names else [f"source {i + 1}" for i in range(len(per_source))]
+    block_names = []
+    for i, n in enumerate(lengths):
+        k = max(1, min(cfg.camera_blocks, n // 2))
+        block_names += [f"{source_names[i]} block {j + 1}/{k}" for j in range(k)]
+    # groups are block ids; report each block under its name
+    return calibration_from_signals(fit(np.ones(len(frames), bool)), signals, cfg, groups, tuple(block_names))
