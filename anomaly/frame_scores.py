@@ -14,8 +14,9 @@ from anomaly.config import SIGNAL_NAMES
 
 # The per-frame score fields, in the order of the scores CSV and the service's responses.
 SCORE_FIELDS = ("score", "recon_error", "disc_score", "spatial_score", "latent_score")
-# Signals of the memory of normal frames and of the discriminator's patches (checkpoint format 4):
-# None for a model without them; in the CSV after `is_anomaly`, so older readers keep working.
+# Signals of the memory of normal frames and of the discriminator's patches (checkpoint format 4; a
+# format-3 model scores them 0); in the CSV after `is_anomaly`, so older readers keep working, and
+# empty there only when a scorer gives none (None).
 EXTRA_SCORE_FIELDS = ("knn_score", "local_score", "disc_patch_score")
 # The field that carries each raw signal.
 SIGNAL_FIELDS = dict(
