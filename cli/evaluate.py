@@ -18,7 +18,10 @@ from cli.options import (
     sampling_options,
     with_options,
 )
+from evaluation.config import EvaluationConfig
 from footage.sampling import SamplingConfig
+
+_EVAL = EvaluationConfig.model_fields
 
 
 @friendly_errors
@@ -57,7 +60,7 @@ def evaluate(
     ] = None,
     report_far: Annotated[
         float, typer.Option(help="false-positive rate whose threshold the report lists next to best F1")
-    ] = 0.01,
+    ] = _EVAL["report_far"].default,
     baseline_train: Annotated[
         list[str] | None,
         typer.Option(
@@ -68,9 +71,11 @@ def evaluate(
     baseline_steps: Annotated[
         int | None, typer.Option(min=1, help="AE-only training steps (default: the model's)")
     ] = None,
-    top_k: Annotated[int, typer.Option(min=0, help="most anomalous frames shown with heat maps in the report")] = 12,
+    top_k: Annotated[int, typer.Option(min=0, help="most anomalous frames shown with heat maps in the report")] = _EVAL[
+        "top_k"
+    ].default,
     camera: CameraOpt = None,
-    batch_size: BatchSizeOpt = 16,
+    batch_size: BatchSizeOpt = _EVAL["batch_size"].default,
     threads: ThreadsOpt = None,
     device: DeviceOpt = "auto",
     progress: ProgressOpt = True,
@@ -78,7 +83,6 @@ def evaluate(
     """Measure a model on labeled clips: AUROC/AP per kind, threshold sweep, events, baselines, HTML report."""
     from anomaly.checkpoint import load_detector
     from anomaly.device import resolve_device, set_torch_threads
-    from evaluation.config import EvaluationConfig
     from evaluation.evaluate import evaluate as run_evaluation
     from evaluation.evaluate import format_summary
     from footage.ingest import expand_sources

@@ -6,6 +6,7 @@ from typing import Annotated, Literal
 import typer
 
 from anomaly.events import EventConfig
+from batch.ray.config import RayScoreConfig
 from cli.options import (
     BatchSizeOpt,
     CameraOpt,
@@ -20,6 +21,8 @@ from cli.options import (
     with_options,
 )
 from footage.sampling import SamplingConfig
+
+_RAY = RayScoreConfig.model_fields
 
 
 @friendly_errors
@@ -57,7 +60,7 @@ def score(
     ] = None,
     chunk_frames: Annotated[
         int, typer.Option(min=0, help="with --engine ray: decoded frames per work chunk (0: one chunk per source)")
-    ] = 256,
+    ] = _RAY["chunk_frames"].default,
     events_out: Annotated[
         Path | None, typer.Option("--events", help="also write anomalous stretches as JSON here")
     ] = None,
@@ -71,7 +74,7 @@ def score(
         typer.Option(help="continue an interrupted run: keep its CSV's complete rows and score only what is missing"),
     ] = False,
     overwrite: Annotated[bool, typer.Option(help="replace an existing scores CSV (otherwise refused)")] = False,
-    batch_size: BatchSizeOpt = 16,
+    batch_size: BatchSizeOpt = _RAY["batch_size"].default,
     threads: Annotated[
         int | None,
         typer.Option(
@@ -95,8 +98,6 @@ def score(
     if not listed:
         raise UserError("no sources: give video files or folders, or --manifest FILE")
     if engine == "ray":
-        from batch.ray.config import RayScoreConfig
-
         if events_out is not None or annotate is not None:
             raise UserError("--events and --annotate work with --engine local only; --engine ray writes scores")
         if camera is not None:
@@ -173,7 +174,7 @@ def score(
         raise typer.Exit(1)
 
 
-def score_with_ray(config: "RayScoreConfig") -> None:  # noqa: F821 - imported where it is used
+def score_with_ray(config: RayScoreConfig) -> None:
     """`anomaly score --engine ray`: run `batch.ray.engine` with the config, report like the local engine."""
     from batch.ray.engine import score_on_ray
     from batch.ray.manifest import check_out_dir

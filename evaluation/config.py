@@ -8,7 +8,6 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from anomaly.config import Device
 from anomaly.events import EventConfig
-from anomaly.thresholds import ThresholdChoice
 from footage.sampling import SamplingConfig
 
 
@@ -46,5 +45,7 @@ class EvaluationConfig(BaseModel):
             if Path(self.write_model).resolve() == Path(self.model_path).resolve():
                 raise ValueError("--write-model must be a new file: the model given with --model is left unchanged")
         if self.threshold is not None:
+            from anomaly.thresholds import ThresholdChoice  # here: the CLI imports this module for its defaults
+
             ThresholdChoice.parse(self.threshold)
         return self
