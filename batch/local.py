@@ -171,7 +171,8 @@ def score_sources(
     def finish(done: Sequence[str]) -> None:
         if run is not None:
             finished.extend(d for d in done if d not in finished)
-            problems = {s: e for s, e in summary.errors.items() if s in finished}
+            # a copy first: the decode thread adds errors while this one writes the record
+            problems = {s: e for s, e in dict(summary.errors).items() if s in finished}
             write_run_record(out_csv, run.model_copy(update={"finished": tuple(finished), "problems": problems}))
 
     finish([])

@@ -314,6 +314,33 @@ class FrameReader:
             self.next_index = index
 
 
+def seek_exact(cap: cv2.VideoCapture, index: int) -> bool:
+    """Position `cap` so that the next grab() returns frame `index`, if the container says it can.
+
+    FFmpeg seeks to the keyframe before `index` and decodes forward to it; this was checked to give
+    the same frames as sequential decoding for mp4v, MJPG, XVID, VP8, VP9 and H.264 files. A seek
+    past the end of the stream reports another position, so it is also False.
+    """
+    return bool(cap.set(cv2.CAP_PROP_POS_FRAMES, index)) and int(cap.get(cv2.CAP_PROP_POS_FRAMES)) == index
+
+
+def position_at(cap: cv2.VideoCapture, source: str, index: int) -> tuple[cv2.VideoCapture, int]:
+    """`cap`, or a reopened capture of `source`, positioned so that the next grab() returns frame `index`.
+
+    An exact seek where the container allows one, else the frames before `index` are grabbed (decoded as far
+    as the codec needs, never converted to pixels). Returns the capture to use (the caller releases it) and
+    the index reached: less than `index` when the stream ended first.
+    """
+    if index == 0 or seek_exact(cap, index):
+        return cap, index
+    cap.release()  # a failed seek leaves the position undefined: read up to `index` from the start
+    cap = open_video(source)
+    for i in range(index):
+        if not cap.grab():
+            return cap, i
+    return cap, index
+
+
 def _iter_video(source: str, sampling: SamplingConfig, transform: Transform | None, first: int) -> Iterator[Frame]:
     cap = open_video(source)
     try:
@@ -323,10 +350,10 @@ def _iter_video(source: str, sampling: SamplingConfig, transform: Transform | No
         if first:
             if selector.skip_to(first) < first:
                 return  # the selection ends before `first`: nothing is left to read
-            for index in range(first):  # grabbed, never converted to pixels
-                if not cap.grab():
-                    check_complete(source, decoded=index, reported=reported)
-                    return
+            cap, reached = position_at(cap, source, first)
+            if reached < first:
+                check_complete(source, decoded=reached, reported=reported)
+                return
         reader = FrameReader(cap, source, fps, selector, transform)
         yield from reader.read(first)
         if reader.stream_ended:  # not stopped on purpose (end_s / max_frames): did the whole file decode?

@@ -21,6 +21,7 @@ from footage.ingest import (
     check_complete,
     iter_source_frames,
     open_video,
+    position_at,
     probe_source,
     video_fps,
 )
@@ -121,16 +122,6 @@ def selector_at(sampling: SamplingConfig, fps: float, index: int) -> FrameSelect
     return selector
 
 
-def seek_exact(cap: cv2.VideoCapture, index: int) -> bool:
-    """Position `cap` so that the next grab() returns frame `index`, if the container says it can.
-
-    FFmpeg seeks to the keyframe before `index` and decodes forward to it; this was checked to give
-    the same frames as sequential decoding for mp4v, MJPG, XVID, VP8, VP9 and H.264 files. A seek
-    past the end of the stream reports another position, so it is also False.
-    """
-    return bool(cap.set(cv2.CAP_PROP_POS_FRAMES, index)) and int(cap.get(cv2.CAP_PROP_POS_FRAMES)) == index
-
-
 def decode_video_range(spec: ChunkSpec, sampling: SamplingConfig, transform: Callable) -> DecodedChunk:
     """The frames the local engine keeps in [first, stop), decoded from a seek to `first`."""
     cap = open_video(spec.source)
@@ -139,12 +130,9 @@ def decode_video_range(spec: ChunkSpec, sampling: SamplingConfig, transform: Cal
         selector = selector_at(sampling, fps, spec.first)
         if selector is None:
             return DecodedChunk([])  # sampling stopped before this chunk (max_frames)
-        if spec.first and not seek_exact(cap, spec.first):
-            cap.release()  # read up to the chunk sequentially, as the local engine would
-            cap = open_video(spec.source)
-            for i in range(spec.first):
-                if not cap.grab():
-                    return DecodedChunk([], eof=i)
+        cap, reached = position_at(cap, spec.source, spec.first)
+        if reached < spec.first:
+            return DecodedChunk([], eof=reached)
         reader = FrameReader(cap, spec.source, fps, selector, transform)
         frames = list(reader.read(spec.first, None if spec.stop == OPEN_END else spec.stop))
         return DecodedChunk(frames, eof=reader.next_index if reader.stream_ended else OPEN_END)
