@@ -5,15 +5,22 @@ results of frames a camera already sent. `DrainingServer` first stops listening,
 service score and answer every accepted frame (HTTP and WebSocket; each WebSocket then closes
 with 1001), then hands over to uvicorn's own shutdown. uvicorn re-raises SIGTERM after its
 shutdown, so the process would end by the signal (status 143); here a complete drain exits 0.
+
+uvicorn's shutdown also drops a WebSocket whose close frame was sent at once, before the client's
+reply: with the client's frames still unread the kernel answers with a reset, which can destroy
+the close frame and the last answers in the client's buffer. So the drain waits (bounded by the
+WebSocket close timeout) for those closing handshakes to finish first.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import signal
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from types import FrameType
 
@@ -30,6 +37,8 @@ from service.settings import ServiceSettings
 
 log = logging.getLogger("anomaly.service")
 
+CLOSING_HANDSHAKE_S = 10.0  # uvicorn's own WebSocket close timeout
+
 
 class DrainingServer(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, app: FastAPI, drain_timeout_s: float) -> None:
@@ -43,7 +52,16 @@ class DrainingServer(uvicorn.Server):
         service = getattr(self.app.state, "service", None)
         if service is not None:
             await service.drain(self.drain_timeout_s)
+        await self._closing_handshakes(CLOSING_HANDSHAKE_S)
         await super().shutdown(sockets=sockets)
+
+    async def _closing_handshakes(self, timeout_s: float) -> None:
+        """Wait until every WebSocket that sent its close frame has the client's reply (or times out)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and not self.force_exit:
+            if not any(getattr(c, "close_sent", False) for c in self.server_state.connections):
+                return
+            await asyncio.sleep(0.02)
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
