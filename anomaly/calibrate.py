@@ -27,11 +27,20 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from anomaly.calibration import Calibration, NormalStats, fit_normal_stats, fit_scaling, score_quantiles
+from anomaly.calibration import (
+    Calibration,
+    NormalStats,
+    fit_normal_stats,
+    fit_scaling,
+    position_stats,
+    score_quantiles,
+    standard_patches,
+    stored_patches,
+)
 from anomaly.config import CalibrationConfig
 from anomaly.detector import Detector
 from anomaly.memory import coreset_indices
-from anomaly.scoring import RawSignals, combine, raw_signals, signal_values
+from anomaly.scoring import RawSignals, combine, patch_distance_maps, patch_signal, raw_signals, signal_values
 from anomaly.thresholds import threshold_for_rate
 from anomaly.training.distributed import SINGLE_PROCESS, DistributedContext, all_gather_rows, shard
 
@@ -77,8 +86,20 @@ def fit_stats(raw: RawSignals, cfg: CalibrationConfig, seed: int = 0) -> NormalS
         components=cfg.latent_components,
         disc_map=raw.disc_map,
         memory_size=cfg.memory_size,
+        patch_maps=raw.patch_features,
         seed=seed,
     )
+
+
+def fit_patch_range(stats: NormalStats, held: RawSignals, cfg: CalibrationConfig) -> None:
+    """Give `stats` the per-position range of the patch distances of `held`, frames the memory does not hold.
+
+    The memory's own frames are at distance 0 from themselves, so the range must come from other
+    frames. Nothing to fit when the statistics hold no patch memory.
+    """
+    maps = patch_distance_maps(held, stats, cfg)
+    if maps is not None:
+        stats.patch_center, stats.patch_spread = position_stats(maps, cfg.patch_quantile, cfg.patch_floor)
 
 
 def held_out_false_alarms(
@@ -135,6 +156,7 @@ def calibrate(detector: Detector, data: TrainingData, context: DistributedContex
     stats = fit_stats(seen, cfg, seed=detector.config.train.seed)
     keep = evenly_index(len(data.holdout), cfg.max_stat_frames)
     held = collect_raw_sharded(detector, data.holdout[keep], context)
+    fit_patch_range(stats, held, cfg)
     values, _ = signal_values(held, stats, cfg)
     signals = {name: v.numpy().astype(np.float64) for name, v in values.items()}
     groups = None if data.holdout_groups is None else data.holdout_groups[keep]
@@ -172,6 +194,16 @@ def with_fleet_memory(stats: NormalStats, fleet: NormalStats, limit: int, seed: 
     raw_feats = stats.memory_features * stats.feature_scale + stats.feature_center
     own = (raw_feats - fleet.feature_center) / fleet.feature_scale
     keep = coreset_indices(own, limit, seed=seed)
+    if fleet.has_patch_memory and stats.has_patch_memory:
+        assert fleet.memory_patches is not None and stats.memory_patches is not None
+        assert stats.patch_channel_center is not None and stats.patch_channel_scale is not None
+        own_maps = stats.memory_patches[keep].float() * stats.patch_channel_scale.view(1, -1, 1, 1)
+        own_maps = own_maps + stats.patch_channel_center.view(1, -1, 1, 1)
+        stats.patch_channel_center, stats.patch_channel_scale = fleet.patch_channel_center, fleet.patch_channel_scale
+        own_patches = stored_patches(standard_patches(own_maps, stats))
+        stats.memory_patches = torch.cat([fleet.memory_patches.cpu().float(), own_patches])
+    else:  # rows of the patch memory must match the merged memory's: without both, no patch memory
+        stats.memory_patches = stats.patch_channel_center = stats.patch_channel_scale = None
     stats.memory_features = torch.cat([fleet.memory_features.cpu(), own[keep]])
     stats.memory_cells = torch.cat([fleet.memory_cells.cpu(), stats.memory_cells[keep]])
     stats.feature_center, stats.feature_scale = fleet.feature_center, fleet.feature_scale
@@ -199,17 +231,25 @@ def fit_camera_profile(
         return with_fleet_memory(fit_stats(select(raw, mask), cfg, seed=seed), fleet, cfg.memory_size, seed)
 
     pooled: dict[str, list[np.ndarray]] = {}
-    order = []
+    order, patch_maps = [], []
     for b in np.unique(block):
         inside = block == b
         if (~inside).sum() < 2:
             continue
-        values, _ = signal_values(select(raw, inside), fit(~inside), cfg)
+        held, stats = select(raw, inside), fit(~inside)
+        patch_maps += [m for m in [patch_distance_maps(held, stats, cfg)] if m is not None]
+        values, _ = signal_values(held, stats, cfg)  # `patch` reads 0 here: its range needs every block's maps
         for name, v in values.items():
             pooled.setdefault(name, []).append(v.numpy().astype(np.float64))
         order.append(np.full(int(inside.sum()), b))
     if not order:
         raise ValueError("too few frames to cross-fit the camera's threshold; give longer footage")
+    final = fit(np.ones(len(frames), bool))
+    if patch_maps and final.has_patch_memory:
+        # the per-position range from every block's out-of-block distances, then each block's patch signal
+        all_maps = torch.cat(patch_maps)
+        final.patch_center, final.patch_spread = position_stats(all_maps, cfg.patch_quantile, cfg.patch_floor)
+        pooled["patch"] = [patch_signal(m, final).numpy().astype(np.float64) for m in patch_maps]
     signals = {name: np.concatenate(v) for name, v in pooled.items()}
     groups = np.concatenate(order)
     source_names = list(names) if names else [f"source {i + 1}" for i in range(len(per_source))]
@@ -218,4 +258,4 @@ def fit_camera_profile(
         k = max(1, min(cfg.camera_blocks, n // 2))
         block_names += [f"{source_names[i]} block {j + 1}/{k}" for j in range(k)]
     # groups are block ids; report each block under its name
-    return calibration_from_signals(fit(np.ones(len(frames), bool)), signals, cfg, groups, tuple(block_names))
+    return calibration_from_signals(final, signals, cfg, groups, tuple(block_names))

@@ -46,15 +46,34 @@ class NormalStats:
     memory_cells: torch.Tensor | None = None  # M x h x w their heat-map cells
     disc_center: torch.Tensor | None = None  # h' x w', median of the discriminator's "not real" logit per position
     disc_spread: torch.Tensor | None = None  # h' x w', its upper quantile minus median (floored)
+    patch_channel_center: torch.Tensor | None = None  # C, per-channel mean of the encoder's deepest feature map
+    patch_channel_scale: torch.Tensor | None = None  # C, its per-channel standard deviation
+    memory_patches: torch.Tensor | None = None  # M x C x h'' x w'' the memory frames' standardised feature maps
+    patch_center: torch.Tensor | None = None  # h'' x w'', median patch distance per position on held-out frames
+    patch_spread: torch.Tensor | None = None  # h'' x w'', its upper quantile minus median (floored)
 
     FIELDS: ClassVar[tuple[str, ...]] = ("cell_center", "cell_spread", "feature_mean", "feature_whitening")
+
+    HALF: ClassVar[tuple[str, ...]] = ("memory_patches",)  # stored in half precision: the bulk of the file
 
     @property
     def has_memory(self) -> bool:
         return self.memory_features is not None and self.memory_cells is not None
 
+    @property
+    def has_patch_memory(self) -> bool:
+        return self.has_memory and self.memory_patches is not None and self.patch_channel_scale is not None
+
+    @property
+    def has_patch_range(self) -> bool:
+        return self.has_patch_memory and self.patch_center is not None and self.patch_spread is not None
+
     def to_state(self) -> dict[str, torch.Tensor]:
-        return {k: v.detach().cpu().float() for k, v in asdict(self).items() if v is not None}
+        return {
+            k: v.detach().cpu().half() if k in self.HALF else v.detach().cpu().float()
+            for k, v in asdict(self).items()
+            if v is not None
+        }
 
     @classmethod
     def from_state(cls, state: dict[str, torch.Tensor]) -> NormalStats:
@@ -128,6 +147,7 @@ def fit_normal_stats(
     components: int = 8,
     disc_map: torch.Tensor | None = None,
     memory_size: int | None = None,
+    patch_maps: torch.Tensor | None = None,
     seed: int = 0,
 ) -> NormalStats:
     """Per-cell error range and the principal axes of features, from normal frames.
@@ -165,7 +185,26 @@ def fit_normal_stats(
         standard = (features.float() - stats.feature_center) / stats.feature_scale
         keep = coreset_indices(standard, memory_size, seed=seed)
         stats.memory_features, stats.memory_cells = standard[keep], error_cells[keep].float()
+        if patch_maps is not None:
+            maps = patch_maps.float()
+            stats.patch_channel_center = maps.mean(dim=(0, 2, 3))
+            scale = maps.std(dim=(0, 2, 3)) if len(maps) > 1 else torch.ones(maps.shape[1])
+            stats.patch_channel_scale = torch.clamp(scale, min=1e-3 * float(scale.median()) + 1e-6)
+            stats.memory_patches = stored_patches(standard_patches(maps[keep], stats))
     return stats
+
+
+def stored_patches(patches: torch.Tensor) -> torch.Tensor:
+    """Patches rounded as the checkpoint stores them (half precision), so a saved model scores as the fitted one."""
+    return patches.half().float()
+
+
+def standard_patches(maps: torch.Tensor, stats: NormalStats) -> torch.Tensor:
+    """Feature maps (N x C x h x w) with each channel standardised as the memory's are."""
+    assert stats.patch_channel_center is not None and stats.patch_channel_scale is not None
+    center = stats.patch_channel_center.to(maps.device).view(1, -1, 1, 1)
+    scale = stats.patch_channel_scale.to(maps.device).view(1, -1, 1, 1)
+    return (maps.float() - center) / scale
 
 
 def position_stats(maps: torch.Tensor, quantile: float, spread_floor: float) -> tuple[torch.Tensor, torch.Tensor]:

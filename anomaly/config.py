@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 Device = Literal["auto", "cpu", "cuda"]
 # The raw signals one pass through the networks gives (see anomaly.scoring); each has a score field.
-SIGNAL_NAMES = ("spatial", "latent", "recon", "disc", "knn", "local", "disc_patch")
+SIGNAL_NAMES = ("spatial", "latent", "recon", "disc", "knn", "local", "disc_patch", "patch")
 
 
 class _Frozen(BaseModel):
@@ -118,6 +118,18 @@ class CalibrationConfig(_Frozen):
     )
     local_floor: float = Field(
         0.5, ge=0.0, le=1.0, description="local cell spread floor, as a fraction of that cell's pooled spread"
+    )
+    patch_neighbours: int = Field(
+        10, ge=1, le=1000, description="nearest memory frames whose feature patches a frame's are measured against"
+    )
+    patch_shift: int = Field(
+        1, ge=0, le=4, description="positions beside its own (in the deepest feature map) a patch may be matched at"
+    )
+    patch_quantile: float = Field(
+        0.9, gt=0.5, lt=1.0, description="patch distances count in units of (this quantile - median) per position"
+    )
+    patch_floor: float = Field(
+        0.5, ge=0.0, le=1.0, description="per-position patch spread floor, as a fraction of the median position's"
     )
     camera_blocks: int = Field(
         4, ge=2, le=50, description="time blocks per source for cross-fitted camera calibration (anomaly calibrate)"

@@ -14,15 +14,25 @@ from anomaly.config import SIGNAL_NAMES
 
 # The per-frame score fields, in the order of the scores CSV and the service's responses.
 SCORE_FIELDS = ("score", "recon_error", "disc_score", "spatial_score", "latent_score")
-# Signals of the memory of normal frames and of the discriminator's patches (checkpoint format 4; a
-# format-3 model scores them 0); in the CSV after `is_anomaly`, so older readers keep working, and
-# empty there only when a scorer gives none (None).
-EXTRA_SCORE_FIELDS = ("knn_score", "local_score", "disc_patch_score")
+# Signals of the memory of normal frames and of the patches of the discriminator and of the encoder
+# (checkpoint format 4; a format-3 model scores them 0, and so does a format-4 model for `patch` when
+# it was calibrated before that signal existed); in the CSV after `is_anomaly`, so older readers keep
+# working, and empty there only when a scorer gives none (None).
+EXTRA_SCORE_FIELDS = ("knn_score", "local_score", "disc_patch_score", "patch_score")
 # The field that carries each raw signal.
 SIGNAL_FIELDS = dict(
     zip(
         SIGNAL_NAMES,
-        ("spatial_score", "latent_score", "recon_error", "disc_score", "knn_score", "local_score", "disc_patch_score"),
+        (
+            "spatial_score",
+            "latent_score",
+            "recon_error",
+            "disc_score",
+            "knn_score",
+            "local_score",
+            "disc_patch_score",
+            "patch_score",
+        ),
         strict=True,
     )
 )
@@ -43,6 +53,7 @@ class FrameScore:
     knn_score: float | None = None
     local_score: float | None = None
     disc_patch_score: float | None = None
+    patch_score: float | None = None
     profile: str = "fleet"  # the camera profile whose statistics and threshold scored the frame
 
 
@@ -61,6 +72,7 @@ class FrameScores:
     knn_score: np.ndarray | None = None
     local_score: np.ndarray | None = None
     disc_patch_score: np.ndarray | None = None
+    patch_score: np.ndarray | None = None
     profile: str = "fleet"  # the camera profile whose statistics and threshold scored these frames
 
     def __len__(self) -> int:

@@ -9,7 +9,7 @@ normal frames, each as
 - its summary features (standardised per dimension over the normal frames), and
 - its heat-map cells (the blurred reconstruction error per cell).
 
-Two scores come from the bank:
+Three scores come from the bank:
 
 - `knn`:   mean distance of the frame's standardised summary features to its `k` nearest bank
            frames: "is this frame like *some* normal frame", whichever cluster that is.
@@ -17,6 +17,11 @@ Two scores come from the bank:
            frames (median and upper spread over those neighbours), so that a cell that is often
            noisy on one camera does not widen the normal range on another. The camera is fixed
            to the car, so the same cell of similar frames shows the same part of the scene.
+- `patch`: per position of the encoder's deepest feature map, the distance of the frame's patch to
+           the nearest patch at that position (or one step beside it) of its nearest bank frames,
+           as PatchCore does but position-aware and among similar frames only. It asks "has any
+           normal frame like this one shown this here", which a reconstruction error cannot: the
+           autoencoder reconstructs a new object it has never seen about as well as a car.
 
 The bank is a coreset (greedy k-centre selection): it keeps frames that cover the feature space
 rather than a random subset, so its size can be bounded (hours of footage) without dropping the
@@ -26,6 +31,7 @@ rare kinds of normal picture.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 
 def coreset_indices(x: torch.Tensor, size: int, seed: int = 0) -> torch.Tensor:
@@ -93,3 +99,25 @@ def neighbour_cell_scores(
     upper = torch.quantile(nb.flatten(2), quantile, dim=1).view_as(center)
     spread = torch.maximum(upper - center, spread_floor.to(nb.dtype))
     return (cells.float() - center) / spread
+
+
+def patch_distances(query: torch.Tensor, neighbour_maps: torch.Tensor, shift: int) -> torch.Tensor:
+    """Per position, the squared distance of each query patch to the nearest neighbour patch within `shift`.
+
+    `query` N x C x h x w, `neighbour_maps` N x K x C x h x w (each query's own neighbours); returns
+    N x h x w. Patches one step beside the position count too (the car pitches and the lane drifts),
+    found by shifting the neighbours' maps with edge replication.
+    """
+    n, k, c, h, w = neighbour_maps.shape
+    q = query.float().unsqueeze(1)
+    maps = neighbour_maps.float()
+    if shift > 0:
+        padded = F.pad(maps.view(n * k, c, h, w), (shift, shift, shift, shift), mode="replicate")
+        maps = padded.view(n, k, c, h + 2 * shift, w + 2 * shift)
+    best: torch.Tensor | None = None
+    for dy in range(2 * shift + 1):
+        for dx in range(2 * shift + 1):
+            d = (q - maps[..., dy : dy + h, dx : dx + w]).pow(2).sum(2).amin(1)
+            best = d if best is None else torch.minimum(best, d)
+    assert best is not None
+    return best

@@ -16,6 +16,9 @@ Per frame, one pass through the networks gives four raw signals:
             of normal frames (`anomaly.memory`): normal driving is many clusters, not one Gaussian.
 - `local`   the worst cell of the error map against the same cell of the frame's nearest memory
             frames, rather than against every normal frame of every camera.
+- `patch`   the encoder's deepest feature map, patch by patch, against the same patches (or one
+            step beside) of the frame's nearest memory frames, in units of that position's normal
+            range: an object the autoencoder reconstructs well but no similar normal frame showed.
 
 Each signal becomes a z-score against held-out normal frames, and the anomaly score is the largest
 z-score among the signals the calibration selected. `is_anomaly` is score > threshold.
@@ -31,11 +34,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from anomaly.calibration import NormalStats
+from anomaly.calibration import NormalStats, standard_patches
 from anomaly.config import CalibrationConfig
 from anomaly.detector import Detector
 from anomaly.frame_scores import FrameScores
-from anomaly.memory import knn_distance, nearest, neighbour_cell_scores
+from anomaly.memory import knn_distance, nearest, neighbour_cell_scores, patch_distances
 from anomaly.model import AutoencoderGAN
 
 
@@ -46,6 +49,7 @@ class RawSignals:
     features: torch.Tensor  # N x d
     disc: torch.Tensor  # N
     disc_map: torch.Tensor | None = None  # N x h' x w': the discriminator's "not real" logit per patch
+    patch_features: torch.Tensor | None = None  # N x C x h'' x w'': the encoder's deepest feature map
 
 
 def cell_sizes(height: int, width: int, cell: int) -> tuple[int, int]:
@@ -138,7 +142,29 @@ def raw_signals(model: AutoencoderGAN, x: torch.Tensor, config: CalibrationConfi
         features=summary_features(out.stage_features, out.latent),
         disc=1.0 - torch.sigmoid(out.disc_logits).mean(dim=(1, 2, 3)),
         disc_map=-out.disc_logits[:, 0],
+        patch_features=out.stage_features[-1],
     )
+
+
+def patch_distance_maps(raw: RawSignals, stats: NormalStats, config: CalibrationConfig) -> torch.Tensor | None:
+    """N x h'' x w'': each patch's distance to the nearest patch of the frame's nearest memory frames.
+
+    None when the statistics hold no patch memory (a model calibrated before the `patch` signal).
+    """
+    if not stats.has_patch_memory or raw.patch_features is None or not len(raw.features):
+        return None
+    assert stats.memory_features is not None and stats.memory_patches is not None  # for the type checker
+    standard = (raw.features - stats.feature_center) / stats.feature_scale
+    _, neighbours = nearest(standard, stats.memory_features, config.patch_neighbours)
+    query = standard_patches(raw.patch_features, stats)
+    bank = stats.memory_patches.to(query.device)
+    return patch_distances(query, bank[neighbours].float(), config.patch_shift)
+
+
+def patch_signal(maps: torch.Tensor, stats: NormalStats) -> torch.Tensor:
+    """The worst position of patch distance maps, in units of that position's normal range."""
+    assert stats.patch_center is not None and stats.patch_spread is not None
+    return ((maps - stats.patch_center) / stats.patch_spread).flatten(1).amax(dim=1)
 
 
 def signal_values(
@@ -162,6 +188,7 @@ def signal_values(
         "knn": zero,
         "local": zero,
         "disc_patch": zero,
+        "patch": zero,
     }
     if raw.disc_map is not None and stats.disc_center is not None and stats.disc_spread is not None:
         signals["disc_patch"] = ((raw.disc_map - stats.disc_center) / stats.disc_spread).flatten(1).amax(dim=1)
@@ -177,6 +204,10 @@ def signal_values(
             spread_floor=config.local_floor * stats.cell_spread,
         )
         signals["local"] = heat.flatten(1).amax(dim=1)
+    if stats.has_patch_range:
+        maps = patch_distance_maps(raw, stats, config)
+        if maps is not None:
+            signals["patch"] = patch_signal(maps, stats)
     return signals, heat
 
 
@@ -200,6 +231,7 @@ def score_prepared(detector: Detector, prepared: Sequence[np.ndarray] | np.ndarr
         knn_score=signals["knn"],
         local_score=signals["local"],
         disc_patch_score=signals["disc_patch"],
+        patch_score=signals["patch"],
         profile=detector.profile,
         score=score,
         recon_error=signals["recon"],

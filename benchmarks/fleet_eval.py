@@ -215,7 +215,8 @@ def main() -> None:
     # ---- the product: train, score, calibrate ------------------------------------------------------
     model = args.model or out / "model.pt"
     timing: dict[str, float] = {}
-    common = ["--folder-fps", "10", "--no-progress"]
+    sampling = ["--folder-fps", "10"]
+    common = [*sampling, "--no-progress"]  # `calibrate` shows no progress bars, so takes no such flag
     if args.model is None:
         steps = ["--steps", str(args.steps)] if args.steps else []
         extra = args.train_args.split() if args.train_args else []
@@ -223,18 +224,18 @@ def main() -> None:
     test_groups = ["later", "unseen", "night", *INJECTORS]
     test_folders = [f for g in test_groups for f in folders[g]]
     timing["score_s"] = anomaly_cli(
-        "score", *test_folders, "--model", model, "--out", out / "scores.csv", *common, log=log
+        "score", *test_folders, "--model", model, "--out", out / "scores.csv", "--overwrite", *common, log=log
     )
     scores = read_scores(out / "scores.csv")
     calibrated = has_command("calibrate")
     if calibrated:
         model2 = out / "model_calibrated.pt"
         timing["calibrate_s"] = anomaly_cli(
-            "calibrate", model, *folders["unseen_calib"], "--camera", UNSEEN_CAMERA, "--out", model2, *common, log=log
+            "calibrate", model, *folders["unseen_calib"], "--camera", UNSEEN_CAMERA, "--out", model2, *sampling, log=log
         )
         timing["score_calibrated_s"] = anomaly_cli(
             "score", *folders["unseen"], "--model", model2, "--camera", UNSEEN_CAMERA,
-            "--out", out / "scores_calibrated.csv", *common, log=log,
+            "--out", out / "scores_calibrated.csv", "--overwrite", *common, log=log,
         )  # fmt: skip
         scores_cal = read_scores(out / "scores_calibrated.csv")
 

@@ -30,8 +30,8 @@ BatchSizeOpt = Annotated[int, typer.Option(min=1, help="frames per model pass")]
 SignalsOpt = Annotated[
     str | None,
     typer.Option(
-        help="signals the score combines, comma-separated, from spatial, latent, local, knn, disc_patch, recon, disc "
-        "(default spatial,latent; local,knn,disc_patch measured better on real fleet footage, worse on the demo)"
+        help="signals the score combines, comma-separated, from spatial, latent, patch, local, knn, disc_patch, recon, "
+        "disc (default spatial,latent; patch,latent measured better on real fleet footage, worse on the demo)"
     ),
 ]
 CameraOpt = Annotated[

@@ -5,9 +5,10 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from anomaly.calibration import fit_normal_stats
+from anomaly.calibrate import fit_patch_range
+from anomaly.calibration import NormalStats, fit_normal_stats
 from anomaly.config import CalibrationConfig
-from anomaly.memory import coreset_indices, knn_distance, nearest, standardiser
+from anomaly.memory import coreset_indices, knn_distance, nearest, patch_distances, standardiser
 from anomaly.scoring import RawSignals, signal_values
 
 
@@ -69,9 +70,11 @@ def two_cameras(n: int, seed: int):
     return feats, cells
 
 
-def raw(feats, cells):
+def raw(feats, cells, patches=None):
     n = len(feats)
-    return RawSignals(recon=torch.zeros(n), error_cells=cells, features=feats, disc=torch.zeros(n))
+    return RawSignals(
+        recon=torch.zeros(n), error_cells=cells, features=feats, disc=torch.zeros(n), patch_features=patches
+    )
 
 
 def test_two_cluster_normal_set_pooled_statistics_fail_and_the_memory_succeeds():
@@ -105,3 +108,69 @@ def test_two_cluster_normal_set_pooled_statistics_fail_and_the_memory_succeeds()
     assert auc(s_normal["knn"], s_between["knn"]) > 0.99
     assert auc(s_normal["local"], s_local["local"]) > 0.99
     assert heat.shape == local_c.shape and (heat[:, 0, 1] > heat[:, 0, 0]).all()  # the heat map points at the cell
+
+
+@pytest.mark.parametrize("shift", [0, 1, 2])
+def test_patch_distances_match_a_brute_force_search(shift):
+    g = torch.Generator().manual_seed(shift)
+    query, neighbours = torch.randn(3, 4, 5, 6, generator=g), torch.randn(3, 2, 4, 5, 6, generator=g)
+    got = patch_distances(query, neighbours, shift)
+    want = torch.full((3, 5, 6), float("inf"))
+    for n in range(3):
+        for y in range(5):
+            for x in range(6):
+                for k in range(2):
+                    for dy in range(-shift, shift + 1):
+                        for dx in range(-shift, shift + 1):
+                            yy, xx = min(max(y + dy, 0), 4), min(max(x + dx, 0), 5)  # edges replicate
+                            d = (query[n, :, y, x] - neighbours[n, k, :, yy, xx]).pow(2).sum()
+                            want[n, y, x] = torch.minimum(want[n, y, x], d)
+    torch.testing.assert_close(got, want)
+
+
+def two_cameras_with_patches(n: int, seed: int):
+    """Camera A (features near +5) always shows pattern P at the top-left position, camera B (near -5)
+    pattern Q there; the other positions are noise common to both."""
+    g = torch.Generator().manual_seed(seed)
+    feats, cells = two_cameras(n, seed)
+    maps = torch.randn(n, 3, 2, 2, generator=g) * 0.1
+    half = n // 2
+    maps[:half, :, 0, 0] += torch.tensor([3.0, 0.0, 0.0])
+    maps[half:, :, 0, 0] += torch.tensor([0.0, 3.0, 0.0])
+    return feats, cells, maps
+
+
+def test_patch_signal_measures_a_patch_against_similar_frames_not_the_whole_fleet():
+    train_f, train_c, train_m = two_cameras_with_patches(400, seed=0)
+    held_f, held_c, held_m = two_cameras_with_patches(100, seed=1)
+    normal_f, normal_c, normal_m = two_cameras_with_patches(100, seed=2)
+    # camera A frames showing camera B's pattern where A never does (normal somewhere in the fleet, not here)
+    odd_m = normal_m[:50].clone()
+    odd_m[:, :, 0, 0] = normal_m[50:, :, 0, 0]
+
+    def scores(cfg: CalibrationConfig):
+        stats = fit_normal_stats(train_c, train_f, components=2, memory_size=cfg.memory_size, patch_maps=train_m)
+        fit_patch_range(stats, raw(held_f, held_c, held_m), cfg)
+        normal = signal_values(raw(normal_f, normal_c, normal_m), stats, cfg)[0]["patch"]
+        odd = signal_values(raw(normal_f[:50], normal_c[:50], odd_m), stats, cfg)[0]["patch"]
+        return roc_auc_score(np.r_[np.zeros(len(normal)), np.ones(len(odd))], np.r_[normal, odd])
+
+    similar = CalibrationConfig(memory_size=200, patch_neighbours=10, patch_shift=0)
+    whole_fleet = CalibrationConfig(memory_size=200, patch_neighbours=200, patch_shift=0)
+    assert scores(whole_fleet) < 0.7  # some normal frame of the fleet shows that patch there
+    assert scores(similar) > 0.99  # no frame like this one does
+
+
+def test_patch_memory_round_trips_in_half_precision_and_older_statistics_score_patch_zero():
+    f, c, m = two_cameras_with_patches(60, seed=0)
+    cfg = CalibrationConfig(memory_size=20)
+    stats = fit_normal_stats(c, f, components=2, memory_size=cfg.memory_size, patch_maps=m)
+    fit_patch_range(stats, raw(f, c, m), cfg)
+    state = stats.to_state()
+    assert state["memory_patches"].dtype == torch.float16 and state["memory_patches"].shape == (20, 3, 2, 2)
+    back = NormalStats.from_state(state)
+    assert back.has_patch_range and back.memory_patches.dtype == torch.float32
+    s_back = signal_values(raw(f, c, m), back, cfg)[0]["patch"]
+    torch.testing.assert_close(s_back, signal_values(raw(f, c, m), stats, cfg)[0]["patch"], atol=0.05, rtol=0.01)
+    older = {k: v for k, v in state.items() if "patch" not in k}  # a format-4 model from before the signal
+    assert (signal_values(raw(f, c, m), NormalStats.from_state(older), cfg)[0]["patch"] == 0).all()
