@@ -186,11 +186,13 @@ def fit_normal_stats(
         keep = coreset_indices(standard, memory_size, seed=seed)
         stats.memory_features, stats.memory_cells = standard[keep], error_cells[keep].float()
         if patch_maps is not None:
-            maps = patch_maps.float()
-            stats.patch_channel_center = maps.mean(dim=(0, 2, 3))
-            scale = maps.std(dim=(0, 2, 3)) if len(maps) > 1 else torch.ones(maps.shape[1])
-            stats.patch_channel_scale = torch.clamp(scale, min=1e-3 * float(scale.median()) + 1e-6)
-            stats.memory_patches = stored_patches(standard_patches(maps[keep], stats))
+            # per-channel statistics in double precision, as the features': float sums over many
+            # positions depend on the tensor's memory layout, and a sharded fit must match a single one
+            maps = patch_maps.double()
+            stats.patch_channel_center = maps.mean(dim=(0, 2, 3)).float()
+            scale = maps.std(dim=(0, 2, 3)) if len(maps) > 1 else torch.ones(maps.shape[1], dtype=maps.dtype)
+            stats.patch_channel_scale = torch.clamp(scale, min=1e-3 * float(scale.median()) + 1e-6).float()
+            stats.memory_patches = stored_patches(standard_patches(patch_maps[keep], stats))
     return stats
 
 
@@ -204,7 +206,7 @@ def standard_patches(maps: torch.Tensor, stats: NormalStats) -> torch.Tensor:
     assert stats.patch_channel_center is not None and stats.patch_channel_scale is not None
     center = stats.patch_channel_center.to(maps.device).view(1, -1, 1, 1)
     scale = stats.patch_channel_scale.to(maps.device).view(1, -1, 1, 1)
-    return (maps.float() - center) / scale
+    return ((maps.float() - center) / scale).contiguous()  # one memory layout: float sums depend on it
 
 
 def position_stats(maps: torch.Tensor, quantile: float, spread_floor: float) -> tuple[torch.Tensor, torch.Tensor]:
