@@ -28,6 +28,7 @@ class Detector:
     device: torch.device
     profiles: dict[str, Calibration] = field(default_factory=dict)  # camera name -> its calibration
     profile: str = FLEET  # the profile `calibrated` (and so scoring) uses
+    all_signals: bool = False  # score every signal, not only those the score uses (see anomaly.scoring)
     preprocessor: Preprocessor = field(init=False)
 
     def __post_init__(self) -> None:
@@ -64,7 +65,7 @@ class Detector:
 
     def _copy(self, **changes: object) -> Detector:
         fields = {"config": self.config, "model": self.model, "calibration": self.calibration, "device": self.device}
-        fields |= {"profiles": dict(self.profiles), "profile": self.profile}
+        fields |= {"profiles": dict(self.profiles), "profile": self.profile, "all_signals": self.all_signals}
         return Detector(**(fields | changes))  # type: ignore[arg-type]
 
     def with_calibration(self, calibration: Calibration) -> Detector:
@@ -90,6 +91,10 @@ class Detector:
             return f"camera {camera!r}: using its own profile (threshold {self.profiles[camera].threshold:.3f})"
         known = ", ".join(sorted(self.profiles)) or "none"
         return f"camera {camera!r} has no profile in this model (profiles: {known}): using the fleet profile"
+
+    def with_all_signals(self, enabled: bool = True) -> Detector:
+        """A copy that computes every signal for its scores' columns, also those its score does not use."""
+        return self if enabled == self.all_signals else self._copy(all_signals=enabled)
 
     def with_threshold(self, threshold: float) -> Detector:
         """A copy that flags frames above `threshold` instead of the calibrated one (in the profile in use)."""

@@ -22,6 +22,10 @@ Per frame, one pass through the networks gives four raw signals:
 
 Each signal becomes a z-score against held-out normal frames, and the anomaly score is the largest
 z-score among the signals the calibration selected. `is_anomaly` is score > threshold.
+
+`patch` costs about as much as the networks' pass; scoring computes it only when the score uses
+it or the detector was asked for every signal (`Detector.with_all_signals`: `anomaly score
+--all-signals`, `anomaly evaluate`, the demo), and otherwise leaves its column empty.
 """
 
 from __future__ import annotations
@@ -167,14 +171,21 @@ def patch_signal(maps: torch.Tensor, stats: NormalStats) -> torch.Tensor:
     return ((maps - stats.patch_center) / stats.patch_spread).flatten(1).amax(dim=1)
 
 
+# Signals too costly to compute for every frame when the score does not use them.
+COSTLY_SIGNALS = frozenset({"patch"})
+
+
 def signal_values(
-    raw: RawSignals, stats: NormalStats, config: CalibrationConfig | None = None
+    raw: RawSignals,
+    stats: NormalStats,
+    config: CalibrationConfig | None = None,
+    skip: frozenset[str] = frozenset(),
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """The per-frame signals, and the heat map (per-cell z-scores) they were taken from.
 
     The heat map is the `local` one (cells against the frame's nearest memory frames) when the
     statistics hold a memory, else the pooled one. Signals whose statistics are missing (a
-    checkpoint of format 3) read 0.
+    checkpoint of format 3) read 0; signals in `skip` (of `COSTLY_SIGNALS`) are left out.
     """
     config = config or CalibrationConfig()
     heat = (raw.error_cells - stats.cell_center) / stats.cell_spread
@@ -204,7 +215,9 @@ def signal_values(
             spread_floor=config.local_floor * stats.cell_spread,
         )
         signals["local"] = heat.flatten(1).amax(dim=1)
-    if stats.has_patch_range:
+    if "patch" in skip:
+        del signals["patch"]
+    elif stats.has_patch_range:
         maps = patch_distance_maps(raw, stats, config)
         if maps is not None:
             signals["patch"] = patch_signal(maps, stats)
@@ -224,14 +237,15 @@ def score_prepared(detector: Detector, prepared: Sequence[np.ndarray] | np.ndarr
     calibration = detector.config.calibration
     x = detector.preprocessor.to_tensor(prepared, detector.device)
     raw = raw_signals(detector.model, x, calibration)
-    signals_t, heat = signal_values(raw, detector.normal_stats, calibration)
+    skip = frozenset() if detector.all_signals else COSTLY_SIGNALS - set(cal.signals)
+    signals_t, heat = signal_values(raw, detector.normal_stats, calibration, skip)
     signals = {k: v.float().cpu().numpy() for k, v in signals_t.items()}
     score = combine(signals, cal.loc, cal.scale, cal.signals)
     return FrameScores(
         knn_score=signals["knn"],
         local_score=signals["local"],
         disc_patch_score=signals["disc_patch"],
-        patch_score=signals["patch"],
+        patch_score=signals.get("patch"),
         profile=detector.profile,
         score=score,
         recon_error=signals["recon"],

@@ -224,8 +224,9 @@ def main() -> None:
     test_groups = ["later", "unseen", "night", *INJECTORS]
     test_folders = [f for g in test_groups for f in folders[g]]
     timing["score_s"] = anomaly_cli(
-        "score", *test_folders, "--model", model, "--out", out / "scores.csv", "--overwrite", *common, log=log
-    )
+        "score", *test_folders, "--model", model, "--out", out / "scores.csv", "--overwrite", "--all-signals",
+        *common, log=log,
+    )  # fmt: skip
     scores = read_scores(out / "scores.csv")
     calibrated = has_command("calibrate")
     if calibrated:

@@ -74,6 +74,14 @@ def score(
         typer.Option(help="continue an interrupted run: keep its CSV's complete rows and score only what is missing"),
     ] = False,
     overwrite: Annotated[bool, typer.Option(help="replace an existing scores CSV (otherwise refused)")] = False,
+    all_signals: Annotated[
+        bool,
+        typer.Option(
+            "--all-signals",
+            help="fill every signal column of the CSV; by default the costly ones the score does not use "
+            "(patch) are left empty, which about doubles the speed",
+        ),
+    ] = False,
     batch_size: BatchSizeOpt = _RAY["batch_size"].default,
     threads: Annotated[
         int | None,
@@ -110,6 +118,7 @@ def score(
                 sampling=sampling,
                 threshold=threshold,
                 batch_size=batch_size,
+                all_signals=all_signals,
                 chunk_frames=chunk_frames,
                 workers=workers,
                 cpus_per_worker=float(threads or 1),
@@ -133,12 +142,16 @@ def score(
     set_torch_threads(threads)
     detector = load_detector(model, resolve_device(device))
     typer.echo(detector.profile_note(camera), err=True)
-    detector = detector.for_camera(camera)
+    detector = detector.for_camera(camera).with_all_signals(all_signals)
     if threshold is not None:
         detector = detector.with_threshold(threshold)
     expanded = expand_sources(listed)
     run = ScoringRun(
-        model_sha256=file_sha256(model), threshold=detector.threshold, sampling=sampling, sources=tuple(expanded)
+        model_sha256=file_sha256(model),
+        threshold=detector.threshold,
+        sampling=sampling,
+        all_signals=all_signals,
+        sources=tuple(expanded),
     )
     resume_from = open_run(out, run, resume=resume, overwrite=overwrite)
     if resume and resume_from is None:

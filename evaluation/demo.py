@@ -56,8 +56,12 @@ def run_demo(
     )
     log(f"scoring {len(test_clips)} labeled test clips ...")
     scores_csv = out_dir / "scores.csv"
-    score_sources(
-        detector, [str(p) for p in test_clips], scores_csv, events_path=out_dir / "events.json", progress=progress
+    score_sources(  # every signal: the demo reports each one's AUROC
+        detector.with_all_signals(),
+        [str(p) for p in test_clips],
+        scores_csv,
+        events_path=out_dir / "events.json",
+        progress=progress,
     )
     cols = read_scores_csv(scores_csv)
     labels, kinds = FrameLabels.read([labels_path_for(p) for p in test_clips]).join(cols["source"], cols["frame_index"])

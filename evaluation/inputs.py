@@ -43,9 +43,10 @@ def read_scores(path: Path) -> dict[str, np.ndarray]:
 
 
 def score_clips(detector: Detector, config: EvaluationConfig, out_csv: Path) -> Path:
-    """Score the clips with the model (the same code as `anomaly score`); any unreadable clip is an error."""
+    """Score the clips with the model (the same code as `anomaly score`, every signal, so the report can
+    show each one's figures); any unreadable clip is an error."""
     summary = score_sources(
-        detector,
+        detector.with_all_signals(),
         list(config.sources),
         out_csv,
         sampling=config.sampling,

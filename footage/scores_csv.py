@@ -132,6 +132,7 @@ class ScoringRun(BaseModel):
     threshold: float
     sampling: SamplingConfig
     columns: tuple[str, ...] = CSV_COLUMNS
+    all_signals: bool = False  # every signal column filled, or only those the score uses (and the cheap ones)
     sources: tuple[str, ...]
     finished: tuple[str, ...] = ()
     problems: dict[str, str] = {}
@@ -143,6 +144,7 @@ class ScoringRun(BaseModel):
             "threshold": (self.threshold, other.threshold),
             "sampling": (self.sampling.model_dump(), other.sampling.model_dump()),
             "columns": (self.columns, other.columns),
+            "--all-signals": (self.all_signals, other.all_signals),
             "sources": (self.sources, other.sources),
             "record format": (self.format, other.format),
         }

@@ -54,9 +54,7 @@ def detector_scorer(detector: Detector) -> Callable[[list[np.ndarray | CameraFra
             if camera not in profiles:
                 profiles[camera] = detector if camera is None else detector.for_camera(camera)
             idx = [i for i, c in enumerate(cameras) if c == camera]
-            for i, result in zip(
-                idx, score_prepared(profiles[camera], [frames[i] for i in idx]).rows(), strict=True
-            ):
+            for i, result in zip(idx, score_prepared(profiles[camera], [frames[i] for i in idx]).rows(), strict=True):
                 out[i] = result
         return out  # type: ignore[return-value]
 

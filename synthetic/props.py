@@ -27,7 +27,6 @@ class Prop:
     extra: tuple[float, ...] = ()
 
 
-
 def _draw_tree(
     sc: DashcamScene, img: np.ndarray, x: float, y: float, k: float, q: Prop, c1: BGR, c2: BGR, Z: float
 ) -> None:

@@ -108,6 +108,7 @@ def test_an_existing_csv_is_kept_unless_resumed_or_overwritten(tiny_trained, dri
         ({"sampling": SamplingConfig(stride=2)}, "sampling"),
         ({"model_sha256": "0" * 64}, "model file"),
         ({"sources": ("other.mp4",)}, "sources"),
+        ({"all_signals": True}, "--all-signals"),
     ],
 )
 def test_resuming_another_run_is_refused_naming_what_differs(tiny_trained, drives, tmp_path, change, named):
@@ -172,3 +173,15 @@ def test_kill_9_then_resume_gives_the_uninterrupted_csv(tiny_trained, tmp_path):
     assert done.returncode == 0, done.stderr
     assert cut.read_bytes() == whole.read_bytes()
     assert json.loads(run_record_path(cut).read_text())["finished"] == long
+
+
+def test_cli_fills_the_patch_column_only_with_all_signals(tiny_trained, drives, tmp_path):
+    for flag, filled in (([], False), (["--all-signals"], True)):
+        out = tmp_path / f"s{len(flag)}.csv"
+        result = runner.invoke(
+            app, ["score", drives[1], "--model", str(tiny_trained.path), "--out", str(out), "--no-progress", *flag]
+        )
+        assert result.exit_code == 0, result.output
+        cols = read_scores_csv(out)
+        assert ("patch_score" in cols) is filled and "knn_score" in cols and len(cols["score"]) == 25
+        assert read_run_record(out).all_signals is filled

@@ -210,3 +210,18 @@ def test_gaussian_blur_equals_torchvisions_bit_for_bit(sigma):
     x = x.contiguous(memory_format=torch.channels_last)
     size = 2 * math.ceil(2 * sigma) + 1
     assert torch.equal(gaussian_blur(x, sigma), tv.gaussian_blur(x.contiguous(), [size, size], [sigma, sigma]))
+
+
+def test_the_costly_patch_signal_is_computed_only_when_the_score_uses_it_or_all_are_asked_for(detector, source_frames):
+    import dataclasses
+
+    assert "patch" not in detector.calibrated.signals
+    lean = score_frames(detector, list(source_frames))
+    full = score_frames(detector.with_all_signals(), list(source_frames))
+    assert lean.patch_score is None and full.patch_score is not None and np.isfinite(full.patch_score).all()
+    for name in (*FIELDS, "heatmap", "knn_score", "local_score", "disc_patch_score"):
+        np.testing.assert_array_equal(getattr(lean, name), getattr(full, name), err_msg=name)
+    uses_patch = detector.with_calibration(dataclasses.replace(detector.calibrated, signals=("patch", "latent")))
+    chosen = score_frames(uses_patch, list(source_frames))
+    np.testing.assert_array_equal(chosen.patch_score, full.patch_score)
+    assert detector.with_all_signals().with_threshold(1.0).all_signals  # copies keep the choice

@@ -138,8 +138,6 @@ def test_best_f1_needs_anomalous_frames():
         best_f1(sweep(np.zeros(3), np.array([1.0, 2.0, 3.0])))
 
 
-
-
 # --- threshold_for_rate --------------------------------------------------------------------------
 
 

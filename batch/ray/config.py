@@ -21,6 +21,7 @@ class RayScoreConfig(BaseModel):
     sampling: SamplingConfig = SamplingConfig()
     threshold: float | None = Field(None, allow_inf_nan=False, description="overrides the calibrated threshold")
     batch_size: int = Field(16, ge=1, description="frames per model pass inside a chunk")
+    all_signals: bool = Field(False, description="fill every signal column, not only those the score uses")
     chunk_frames: int = Field(256, ge=0, description="decoded frames per chunk; 0 scores each source as one chunk")
     workers: int | None = Field(None, ge=1, description="scoring actors; None: one per GPU, or half the CPUs")
     cpus_per_worker: float = Field(1.0, gt=0, description="CPUs of a scoring actor, also its torch threads")

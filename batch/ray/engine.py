@@ -205,6 +205,7 @@ def run_chunks(
                 "model_bytes": model_bytes,
                 "device": resources.device,
                 "threshold": config.threshold,
+                "all_signals": config.all_signals,
                 "batch_size": config.batch_size,
                 "torch_threads": max(1, int(resources.cpus_per_worker)),
             },

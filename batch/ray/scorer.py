@@ -20,7 +20,13 @@ class ChunkScorer:
     """A scoring actor: loads the model once, then scores chunk after chunk with the scoring core."""
 
     def __init__(
-        self, model_bytes: bytes, device: str, threshold: float | None, batch_size: int, torch_threads: int
+        self,
+        model_bytes: bytes,
+        device: str,
+        threshold: float | None,
+        batch_size: int,
+        torch_threads: int,
+        all_signals: bool = False,
     ) -> None:
         torch.set_num_threads(max(1, torch_threads))
         # the checkpoint travels with the actor, so workers need not see the driver's files
@@ -28,6 +34,7 @@ class ChunkScorer:
             path = Path(tmp) / "model.pt"
             path.write_bytes(model_bytes)
             detector = load_detector(path, torch.device(device))
+        detector = detector.with_all_signals(all_signals)
         self.detector = detector if threshold is None else detector.with_threshold(threshold)
         self.batch_size = batch_size
 
