@@ -39,8 +39,9 @@ from anomaly.calibration import (
 )
 from anomaly.config import CalibrationConfig
 from anomaly.detector import Detector
+from anomaly.frame_scores import combine
 from anomaly.memory import coreset_indices
-from anomaly.scoring import RawSignals, combine, patch_distance_maps, patch_signal, raw_signals, signal_values
+from anomaly.scoring import RawSignals, patch_distance_maps, patch_signal, raw_signals, signal_values
 from anomaly.thresholds import threshold_for_rate
 from anomaly.training.distributed import SINGLE_PROCESS, DistributedContext, all_gather_rows, shard
 

@@ -13,6 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 Device = Literal["auto", "cpu", "cuda"]
 # The raw signals one pass through the networks gives (see anomaly.scoring); each has a score field.
 SIGNAL_NAMES = ("spatial", "latent", "recon", "disc", "knn", "local", "disc_patch", "patch")
+# Signals too costly to compute for every frame when the score does not use them (see anomaly.scoring).
+COSTLY_SIGNALS = frozenset({"patch"})
 
 
 class _Frozen(BaseModel):

@@ -8,16 +8,18 @@ frame's camera has, falling back to the fleet profile; `profile` says which one 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from anomaly.calibration import Calibration, NormalStats
 from anomaly.config import DetectorConfig
+from anomaly.frame_scores import FrameScores
 from anomaly.model import AutoencoderGAN
 from anomaly.preprocess import Preprocessor
-
-FLEET = "fleet"
+from anomaly.profiles import FLEET, profile_note
 
 
 @dataclass
@@ -85,12 +87,13 @@ class Detector:
 
     def profile_note(self, camera: str | None) -> str:
         """One line saying which profile scores `camera`'s frames."""
-        if not camera:
-            return "no camera given: using the fleet profile"
-        if camera in self.profiles:
-            return f"camera {camera!r}: using its own profile (threshold {self.profiles[camera].threshold:.3f})"
-        known = ", ".join(sorted(self.profiles)) or "none"
-        return f"camera {camera!r} has no profile in this model (profiles: {known}): using the fleet profile"
+        return profile_note(camera, {name: cal.threshold for name, cal in self.profiles.items()})
+
+    def score_prepared(self, prepared: Sequence[np.ndarray] | np.ndarray) -> FrameScores:
+        """Scores of frames already passed through `preprocessor.prepare`: `anomaly.scoring.score_prepared`."""
+        from anomaly.scoring import score_prepared  # the scoring module imports this one
+
+        return score_prepared(self, prepared)
 
     def with_all_signals(self, enabled: bool = True) -> Detector:
         """A copy that computes every signal for its scores' columns, also those its score does not use."""

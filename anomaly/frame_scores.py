@@ -1,16 +1,23 @@
-"""What scoring returns: the scores of a batch of frames, and one frame's row of them.
+"""What scoring returns: the scores of a batch of frames, and one frame's row of them; and the rule
+that makes a frame's score of its signals (`combine`, `frame_scores`).
 
 Kept apart from `anomaly.scoring` (which needs torch) so that readers of scores (the CSV writer,
-the service's schemas) and scorers that do not run torch share one definition of the fields.
+the service's schemas) and the scorer of exported models (`anomaly.exported`, no torch) share one
+definition of the fields and of the score.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from anomaly.config import SIGNAL_NAMES
+
+if TYPE_CHECKING:
+    from anomaly.preprocess import Preprocessor
 
 # The per-frame score fields, in the order of the scores CSV and the service's responses.
 SCORE_FIELDS = ("score", "recon_error", "disc_score", "spatial_score", "latent_score")
@@ -93,3 +100,57 @@ class FrameScores:
             )
             for i in range(len(self))
         ]
+
+
+def combine(
+    signals: Mapping[str, np.ndarray], loc: Mapping[str, float], scale: Mapping[str, float], names: Sequence[str]
+) -> np.ndarray:
+    """The anomaly score: the largest calibrated z-score among the chosen signals."""
+    return np.max(np.stack([(signals[n] - loc[n]) / scale[n] for n in names]), axis=0)
+
+
+def frame_scores(
+    signals: Mapping[str, np.ndarray],
+    heatmap: np.ndarray,
+    *,
+    loc: Mapping[str, float],
+    scale: Mapping[str, float],
+    names: Sequence[str],
+    threshold: float,
+    profile: str,
+) -> FrameScores:
+    """The scores of a batch from its signals (by name, as `anomaly.config.SIGNAL_NAMES`; a costly
+    signal that was not computed is absent) and heat map, with the calibration that combines them."""
+    score = combine(signals, loc, scale, names)
+    fields = {field: signals.get(name) for name, field in SIGNAL_FIELDS.items()}
+    return FrameScores(
+        **fields,  # type: ignore[arg-type]
+        score=score,
+        is_anomaly=score > threshold,
+        heatmap=heatmap,
+        threshold=threshold,
+        profile=profile,
+    )
+
+
+class FrameScorer(Protocol):
+    """What the scorers of files and streams use of a model: a torch `anomaly.detector.Detector` or an
+    exported one (`anomaly.exported.ExportedDetector`, no torch)."""
+
+    @property
+    def preprocessor(self) -> Preprocessor: ...
+
+    @property
+    def threshold(self) -> float: ...
+
+    def score_prepared(self, prepared: Sequence[np.ndarray] | np.ndarray) -> FrameScores:
+        """Scores of frames already passed through `preprocessor.prepare`."""
+        ...
+
+    def for_camera(self, camera: str | None) -> FrameScorer: ...
+
+    def profile_note(self, camera: str | None) -> str: ...
+
+    def with_threshold(self, threshold: float) -> FrameScorer: ...
+
+    def with_all_signals(self, enabled: bool = True) -> FrameScorer: ...

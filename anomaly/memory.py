@@ -69,10 +69,19 @@ def standardiser(features: torch.Tensor, floor: float = 1e-3) -> tuple[torch.Ten
 
 def nearest(query: torch.Tensor, bank: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Distances (N x k, ascending) and indices of the `k` nearest bank rows of each query row."""
-    k = max(1, min(k, len(bank)))
-    d = torch.cdist(query.float(), bank.float())
-    dist, idx = d.topk(k, dim=1, largest=False)
+    k = max(1, min(k, bank.shape[0]))  # shape, not len(): a symbolic size when exported (anomaly.export)
+    dist, idx = euclidean_distances(query.float(), bank.float()).topk(k, dim=1, largest=False)
     return dist, idx
+
+
+def euclidean_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """N x M distances between the rows of `a` and of `b`, by |a|^2 + |b|^2 - 2 a.b (one matrix product).
+
+    What `torch.cdist` computes for banks of more than 25 rows, written out because cdist chooses its
+    method by size at run time, which an exported graph (`anomaly.export`) cannot.
+    """
+    squared = a.pow(2).sum(1, keepdim=True) + b.pow(2).sum(1) - 2.0 * (a @ b.T)
+    return squared.clamp_min(0).sqrt()
 
 
 def knn_distance(query: torch.Tensor, bank: torch.Tensor, k: int) -> torch.Tensor:
@@ -94,11 +103,25 @@ def neighbour_cell_scores(
     per cell by `spread_floor` (h x w, from the pooled statistics) so that a cell the neighbours
     happen to agree on exactly does not turn a tiny change into a huge score.
     """
-    nb = neighbour_cells.float()
-    center = nb.median(dim=1).values
-    upper = torch.quantile(nb.flatten(2), quantile, dim=1).view_as(center)
-    spread = torch.maximum(upper - center, spread_floor.to(nb.dtype))
+    ordered = neighbour_cells.float().sort(dim=1).values
+    center = sorted_quantile(ordered, 0.5, lower=True)
+    upper = sorted_quantile(ordered, quantile)
+    spread = torch.maximum(upper - center, spread_floor.to(ordered.dtype))
     return (cells.float() - center) / spread
+
+
+def sorted_quantile(ordered: torch.Tensor, q: float, lower: bool = False) -> torch.Tensor:
+    """The `q` quantile along dim 1 of values already sorted along it: `torch.quantile`'s linear rule,
+    or with `lower` the lower of the two middle values (`torch.median`'s rule).
+
+    Written with a sort and indexing, which ONNX exports (`anomaly.export`); `torch.quantile` and
+    `torch.median` along a dimension do not export.
+    """
+    position = q * (ordered.shape[1] - 1)
+    below = int(position)
+    if lower or below == position:
+        return ordered[:, below]
+    return torch.lerp(ordered[:, below], ordered[:, below + 1], position - below)
 
 
 def patch_distances(query: torch.Tensor, neighbour_maps: torch.Tensor, shift: int) -> torch.Tensor:

@@ -2,18 +2,23 @@
 
 Split in two steps on purpose. `prepare` (crop + resize, uint8) is cheap per-frame numpy work that
 ingestion runs in its decode thread, so it overlaps with the model; `to_tensor` (normalise, batch)
-runs next to the model. Both read the settings stored in the checkpoint.
+runs next to the model. Both read the settings stored in the checkpoint. An exported model
+(`anomaly.export`) carries `normalise` inside its graph, so only `prepare` runs outside it, and this
+module imports torch only when a tensor is asked for.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
-import torch
 
 from anomaly.config import PreprocessConfig
+
+if TYPE_CHECKING:
+    import torch
 
 
 def resize_to(image: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -71,16 +76,27 @@ class Preprocessor:
             raise ValueError(f"prepared frames must be {self.size[1]}x{self.size[0]} RGB, got {batch.shape[1:]}")
         if batch.dtype != np.uint8:
             raise ValueError(f"prepared frames must be uint8 (0..255), got {batch.dtype}")
-        x = torch.from_numpy(batch).to(device, non_blocking=True).permute(0, 3, 1, 2)
-        # uint8 -> 0..1 -> (x - mean) / std, in the same float operations torchvision's to_dtype/normalize use
-        x = x.to(torch.float32).mul_(1.0 / 255)
-        mean = torch.as_tensor(self.config.mean, dtype=x.dtype, device=x.device).view(-1, 1, 1)
-        std = torch.as_tensor(self.config.std, dtype=x.dtype, device=x.device).view(-1, 1, 1)
-        return x.sub(mean).div_(std)
+        import torch
+
+        return normalise(torch.from_numpy(batch).to(device, non_blocking=True), self.config)
 
     def to_uint8(self, x: torch.Tensor) -> np.ndarray:
         """Inverse of `to_tensor` (for previews of reconstructions): NCHW float -> NHWC RGB uint8."""
+        import torch
+
         mean = torch.tensor(self.config.mean, device=x.device).view(1, 3, 1, 1)
         std = torch.tensor(self.config.std, device=x.device).view(1, 3, 1, 1)
         img = (x * std + mean).clamp(0, 1).mul(255).round().to(torch.uint8)
         return img.permute(0, 2, 3, 1).cpu().numpy()
+
+
+def normalise(frames: torch.Tensor, config: PreprocessConfig) -> torch.Tensor:
+    """Prepared frames (N x H x W x 3 uint8 RGB, a tensor) -> the normalised float NCHW batch the model takes."""
+    import torch
+
+    x = frames.permute(0, 3, 1, 2)
+    # uint8 -> 0..1 -> (x - mean) / std, in the same float operations torchvision's to_dtype/normalize use
+    x = x.to(torch.float32).mul(1.0 / 255)
+    mean = torch.as_tensor(config.mean, dtype=x.dtype, device=x.device).view(-1, 1, 1)
+    std = torch.as_tensor(config.std, dtype=x.dtype, device=x.device).view(-1, 1, 1)
+    return x.sub(mean).div(std)

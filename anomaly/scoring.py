@@ -39,9 +39,9 @@ import torch
 import torch.nn.functional as F
 
 from anomaly.calibration import NormalStats, standard_patches
-from anomaly.config import CalibrationConfig
+from anomaly.config import COSTLY_SIGNALS, CalibrationConfig
 from anomaly.detector import Detector
-from anomaly.frame_scores import FrameScores
+from anomaly.frame_scores import FrameScores, frame_scores
 from anomaly.memory import knn_distance, nearest, neighbour_cell_scores, patch_distances
 from anomaly.model import AutoencoderGAN
 
@@ -155,7 +155,7 @@ def patch_distance_maps(raw: RawSignals, stats: NormalStats, config: Calibration
 
     None when the statistics hold no patch memory (a model calibrated before the `patch` signal).
     """
-    if not stats.has_patch_memory or raw.patch_features is None or not len(raw.features):
+    if not stats.has_patch_memory or raw.patch_features is None or raw.features.shape[0] == 0:
         return None
     assert stats.memory_features is not None and stats.memory_patches is not None  # for the type checker
     standard = (raw.features - stats.feature_center) / stats.feature_scale
@@ -169,10 +169,6 @@ def patch_signal(maps: torch.Tensor, stats: NormalStats) -> torch.Tensor:
     """The worst position of patch distance maps, in units of that position's normal range."""
     assert stats.patch_center is not None and stats.patch_spread is not None
     return ((maps - stats.patch_center) / stats.patch_spread).flatten(1).amax(dim=1)
-
-
-# Signals too costly to compute for every frame when the score does not use them.
-COSTLY_SIGNALS = frozenset({"patch"})
 
 
 def signal_values(
@@ -203,7 +199,7 @@ def signal_values(
     }
     if raw.disc_map is not None and stats.disc_center is not None and stats.disc_spread is not None:
         signals["disc_patch"] = ((raw.disc_map - stats.disc_center) / stats.disc_spread).flatten(1).amax(dim=1)
-    if stats.has_memory and len(raw.features):
+    if stats.has_memory and raw.features.shape[0] > 0:
         assert stats.memory_features is not None and stats.memory_cells is not None  # for the type checker
         standard = (raw.features - stats.feature_center) / stats.feature_scale
         signals["knn"] = knn_distance(standard, stats.memory_features, config.knn_k)
@@ -224,40 +220,33 @@ def signal_values(
     return signals, heat
 
 
-def combine(
-    signals: dict[str, np.ndarray], loc: dict[str, float], scale: dict[str, float], names: Sequence[str]
-) -> np.ndarray:
-    """The anomaly score: the largest calibrated z-score among the chosen signals."""
-    return np.max(np.stack([(signals[n] - loc[n]) / scale[n] for n in names]), axis=0)
+def frame_signals(
+    model: AutoencoderGAN,
+    x: torch.Tensor,
+    stats: NormalStats,
+    config: CalibrationConfig,
+    skip: frozenset[str] = frozenset(),
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Every signal of a normalised batch, and its heat map per model pixel: all that scoring computes
+    with torch (what `anomaly.export` puts in an exported model's graph)."""
+    signals, heat = signal_values(raw_signals(model, x, config), stats, config, skip)
+    return signals, cells_to_pixels(heat, (x.shape[-2], x.shape[-1]), config.error_pool, config.error_stride)
 
 
 def score_prepared(detector: Detector, prepared: Sequence[np.ndarray] | np.ndarray) -> FrameScores:
     """Score frames already passed through `detector.preprocessor.prepare` (RGB, model size)."""
     cal = detector.calibrated
-    calibration = detector.config.calibration
     x = detector.preprocessor.to_tensor(prepared, detector.device)
-    raw = raw_signals(detector.model, x, calibration)
     skip = frozenset() if detector.all_signals else COSTLY_SIGNALS - set(cal.signals)
-    signals_t, heat = signal_values(raw, detector.normal_stats, calibration, skip)
-    signals = {k: v.float().cpu().numpy() for k, v in signals_t.items()}
-    score = combine(signals, cal.loc, cal.scale, cal.signals)
-    return FrameScores(
-        knn_score=signals["knn"],
-        local_score=signals["local"],
-        disc_patch_score=signals["disc_patch"],
-        patch_score=signals.get("patch"),
-        profile=detector.profile,
-        score=score,
-        recon_error=signals["recon"],
-        disc_score=signals["disc"],
-        spatial_score=signals["spatial"],
-        latent_score=signals["latent"],
-        is_anomaly=score > cal.threshold,
-        heatmap=cells_to_pixels(heat, tuple(x.shape[-2:]), calibration.error_pool, calibration.error_stride)
-        .float()
-        .cpu()
-        .numpy(),
+    signals, heat = frame_signals(detector.model, x, detector.normal_stats, detector.config.calibration, skip)
+    return frame_scores(
+        {k: v.float().cpu().numpy() for k, v in signals.items()},
+        heat.float().cpu().numpy(),
+        loc=cal.loc,
+        scale=cal.scale,
+        names=cal.signals,
         threshold=cal.threshold,
+        profile=detector.profile,
     )
 
 

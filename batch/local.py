@@ -11,10 +11,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from anomaly.detector import Detector
 from anomaly.events import Event, EventConfig, EventTracker
+from anomaly.frame_scores import FrameScorer
 from anomaly.progress import progress_bar
-from anomaly.scoring import score_prepared
 from footage.events_json import write_events_json
 from footage.heatmap import AnnotatedVideoWriter, draw_annotation
 from footage.ingest import IngestError, iter_frames, probe_source
@@ -113,7 +112,7 @@ def annotated_path(directory: Path, source: str) -> Path:
 
 
 def score_sources(
-    detector: Detector,
+    detector: FrameScorer,
     sources: Sequence[str],
     out_csv: Path,
     *,
@@ -184,7 +183,7 @@ def score_sources(
             writer = ScoresWriter(fh, header=not append)
             for batch in batched(frames, batch_size):
                 images = [f.image for f in batch] if transform else [pre.prepare(f.image) for f in batch]
-                scored = ScoredBatch(batch, score_prepared(detector, images))
+                scored = ScoredBatch(batch, detector.score_prepared(images))
                 writer.write(scored)
                 track_events(scored, trackers, detector.threshold, event_config, summary)
                 if annotate_dir:
@@ -234,7 +233,7 @@ def write_annotated(
     scored: ScoredBatch,
     writers: dict[str, AnnotatedVideoWriter],
     directory: Path,
-    detector: Detector,
+    detector: FrameScorer,
     sampling: SamplingConfig,
 ) -> None:
     s = scored.scores

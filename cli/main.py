@@ -8,7 +8,7 @@ import shutil
 
 import typer
 
-from cli import calibrate, evaluate, samples, score, serve, train
+from cli import calibrate, evaluate, export, samples, score, serve, train
 
 app = typer.Typer(
     help="Find unusual frames in dashcam footage.",
@@ -22,6 +22,7 @@ app = typer.Typer(
 app.command()(train.train)
 app.command()(score.score)
 app.command()(calibrate.calibrate)
+app.command()(export.export)
 app.command()(evaluate.evaluate)
 app.command()(serve.serve)
 app.command()(samples.demo)

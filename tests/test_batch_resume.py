@@ -12,8 +12,8 @@ import pytest
 from factories import road_frames, with_square, write_video
 from typer.testing import CliRunner
 
-import batch.local
 from anomaly.checkpoint import file_sha256
+from anomaly.detector import Detector
 from batch.local import OutputExists, open_run, score_sources
 from cli.main import app
 from footage.sampling import SamplingConfig
@@ -53,7 +53,7 @@ class Interrupted(Exception):
 
 def interrupt_after(monkeypatch, batches: int) -> None:
     """Make scoring die after `batches` batches, as a killed process would (rows so far are on disk)."""
-    real, calls = batch.local.score_prepared, []
+    real, calls = Detector.score_prepared, []
 
     def dying(detector, images):
         calls.append(1)
@@ -61,7 +61,7 @@ def interrupt_after(monkeypatch, batches: int) -> None:
             raise Interrupted
         return real(detector, images)
 
-    monkeypatch.setattr(batch.local, "score_prepared", dying)
+    monkeypatch.setattr(Detector, "score_prepared", dying)
 
 
 # batch size 1: the frames after the resume point are batched as in the uninterrupted run, so rows match to the byte

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from anomaly.calibrate import fit_camera_profile, time_blocks
 from anomaly.checkpoint import KIND_MODEL, load_detector, read_checkpoint, save_detector
-from anomaly.detector import FLEET
+from anomaly.profiles import FLEET
 from anomaly.scoring import score_prepared
 from cli.main import app
 from footage.scores_csv import read_scores_csv

@@ -7,11 +7,10 @@ from factories import road_frames
 
 from anomaly.calibration import NormalStats
 from anomaly.detector import Detector
-from anomaly.frame_scores import FrameScores
+from anomaly.frame_scores import FrameScores, combine
 from anomaly.scoring import (
     RawSignals,
     cells_to_pixels,
-    combine,
     gaussian_blur,
     pool_errors,
     score_frames,

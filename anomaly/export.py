@@ -1,0 +1,211 @@
+"""Exporting a trained detector for runtimes without torch: ONNX graphs, its calibration beside them.
+
+What an exported model computes is `anomaly.scoring.frame_signals`, traced: the same torch code, not
+a second implementation. One graph takes a batch of prepared frames (N x H x W x 3 uint8 RGB, the
+output of `Preprocessor.prepare`) and the arrays of one calibration's normal statistics, and gives
+every signal and the heat map; the score itself (`anomaly.frame_scores.combine`, a maximum of
+z-scores) is a few numpy operations outside it. The statistics are inputs rather than constants so
+that one graph serves the fleet profile and every camera profile, and so that a memory of any size
+(at least as many frames as the largest neighbour count) fits.
+
+Written into the output folder, everything plain files (nothing that unpickles):
+
+- `score.onnx`: every signal; `score_lean.onnx`: without the costly ones (`COSTLY_SIGNALS`), for
+  profiles whose score does not use them (the choice `anomaly score` makes for a torch model);
+- `profiles/<name>.npz`: each profile's statistics (`numpy.load(..., allow_pickle=False)`);
+- `detector.json`: format version, the detector's config, each profile's signal scales, signals and
+  threshold, the graphs' input and output names, and the SHA-256 of every file above.
+
+`anomaly.exported` loads and runs it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import shutil
+import tempfile
+import warnings
+from dataclasses import fields
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from anomaly import __version__
+from anomaly.calibration import Calibration, NormalStats
+from anomaly.config import COSTLY_SIGNALS, SIGNAL_NAMES, CalibrationConfig, PreprocessConfig
+from anomaly.detector import Detector
+from anomaly.exported import EXPORT_FORMAT, EXPORT_KIND
+from anomaly.model import AutoencoderGAN
+from anomaly.preprocess import normalise
+from anomaly.profiles import FLEET
+from anomaly.scoring import frame_signals
+
+OPSET = 18
+HEATMAP = "heatmap"
+Format = Literal["onnx"]
+
+
+class ExportError(ValueError):
+    """A detector that cannot be exported as asked."""
+
+
+class ScoringGraph(nn.Module):
+    """`frame_signals` of prepared uint8 frames, given one calibration's statistics as tensors."""
+
+    def __init__(
+        self,
+        model: AutoencoderGAN,
+        preprocess: PreprocessConfig,
+        calibration: CalibrationConfig,
+        stats_fields: tuple[str, ...],
+        outputs: tuple[str, ...],
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.preprocess = preprocess
+        self.calibration = calibration
+        self.stats_fields = stats_fields
+        self.outputs = outputs
+        self.skip = frozenset(COSTLY_SIGNALS - set(outputs))
+
+    def forward(self, frames: torch.Tensor, *stats_arrays: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        stats = NormalStats(**dict(zip(self.stats_fields, stats_arrays, strict=True)))
+        x = normalise(frames, self.preprocess)
+        signals, heat = frame_signals(self.model, x, stats, self.calibration, self.skip)
+        return (*(signals[name] for name in self.outputs if name != HEATMAP), heat)
+
+
+def present_fields(stats: NormalStats) -> tuple[str, ...]:
+    return tuple(f.name for f in fields(NormalStats) if getattr(stats, f.name) is not None)
+
+
+def memory_floor(calibration: CalibrationConfig) -> int:
+    """The fewest memory frames an exported graph accepts: its neighbour counts are fixed in the graph."""
+    return max(calibration.knn_k, calibration.local_neighbours, calibration.patch_neighbours)
+
+
+def profile_stats(detector: Detector) -> dict[str, NormalStats]:
+    """Every profile's statistics (the fleet's first), checked to fit one graph."""
+    profiles = {FLEET: detector.for_camera(None).calibrated, **detector.profiles}
+    stats = {name: cal.stats for name, cal in profiles.items()}
+    layout = present_fields(stats[FLEET])
+    floor = memory_floor(detector.config.calibration)
+    for name, s in stats.items():
+        if present_fields(s) != layout:
+            raise ExportError(
+                f"profile {name!r} holds other statistics than the fleet profile "
+                f"({', '.join(present_fields(s))} vs {', '.join(layout)}); recalibrate it with `anomaly calibrate`"
+            )
+        if s.memory_features is not None and len(s.memory_features) < floor:
+            raise ExportError(
+                f"profile {name!r} keeps {len(s.memory_features)} memory frames, fewer than the {floor} nearest "
+                "frames its signals use; calibrate it on more footage (or lower the neighbour counts) to export it"
+            )
+    return stats
+
+
+def stats_arrays(stats: NormalStats, layout: tuple[str, ...], stored: bool = False) -> dict[str, np.ndarray]:
+    """The statistics as the graph takes them (float32), or with `stored` as the folder keeps them: the
+    fields checkpoints keep in half precision (the memory patches) in half precision here too."""
+    state = stats.to_state()
+    return {name: (state[name] if stored else state[name].float()).numpy() for name in layout}
+
+
+def _export_graph(graph: ScoringGraph, example: tuple[torch.Tensor, ...], path: Path, floor: int) -> None:
+    batch = torch.export.Dim("frames", min=1, max=4096)
+    memory = torch.export.Dim("memory_frames", min=floor, max=1_000_000)
+    dynamic = ({0: batch}, tuple({0: memory} if name.startswith("memory_") else None for name in graph.stats_fields))
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            graph,
+            example,
+            str(path),
+            input_names=["frames", *graph.stats_fields],
+            output_names=list(graph.outputs),
+            dynamic_shapes=dynamic,
+            dynamo=True,
+            opset_version=OPSET,
+            external_data=False,
+        )
+
+
+def file_digest(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def export_detector(detector: Detector, out_dir: Path, fmt: Format = "onnx", *, source_sha256: str = "") -> Path:
+    """Write `detector` as an exported model into `out_dir` (replaced whole, atomically); returns its JSON."""
+    if fmt != "onnx":
+        raise ExportError(f"unknown export format {fmt!r}: choose onnx")
+    config = detector.config
+    stats = profile_stats(detector)
+    layout = present_fields(stats[FLEET])
+    floor = memory_floor(config.calibration) if "memory_features" in layout else 1
+    model = detector.model.to("cpu").eval()
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / "detector.json").is_file():
+        raise ExportError(f"{out_dir} exists and is not an exported model: give a new or empty folder")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        h, w = config.preprocess.height, config.preprocess.width
+        example_frames = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (2, h, w, 3), dtype=np.uint8))
+        fleet_arrays = stats_arrays(stats[FLEET], layout)
+        example = (example_frames, *(torch.from_numpy(a) for a in fleet_arrays.values()))
+        graphs = {"all": "score.onnx", "lean": "score_lean.onnx"}
+        outputs = {
+            "all": (*SIGNAL_NAMES, HEATMAP),
+            "lean": (*(n for n in SIGNAL_NAMES if n not in COSTLY_SIGNALS), HEATMAP),
+        }
+        with torch.no_grad():
+            for key, name in graphs.items():
+                graph = ScoringGraph(model, config.preprocess, config.calibration, layout, outputs[key]).eval()
+                _export_graph(graph, example, tmp / name, floor)
+        (tmp / "profiles").mkdir()
+        profiles: dict[str, Any] = {}
+        all_cals: dict[str, Calibration] = {FLEET: detector.for_camera(None).calibrated, **detector.profiles}
+        for i, (name, cal) in enumerate(all_cals.items()):
+            rel = f"profiles/{i:03d}.npz"  # numbered: camera names are free text
+            np.savez(tmp / rel, **stats_arrays(cal.stats, layout, stored=True))
+            profiles[name] = {
+                "stats": rel,
+                "loc": cal.loc,
+                "scale": cal.scale,
+                "signals": list(cal.signals),
+                "threshold": cal.threshold,
+                "target_false_alarm_rate": cal.target_false_alarm_rate,
+                "calibration_frames": cal.n_frames,
+            }
+        files = [*graphs.values(), *(p["stats"] for p in profiles.values())]
+        manifest = {
+            "kind": EXPORT_KIND,
+            "format_version": EXPORT_FORMAT,
+            "anomaly_version": __version__,
+            "format": fmt,
+            "opset": OPSET,
+            "exported_from_sha256": source_sha256,
+            "config": config.model_dump(mode="json"),
+            "graphs": {key: {"file": name, "outputs": list(outputs[key])} for key, name in graphs.items()},
+            "inputs": ["frames", *layout],
+            "profiles": profiles,
+            "files": {rel: file_digest(tmp / rel) for rel in files},
+        }
+        (tmp / "detector.json").write_text(json.dumps(manifest, indent=1) + "\n")
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the finished folder is an ordinary one
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir / "detector.json"

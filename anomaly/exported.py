@@ -1,0 +1,235 @@
+"""Scoring with an exported model (`anomaly export`) in ONNX Runtime, without torch.
+
+This module and what it imports (numpy, OpenCV for preprocessing, pydantic for the config,
+onnxruntime) never import torch: on a gateway or in a vehicle the exported folder and these few
+packages are all that runs. `ExportedDetector` offers what the scorers use of a torch `Detector`
+(preprocessing, camera profiles, threshold, `score_prepared`), so `anomaly score` and the batch
+scorer take either. The graphs compute every signal and the heat map (`anomaly.export`); the
+score is combined here with the same `anomaly.frame_scores.frame_scores` the torch path uses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import ValidationError
+
+from anomaly import __version__
+from anomaly.config import COSTLY_SIGNALS, DetectorConfig
+from anomaly.frame_scores import FrameScores, frame_scores
+from anomaly.preprocess import Preprocessor
+from anomaly.profiles import FLEET, profile_note
+
+EXPORT_KIND = "anomaly-exported-detector"
+EXPORT_FORMAT = 1  # what `anomaly export` writes
+READABLE_FORMATS = (EXPORT_FORMAT,)
+
+
+class ExportedModelError(ValueError):
+    """An exported model folder that is missing, incomplete, altered or from an incompatible version."""
+
+
+def is_exported_model(path: Path) -> bool:
+    """An exported model is a folder; a torch model is a file."""
+    return Path(path).is_dir()
+
+
+@dataclass(frozen=True)
+class ExportedProfile:
+    name: str
+    loc: dict[str, float]
+    scale: dict[str, float]
+    signals: tuple[str, ...]
+    threshold: float
+    target_false_alarm_rate: float
+    stats: dict[str, np.ndarray] = field(repr=False)
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def read_manifest(folder: Path) -> dict[str, Any]:
+    """The folder's detector.json, checked: kind, format version, and every file it names, by SHA-256."""
+    folder = Path(folder)
+    path = folder / "detector.json"
+    if not folder.is_dir():
+        raise ExportedModelError(f"exported model folder not found: {folder}")
+    if not path.is_file():
+        raise ExportedModelError(f"{folder} holds no detector.json: it is not a model written by `anomaly export`")
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ExportedModelError(f"{path} is not readable JSON ({type(exc).__name__})") from None
+    if not isinstance(manifest, dict) or manifest.get("kind") != EXPORT_KIND:
+        raise ExportedModelError(f"{path} is not the manifest of an exported anomaly model")
+    version = manifest.get("format_version")
+    if version not in READABLE_FORMATS:
+        raise ExportedModelError(
+            f"{path} has export format version {version}, but this build of anomaly ({__version__}) reads "
+            f"version {', '.join(map(str, READABLE_FORMATS))}; export the model again with this version"
+        )
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not files:
+        raise ExportedModelError(f"{path} lists no files")
+    for rel, digest in files.items():
+        target = (folder / rel).resolve()
+        if folder.resolve() not in target.parents:
+            raise ExportedModelError(f"{path} names a file outside its folder: {rel}")
+        if not target.is_file():
+            raise ExportedModelError(f"{folder} is incomplete: {rel} is missing")
+        if _digest(target) != digest:
+            raise ExportedModelError(f"{folder}/{rel} does not match its checksum in detector.json (altered, damaged)")
+    return manifest
+
+
+def _profiles(folder: Path, manifest: dict[str, Any], inputs: list[str]) -> dict[str, ExportedProfile]:
+    out = {}
+    for name, p in manifest["profiles"].items():
+        with np.load(folder / p["stats"], allow_pickle=False) as arrays:
+            stats = {k: np.ascontiguousarray(arrays[k], dtype=np.float32) for k in inputs[1:]}
+        out[str(name)] = ExportedProfile(
+            name=str(name),
+            loc={k: float(v) for k, v in p["loc"].items()},
+            scale={k: float(v) for k, v in p["scale"].items()},
+            signals=tuple(p["signals"]),
+            threshold=float(p["threshold"]),
+            target_false_alarm_rate=float(p["target_false_alarm_rate"]),
+            stats=stats,
+        )
+    if FLEET not in out:
+        raise ExportedModelError(f"{folder}/detector.json holds no fleet profile")
+    return out
+
+
+def default_threads(leave_for_decoding: int = 1) -> int:
+    """As for torch (`anomaly.device.set_torch_threads`): every core but one, which decodes video."""
+    return max(1, (os.cpu_count() or 1) - leave_for_decoding)
+
+
+class _Sessions:
+    """The folder's ONNX Runtime sessions, each created on first use and shared by every copy of a detector."""
+
+    def __init__(self, folder: Path, graphs: dict[str, Any], threads: int) -> None:
+        self.folder, self.graphs, self.threads = folder, graphs, threads
+        self._open: dict[str, Any] = {}
+
+    def get(self, key: str) -> tuple[Any, list[str]]:
+        if key not in self._open:
+            import onnxruntime as ort  # imported when a model is first run: listing a model needs no runtime
+
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = self.threads
+            options.inter_op_num_threads = 1
+            options.log_severity_level = 3
+            path = self.folder / self.graphs[key]["file"]
+            try:
+                self._open[key] = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            except Exception as exc:  # onnxruntime raises its own exception types for bad graphs
+                first = next((ln for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
+                raise ExportedModelError(f"{path} cannot be loaded by ONNX Runtime: {first[:200]}") from None
+        return self._open[key], list(self.graphs[key]["outputs"])
+
+
+@dataclass
+class ExportedDetector:
+    """An exported model, ready to score: the counterpart of `anomaly.detector.Detector` without torch."""
+
+    folder: Path
+    config: DetectorConfig
+    profiles_by_name: dict[str, ExportedProfile]
+    sessions: _Sessions
+    inputs: list[str]
+    manifest_sha256: str
+    profile: str = FLEET
+    all_signals: bool = False
+    threshold_override: float | None = None
+    preprocessor: Preprocessor = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.preprocessor = Preprocessor(self.config.preprocess)
+
+    @property
+    def profiles(self) -> dict[str, ExportedProfile]:
+        """Camera profiles (the fleet profile is not among them, as for `Detector.profiles`)."""
+        return {k: v for k, v in self.profiles_by_name.items() if k != FLEET}
+
+    @property
+    def calibrated(self) -> ExportedProfile:
+        return self.profiles_by_name[self.profile]
+
+    @property
+    def threshold(self) -> float:
+        return self.calibrated.threshold if self.threshold_override is None else self.threshold_override
+
+    def for_camera(self, camera: str | None) -> ExportedDetector:
+        name = camera if camera and camera in self.profiles else FLEET
+        return self if name == self.profile else dataclasses.replace(self, profile=name, threshold_override=None)
+
+    def profile_note(self, camera: str | None) -> str:
+        """One line saying which profile scores `camera`'s frames."""
+        return profile_note(camera, {name: p.threshold for name, p in self.profiles.items()})
+
+    def with_threshold(self, threshold: float) -> ExportedDetector:
+        return dataclasses.replace(self, threshold_override=float(threshold))
+
+    def with_all_signals(self, enabled: bool = True) -> ExportedDetector:
+        return self if enabled == self.all_signals else dataclasses.replace(self, all_signals=enabled)
+
+    def score_prepared(self, prepared: Sequence[np.ndarray] | np.ndarray) -> FrameScores:
+        """Score frames already passed through `preprocessor.prepare` (RGB uint8, model size)."""
+        batch = np.ascontiguousarray(np.stack(prepared) if not isinstance(prepared, np.ndarray) else prepared)
+        if batch.shape[1:] != (*self.preprocessor.size, 3) or batch.dtype != np.uint8:
+            h, w = self.preprocessor.size
+            raise ValueError(f"prepared frames must be {w}x{h} RGB uint8, got {batch.shape[1:]} {batch.dtype}")
+        cal = self.calibrated
+        costly = self.all_signals or bool(COSTLY_SIGNALS & set(cal.signals))  # else the lean graph suffices
+        session, outputs = self.sessions.get("all" if costly else "lean")
+        values = session.run(outputs, {"frames": batch, **cal.stats})
+        named = dict(zip(outputs, values, strict=True))
+        heatmap = named.pop("heatmap")
+        return frame_scores(
+            named,
+            heatmap,
+            loc=cal.loc,
+            scale=cal.scale,
+            names=cal.signals,
+            threshold=self.threshold,
+            profile=self.profile,
+        )
+
+
+def load_exported(folder: Path, threads: int | None = None) -> ExportedDetector:
+    """An exported model folder, checked (see `read_manifest`), ready to score with `threads` CPU threads."""
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    try:
+        config = DetectorConfig.model_validate(manifest["config"])
+        inputs = list(manifest["inputs"])
+        profiles = _profiles(folder, manifest, inputs)
+        graphs = {k: {"file": str(g["file"]), "outputs": list(g["outputs"])} for k, g in manifest["graphs"].items()}
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(x) for x in err["loc"]) or "config"
+        raise ExportedModelError(f"{folder}/detector.json holds a config this version cannot read ({where})") from None
+    except (KeyError, TypeError, ValueError) as exc:
+        reason = f"{type(exc).__name__}: {exc}"[:160]
+        raise ExportedModelError(f"{folder}/detector.json is incomplete or damaged ({reason})") from None
+    if set(graphs) != {"all", "lean"}:
+        raise ExportedModelError(f"{folder}/detector.json names graphs {sorted(graphs)}, expected all and lean")
+    return ExportedDetector(
+        folder=folder,
+        config=config,
+        profiles_by_name=profiles,
+        sessions=_Sessions(folder, graphs, threads or default_threads()),
+        inputs=inputs,
+        manifest_sha256=_digest(folder / "detector.json"),
+    )

@@ -1,0 +1,34 @@
+"""`anomaly export`: a trained model as ONNX graphs plus its calibration, for runtimes without torch."""
+
+import time
+from pathlib import Path
+from typing import Annotated, Literal
+
+import typer
+
+from cli.options import friendly_errors
+
+
+@friendly_errors
+def export(
+    model: Annotated[Path, typer.Argument(help="model file from `anomaly train` or `anomaly calibrate`")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="folder to write the exported model into (replaced)")],
+    format: Annotated[  # noqa: A002 - the option is --format
+        Literal["onnx"], typer.Option("--format", help="onnx: ONNX graphs for ONNX Runtime (opset 18)")
+    ] = "onnx",
+) -> None:
+    """Export a model (networks, scoring, every camera profile) for ONNX Runtime: `anomaly score --model DIR`."""
+    import torch
+
+    from anomaly.checkpoint import file_sha256, load_detector
+    from anomaly.export import export_detector
+
+    started = time.perf_counter()
+    detector = load_detector(model, torch.device("cpu"))
+    manifest = export_detector(detector, out, format, source_sha256=file_sha256(model))
+    cameras = ", ".join(sorted(detector.profiles)) or "none"
+    typer.echo(
+        f"exported {model} as {format} to {out} in {time.perf_counter() - started:.1f} s "
+        f"(camera profiles: {cameras}); score with `anomaly score ... --model {out}`"
+    )
+    typer.echo(f"manifest: {manifest}", err=True)

@@ -1,0 +1,181 @@
+"""`anomaly export` and scoring exported models with ONNX Runtime (anomaly.export, anomaly.exported)."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from factories import road_frames, with_square, write_video
+from typer.testing import CliRunner
+
+from anomaly.calibrate import fit_camera_profile
+from anomaly.checkpoint import save_detector
+from anomaly.export import ExportError, export_detector
+from anomaly.exported import ExportedModelError, load_exported
+from anomaly.frame_scores import EXTRA_SCORE_FIELDS, SCORE_FIELDS
+from cli.main import app
+from footage.scores_csv import read_scores_csv
+
+pytestmark = pytest.mark.slow  # exporting traces the networks and the scoring (about 15 s for the tiny model)
+runner = CliRunner()
+# What ONNX Runtime may differ by (float32, other kernels): absolute near 0, relative for the large z-scores
+# of frames far from normal. Scores printed to the CSV have six significant digits, well inside it.
+ATOL, RTOL = 1e-4, 1e-5
+COLUMNS = (*SCORE_FIELDS, *EXTRA_SCORE_FIELDS, "heatmap")
+
+
+def prepared(detector, source: np.ndarray) -> np.ndarray:
+    return np.stack([detector.preprocessor.prepare(f) for f in source])
+
+
+@pytest.fixture(scope="module")
+def with_camera(tiny_trained):
+    """The tiny detector with a camera profile 'dash' fitted on other footage."""
+    detector = tiny_trained.detector
+    footage = prepared(tiny_trained.detector, road_frames(40, seed=11))
+    return detector.with_profile("dash", fit_camera_profile(detector, [footage]))
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, with_camera):
+    out = tmp_path_factory.mktemp("exported") / "model"
+    export_detector(with_camera, out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def frames(tiny_trained):
+    source = road_frames(12, seed=3)
+    source[4:8] = [with_square(f) for f in source[4:8]]  # some anomalous frames among them
+    return prepared(tiny_trained.detector, source)
+
+
+@pytest.mark.parametrize("camera", [None, "dash"])
+@pytest.mark.parametrize("all_signals", [False, True])
+def test_exported_scores_match_the_torch_path(with_camera, exported, frames, camera, all_signals):
+    torch_side = with_camera.for_camera(camera).with_all_signals(all_signals)
+    onnx_side = load_exported(exported, threads=1).for_camera(camera).with_all_signals(all_signals)
+    assert onnx_side.profile == torch_side.profile == (camera or "fleet")
+    want, got = torch_side.score_prepared(frames), onnx_side.score_prepared(frames)
+    for name in COLUMNS:
+        a, b = getattr(want, name), getattr(got, name)
+        assert (a is None) == (b is None), name
+        if a is not None:
+            np.testing.assert_allclose(b, a, rtol=RTOL, atol=ATOL, err_msg=name)
+    assert (got.patch_score is None) is not all_signals  # the lean graph leaves out the costly signal
+    near = np.abs(want.score - want.threshold) < ATOL + RTOL * np.abs(want.score)
+    assert (want.is_anomaly == got.is_anomaly)[~near].all() and got.threshold == pytest.approx(want.threshold)
+    assert want.is_anomaly.any() and not want.is_anomaly.all()  # the comparison covers both answers
+
+
+def test_threshold_override_and_unknown_cameras_behave_as_for_torch(with_camera, exported, frames):
+    onnx_side = load_exported(exported)
+    assert onnx_side.for_camera("elsewhere").profile == "fleet"
+    assert onnx_side.profile_note("elsewhere") == with_camera.profile_note("elsewhere")
+    assert onnx_side.profile_note("dash") == with_camera.profile_note("dash")
+    lowered = onnx_side.with_threshold(-1e9).score_prepared(frames)
+    assert lowered.is_anomaly.all() and lowered.threshold == -1e9
+
+
+def copy_of(exported, tmp_path):
+    target = tmp_path / "copy"
+    shutil.copytree(exported, target)
+    return target
+
+
+def test_a_folder_without_its_manifest_is_refused(exported, tmp_path):
+    folder = copy_of(exported, tmp_path)
+    (folder / "detector.json").unlink()
+    with pytest.raises(ExportedModelError, match="no detector.json"):
+        load_exported(folder)
+
+
+def test_another_format_version_is_refused_naming_both(exported, tmp_path):
+    folder = copy_of(exported, tmp_path)
+    manifest = json.loads((folder / "detector.json").read_text())
+    manifest["format_version"] = 99
+    (folder / "detector.json").write_text(json.dumps(manifest))
+    with pytest.raises(ExportedModelError, match=r"export format version 99.*reads version 1; export the model again"):
+        load_exported(folder)
+
+
+@pytest.mark.parametrize("damage", ["missing", "altered"])
+def test_a_missing_or_altered_file_is_refused(exported, tmp_path, damage):
+    folder = copy_of(exported, tmp_path)
+    graph = folder / "score_lean.onnx"
+    if damage == "missing":
+        graph.unlink()
+    else:
+        graph.write_bytes(graph.read_bytes()[:-10] + b"0123456789")
+    with pytest.raises(ExportedModelError, match="score_lean.onnx (is missing|does not match its checksum)"):
+        load_exported(folder)
+
+
+def test_export_will_not_replace_a_folder_that_is_not_an_exported_model(with_camera, tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(ExportError, match="not an exported model"):
+        export_detector(with_camera, tmp_path)
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_a_memory_smaller_than_the_neighbour_counts_is_refused(tiny_trained):
+    cal = tiny_trained.detector.config.calibration.model_copy(update={"local_neighbours": 500})
+    config = tiny_trained.config.model_copy(update={"calibration": cal})
+    import dataclasses
+
+    detector = dataclasses.replace(tiny_trained.detector, config=config)
+    with pytest.raises(ExportError, match="fewer than the 500 nearest frames"):
+        export_detector(detector, tiny_trained.path.parent / "never")
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    source = road_frames(30, seed=8)
+    source[10:16] = [with_square(f) for f in source[10:16]]
+    return write_video(tmp_path_factory.mktemp("clip") / "drive.mp4", source)
+
+
+def test_cli_export_then_score_gives_the_torch_csv(with_camera, tmp_path, clip):
+    model = tmp_path / "model.pt"
+    save_detector(with_camera, model)
+    result = runner.invoke(app, ["export", str(model), "--out", str(tmp_path / "onnx")])
+    assert result.exit_code == 0, result.output
+    assert "camera profiles: dash" in result.output
+    csvs = {}
+    for name, path in (("torch", model), ("onnx", tmp_path / "onnx")):
+        csvs[name] = tmp_path / f"{name}.csv"
+        args = ["score", str(clip), "--model", str(path), "--out", str(csvs[name]), "--camera", "dash"]
+        result = runner.invoke(app, [*args, "--no-progress", "--all-signals"])
+        assert result.exit_code == 0, result.output
+        assert "camera 'dash': using its own profile" in result.output
+    want, got = read_scores_csv(csvs["torch"]), read_scores_csv(csvs["onnx"])
+    assert set(want) == set(got) and len(got["score"]) == 30
+    for name in (*SCORE_FIELDS, *EXTRA_SCORE_FIELDS):
+        np.testing.assert_allclose(got[name], want[name], rtol=RTOL, atol=ATOL, err_msg=name)
+    np.testing.assert_array_equal(got["is_anomaly"], want["is_anomaly"])
+
+
+def test_score_with_an_exported_model_on_cuda_is_refused(exported, tmp_path, clip):
+    result = runner.invoke(
+        app, ["score", str(clip), "--model", str(exported), "--out", str(tmp_path / "s.csv"), "--device", "cuda"]
+    )
+    assert result.exit_code == 2 and "runs on the CPU" in result.output
+
+
+def test_scoring_an_exported_model_never_imports_torch(exported, tmp_path, clip):
+    out = tmp_path / "s.csv"
+    code = (
+        "import sys\n"
+        "from cli.main import app\n"
+        f"app(['score', {str(clip)!r}, '--model', {str(exported)!r}, '--out', {str(out)!r}, '--no-progress'],"
+        " standalone_mode=False)\n"
+        "loaded = sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.'))\n"
+        "print('torch modules:', len(loaded))\n"
+        "assert not loaded, loaded[:5]\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "torch modules: 0" in done.stdout
+    assert len(read_scores_csv(out)["score"]) == 30
