@@ -14,7 +14,7 @@ Device = Literal["auto", "cpu", "cuda"]
 # The raw signals one pass through the networks gives (see anomaly.scoring); each has a score field.
 SIGNAL_NAMES = ("spatial", "latent", "recon", "disc", "knn", "local", "disc_patch", "patch")
 # Signals too costly to compute for every frame when the score does not use them (see anomaly.scoring).
-COSTLY_SIGNALS = frozenset({"patch"})
+COSTLY_SIGNALS = frozenset({"patch", "local"})
 
 
 class _Frozen(BaseModel):

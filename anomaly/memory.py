@@ -84,10 +84,10 @@ def euclidean_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return squared.clamp_min(0).sqrt()
 
 
-def knn_distance(query: torch.Tensor, bank: torch.Tensor, k: int) -> torch.Tensor:
-    """Mean distance (per dimension, so its size does not grow with d) to the `k` nearest bank rows."""
-    dist, _ = nearest(query, bank, k)
-    return dist.mean(1) / query.shape[1] ** 0.5
+def mean_distance(distances: torch.Tensor, dims: int) -> torch.Tensor:
+    """The `knn` signal of N x k nearest distances in a `dims`-dimensional space: their mean per
+    dimension, so that its size does not grow with the number of feature dimensions."""
+    return distances.mean(1) / dims**0.5
 
 
 def neighbour_cell_scores(
@@ -103,7 +103,8 @@ def neighbour_cell_scores(
     per cell by `spread_floor` (h x w, from the pooled statistics) so that a cell the neighbours
     happen to agree on exactly does not turn a tiny change into a huge score.
     """
-    ordered = neighbour_cells.float().sort(dim=1).values
+    # the neighbours last, so that each cell's values are contiguous for the sort (3x faster in ONNX Runtime)
+    ordered = neighbour_cells.float().permute(0, 2, 3, 1).sort(dim=-1).values
     center = sorted_quantile(ordered, 0.5, lower=True)
     upper = sorted_quantile(ordered, quantile)
     spread = torch.maximum(upper - center, spread_floor.to(ordered.dtype))
@@ -111,17 +112,17 @@ def neighbour_cell_scores(
 
 
 def sorted_quantile(ordered: torch.Tensor, q: float, lower: bool = False) -> torch.Tensor:
-    """The `q` quantile along dim 1 of values already sorted along it: `torch.quantile`'s linear rule,
-    or with `lower` the lower of the two middle values (`torch.median`'s rule).
+    """The `q` quantile along the last dim of values already sorted along it: `torch.quantile`'s
+    linear rule, or with `lower` the lower of the two middle values (`torch.median`'s rule).
 
     Written with a sort and indexing, which ONNX exports (`anomaly.export`); `torch.quantile` and
     `torch.median` along a dimension do not export.
     """
-    position = q * (ordered.shape[1] - 1)
+    position = q * (ordered.shape[-1] - 1)
     below = int(position)
     if lower or below == position:
-        return ordered[:, below]
-    return torch.lerp(ordered[:, below], ordered[:, below + 1], position - below)
+        return ordered[..., below]
+    return torch.lerp(ordered[..., below], ordered[..., below + 1], position - below)
 
 
 def patch_distances(query: torch.Tensor, neighbour_maps: torch.Tensor, shift: int) -> torch.Tensor:

@@ -23,9 +23,10 @@ Per frame, one pass through the networks gives four raw signals:
 Each signal becomes a z-score against held-out normal frames, and the anomaly score is the largest
 z-score among the signals the calibration selected. `is_anomaly` is score > threshold.
 
-`patch` costs about as much as the networks' pass; scoring computes it only when the score uses
-it or the detector was asked for every signal (`Detector.with_all_signals`: `anomaly score
---all-signals`, `anomaly evaluate`, the demo), and otherwise leaves its column empty.
+`patch` costs about as much as the networks' pass and `local` a fifth of it; scoring computes them
+(`COSTLY_SIGNALS`) only when the score uses them or the detector was asked for every signal
+(`Detector.with_all_signals`: `anomaly score --all-signals`, `anomaly evaluate`, the demo), and
+otherwise leaves their columns empty.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from anomaly.calibration import NormalStats, standard_patches
 from anomaly.config import COSTLY_SIGNALS, CalibrationConfig
 from anomaly.detector import Detector
 from anomaly.frame_scores import FrameScores, frame_scores
-from anomaly.memory import knn_distance, nearest, neighbour_cell_scores, patch_distances
+from anomaly.memory import mean_distance, nearest, neighbour_cell_scores, patch_distances
 from anomaly.model import AutoencoderGAN
 
 
@@ -150,16 +151,22 @@ def raw_signals(model: AutoencoderGAN, x: torch.Tensor, config: CalibrationConfi
     )
 
 
-def patch_distance_maps(raw: RawSignals, stats: NormalStats, config: CalibrationConfig) -> torch.Tensor | None:
+def patch_distance_maps(
+    raw: RawSignals, stats: NormalStats, config: CalibrationConfig, neighbours: torch.Tensor | None = None
+) -> torch.Tensor | None:
     """N x h'' x w'': each patch's distance to the nearest patch of the frame's nearest memory frames.
 
-    None when the statistics hold no patch memory (a model calibrated before the `patch` signal).
+    `neighbours`: the frames' nearest memory frames, nearest first, when already found (at least
+    `config.patch_neighbours` of them, or all the memory holds). None when the statistics hold no
+    patch memory (a model calibrated before the `patch` signal).
     """
     if not stats.has_patch_memory or raw.patch_features is None or raw.features.shape[0] == 0:
         return None
     assert stats.memory_features is not None and stats.memory_patches is not None  # for the type checker
-    standard = (raw.features - stats.feature_center) / stats.feature_scale
-    _, neighbours = nearest(standard, stats.memory_features, config.patch_neighbours)
+    if neighbours is None:
+        standard = (raw.features - stats.feature_center) / stats.feature_scale
+        _, neighbours = nearest(standard, stats.memory_features, config.patch_neighbours)
+    neighbours = neighbours[:, : config.patch_neighbours]
     query = standard_patches(raw.patch_features, stats)
     bank = stats.memory_patches.to(query.device)
     return patch_distances(query, bank[neighbours].float(), config.patch_shift)
@@ -180,8 +187,10 @@ def signal_values(
     """The per-frame signals, and the heat map (per-cell z-scores) they were taken from.
 
     The heat map is the `local` one (cells against the frame's nearest memory frames) when the
-    statistics hold a memory, else the pooled one. Signals whose statistics are missing (a
-    checkpoint of format 3) read 0; signals in `skip` (of `COSTLY_SIGNALS`) are left out.
+    statistics hold a memory and `local` is computed, else the pooled one (what `spatial` reads).
+    Signals whose statistics are missing (a checkpoint of format 3) read 0; signals in `skip` (of
+    `COSTLY_SIGNALS`) are left out. The memory's nearest frames are found once, for the largest
+    neighbour count, and each signal takes its share of them.
     """
     config = config or CalibrationConfig()
     heat = (raw.error_cells - stats.cell_center) / stats.cell_spread
@@ -202,19 +211,23 @@ def signal_values(
     if stats.has_memory and raw.features.shape[0] > 0:
         assert stats.memory_features is not None and stats.memory_cells is not None  # for the type checker
         standard = (raw.features - stats.feature_center) / stats.feature_scale
-        signals["knn"] = knn_distance(standard, stats.memory_features, config.knn_k)
-        _, neighbours = nearest(standard, stats.memory_features, config.local_neighbours)
-        heat = neighbour_cell_scores(
-            raw.error_cells,
-            stats.memory_cells[neighbours],
-            quantile=config.local_quantile,
-            spread_floor=config.local_floor * stats.cell_spread,
-        )
-        signals["local"] = heat.flatten(1).amax(dim=1)
-    if "patch" in skip:
-        del signals["patch"]
-    elif stats.has_patch_range:
-        maps = patch_distance_maps(raw, stats, config)
+        most = max(config.knn_k, config.local_neighbours, config.patch_neighbours)
+        distances, neighbours = nearest(standard, stats.memory_features, most)
+        signals["knn"] = mean_distance(distances[:, : config.knn_k], standard.shape[1])
+        if "local" not in skip:
+            heat = neighbour_cell_scores(
+                raw.error_cells,
+                stats.memory_cells[neighbours[:, : config.local_neighbours]],
+                quantile=config.local_quantile,
+                spread_floor=config.local_floor * stats.cell_spread,
+            )
+            signals["local"] = heat.flatten(1).amax(dim=1)
+    else:
+        neighbours = None
+    for name in skip:
+        signals.pop(name, None)
+    if "patch" not in skip and stats.has_patch_range:
+        maps = patch_distance_maps(raw, stats, config, neighbours)
         if maps is not None:
             signals["patch"] = patch_signal(maps, stats)
     return signals, heat

@@ -86,7 +86,7 @@ def score(
         typer.Option(
             "--all-signals",
             help="fill every signal column of the CSV; by default the costly ones the score does not use "
-            "(patch) are left empty, which about doubles the speed",
+            "(patch, local) are left empty, which about doubles the speed",
         ),
     ] = False,
     batch_size: BatchSizeOpt = _RAY["batch_size"].default,

@@ -8,7 +8,7 @@ from sklearn.metrics import roc_auc_score
 from anomaly.calibrate import fit_patch_range
 from anomaly.calibration import NormalStats, fit_normal_stats
 from anomaly.config import CalibrationConfig
-from anomaly.memory import coreset_indices, knn_distance, nearest, patch_distances, standardiser
+from anomaly.memory import coreset_indices, mean_distance, nearest, patch_distances, standardiser
 from anomaly.scoring import RawSignals, signal_values
 
 
@@ -43,7 +43,8 @@ def test_nearest_and_knn_distance():
     dist, idx = nearest(torch.tensor([[0.9, 0.0]]), bank, 2)
     assert idx.tolist() == [[1, 0]]
     torch.testing.assert_close(dist, torch.tensor([[0.1, 0.9]]))
-    assert knn_distance(torch.tensor([[0.9, 0.0]]), bank, 2).item() == pytest.approx(0.5 / 2**0.5)
+    dist, _ = nearest(torch.tensor([[0.9, 0.0]]), bank, 2)
+    assert mean_distance(dist, 2).item() == pytest.approx(0.5 / 2**0.5)
     assert nearest(torch.zeros(1, 2), bank, 10)[0].shape == (1, 3)  # k capped by the bank
 
 

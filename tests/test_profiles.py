@@ -95,7 +95,7 @@ def test_format_3_checkpoint_still_loads_and_scores_as_before(tmp_path, tiny_tra
     old = load_detector(path, CPU)
     assert old.profiles == {} and not old.calibrated.stats.has_memory
     x = np.stack([np.zeros((24, 32, 3), np.uint8) + 90, np.zeros((24, 32, 3), np.uint8) + 140])
-    s = score_prepared(old, x)
+    s = score_prepared(old.with_all_signals(), x)
     assert np.isfinite(s.score).all() and (s.knn_score == 0).all() and (s.local_score == 0).all()
 
 

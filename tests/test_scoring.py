@@ -211,16 +211,21 @@ def test_gaussian_blur_equals_torchvisions_bit_for_bit(sigma):
     assert torch.equal(gaussian_blur(x, sigma), tv.gaussian_blur(x.contiguous(), [size, size], [sigma, sigma]))
 
 
-def test_the_costly_patch_signal_is_computed_only_when_the_score_uses_it_or_all_are_asked_for(detector, source_frames):
+def test_costly_signals_are_computed_only_when_the_score_uses_them_or_all_are_asked_for(detector, source_frames):
     import dataclasses
 
-    assert "patch" not in detector.calibrated.signals
+    assert not {"patch", "local"} & set(detector.calibrated.signals)
     lean = score_frames(detector, list(source_frames))
     full = score_frames(detector.with_all_signals(), list(source_frames))
-    assert lean.patch_score is None and full.patch_score is not None and np.isfinite(full.patch_score).all()
-    for name in (*FIELDS, "heatmap", "knn_score", "local_score", "disc_patch_score"):
+    assert lean.patch_score is None and lean.local_score is None
+    assert np.isfinite(full.patch_score).all() and np.isfinite(full.local_score).all()
+    for name in (*FIELDS, "knn_score", "disc_patch_score"):
         np.testing.assert_array_equal(getattr(lean, name), getattr(full, name), err_msg=name)
-    uses_patch = detector.with_calibration(dataclasses.replace(detector.calibrated, signals=("patch", "latent")))
-    chosen = score_frames(uses_patch, list(source_frames))
-    np.testing.assert_array_equal(chosen.patch_score, full.patch_score)
+    # without `local` the heat map is the pooled one `spatial` reads: its worst pixel is the spatial score
+    np.testing.assert_allclose(lean.heatmap.reshape(len(lean), -1).max(1), lean.spatial_score, rtol=1e-6)
+    np.testing.assert_allclose(full.heatmap.reshape(len(full), -1).max(1), full.local_score, rtol=1e-6)
+    for chosen in (("patch", "latent"), ("local", "latent")):
+        uses = detector.with_calibration(dataclasses.replace(detector.calibrated, signals=chosen))
+        got = score_frames(uses, list(source_frames))
+        np.testing.assert_array_equal(getattr(got, f"{chosen[0]}_score"), getattr(full, f"{chosen[0]}_score"))
     assert detector.with_all_signals().with_threshold(1.0).all_signals  # copies keep the choice
