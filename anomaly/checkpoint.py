@@ -7,7 +7,6 @@ so an interrupted save never leaves a half-written model behind.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -50,6 +49,11 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
 def read_checkpoint(path: Path, kind: str) -> dict[str, Any]:
     """Safely read a checkpoint dict and check its kind and format version."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(
+            f"{path} is a folder, not a model file: an exported model (`anomaly export`) is scored by "
+            "`anomaly score` and `anomaly serve`; this needs the checkpoint from `anomaly train`"
+        )
     if not path.is_file():
         raise CheckpointError(f"model file not found: {path}")
     try:
@@ -67,15 +71,6 @@ def read_checkpoint(path: Path, kind: str) -> dict[str, Any]:
             "retrain the model with this version"
         )
     return state
-
-
-def file_sha256(path: Path) -> str:
-    """The SHA-256 of a model file: what identifies a model in run records, manifests and the service."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def first_line(text: str, limit: int = 200) -> str:

@@ -182,7 +182,7 @@ def export_detector(detector: Detector, out_dir: Path, fmt: Format = "onnx", *, 
                 "signals": list(cal.signals),
                 "threshold": cal.threshold,
                 "target_false_alarm_rate": cal.target_false_alarm_rate,
-                "calibration_frames": cal.n_frames,
+                "summary": cal.summary(),
             }
         files = [*graphs.values(), *(p["stats"] for p in profiles.values())]
         manifest = {

@@ -51,6 +51,11 @@ class ExportedProfile:
     threshold: float
     target_false_alarm_rate: float
     stats: dict[str, np.ndarray] = field(repr=False)
+    calibration_summary: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        """As `anomaly.calibration.Calibration.summary` of the profile it was exported from."""
+        return {**self.calibration_summary, "threshold": self.threshold}
 
 
 def _digest(path: Path) -> str:
@@ -104,6 +109,7 @@ def _profiles(folder: Path, manifest: dict[str, Any], inputs: list[str]) -> dict
             threshold=float(p["threshold"]),
             target_false_alarm_rate=float(p["target_false_alarm_rate"]),
             stats=stats,
+            calibration_summary=dict(p["summary"]),
         )
     if FLEET not in out:
         raise ExportedModelError(f"{folder}/detector.json holds no fleet profile")
@@ -148,7 +154,6 @@ class ExportedDetector:
     profiles_by_name: dict[str, ExportedProfile]
     sessions: _Sessions
     inputs: list[str]
-    manifest_sha256: str
     profile: str = FLEET
     all_signals: bool = False
     threshold_override: float | None = None
@@ -156,6 +161,10 @@ class ExportedDetector:
 
     def __post_init__(self) -> None:
         self.preprocessor = Preprocessor(self.config.preprocess)
+
+    @property
+    def device(self) -> str:
+        return "cpu (onnxruntime)"
 
     @property
     def profiles(self) -> dict[str, ExportedProfile]:
@@ -231,5 +240,4 @@ def load_exported(folder: Path, threads: int | None = None) -> ExportedDetector:
         profiles_by_name=profiles,
         sessions=_Sessions(folder, graphs, threads or default_threads()),
         inputs=inputs,
-        manifest_sha256=_digest(folder / "detector.json"),
     )

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from anomaly.config import SIGNAL_NAMES
+from anomaly.config import SIGNAL_NAMES, DetectorConfig
 
 if TYPE_CHECKING:
     from anomaly.preprocess import Preprocessor
@@ -133,12 +133,35 @@ def frame_scores(
     )
 
 
+class ProfileView(Protocol):
+    """What scorers read of a calibration profile (`anomaly.calibration.Calibration` or an exported one)."""
+
+    threshold: float
+    target_false_alarm_rate: float
+    signals: tuple[str, ...]
+
+    def summary(self) -> dict[str, Any]: ...
+
+
 class FrameScorer(Protocol):
     """What the scorers of files and streams use of a model: a torch `anomaly.detector.Detector` or an
     exported one (`anomaly.exported.ExportedDetector`, no torch)."""
 
     @property
+    def config(self) -> DetectorConfig: ...
+
+    @property
+    def calibrated(self) -> ProfileView:
+        """The profile in use (the fleet's or a camera's)."""
+        ...
+
+    @property
     def preprocessor(self) -> Preprocessor: ...
+
+    @property
+    def device(self) -> object:
+        """Where it runs (a torch device, or a description of the runtime)."""
+        ...
 
     @property
     def threshold(self) -> float: ...

@@ -20,8 +20,9 @@ def export(
     """Export a model (networks, scoring, every camera profile) for ONNX Runtime: `anomaly score --model DIR`."""
     import torch
 
-    from anomaly.checkpoint import file_sha256, load_detector
+    from anomaly.checkpoint import load_detector
     from anomaly.export import export_detector
+    from anomaly.model_files import file_sha256
 
     started = time.perf_counter()
     detector = load_detector(model, torch.device("cpu"))

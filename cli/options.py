@@ -22,7 +22,12 @@ _SAMPLING, SAMPLING_DEFAULTS = SamplingConfig.model_fields, SamplingConfig()
 _EVENTS, EVENT_DEFAULTS = EventConfig.model_fields, EventConfig()
 
 Sources = Annotated[list[str], typer.Argument(help="video files, image folders, or folders of videos")]
-ModelOpt = Annotated[Path, typer.Option("--model", "-m", help="model file from `anomaly train`")]
+ModelOpt = Annotated[
+    Path,
+    typer.Option(
+        "--model", "-m", help="model file from `anomaly train`, or a folder from `anomaly export` (runs without torch)"
+    ),
+]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA when present), cpu or cuda")]
 ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress", help="show progress bars")]
 ThreadsOpt = Annotated[int | None, typer.Option(min=1, help="torch CPU threads (default: all cores but one)")]

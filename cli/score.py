@@ -1,7 +1,7 @@
 """`anomaly score`: recorded footage in, one CSV row per frame out (locally, or on a Ray cluster)."""
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import Annotated, Literal
 
 import typer
 
@@ -11,6 +11,7 @@ from cli.options import (
     BatchSizeOpt,
     CameraOpt,
     DeviceOpt,
+    ModelOpt,
     ProgressOpt,
     UserError,
     event_options,
@@ -21,21 +22,13 @@ from cli.options import (
 )
 from footage.sampling import SamplingConfig
 
-if TYPE_CHECKING:
-    from anomaly.frame_scores import FrameScorer
-
 _RAY = RayScoreConfig.model_fields
 
 
 @friendly_errors
 @with_options(sampling=sampling_options, events=event_options)
 def score(
-    model: Annotated[
-        Path,
-        typer.Option(
-            "--model", "-m", help="model file from `anomaly train`, or a folder from `anomaly export` (no torch needed)"
-        ),
-    ],
+    model: ModelOpt,
     out: Annotated[
         Path,
         typer.Option(
@@ -140,18 +133,19 @@ def score(
     if resume and overwrite:
         raise UserError("--resume continues the CSV and --overwrite replaces it: give one")
 
+    from anomaly.model_files import load_model, model_sha256
     from batch.local import open_run, score_sources
     from footage.ingest import expand_sources
     from footage.scores_csv import ScoringRun
 
-    detector, model_sha256 = load_scorer(model, device, threads)
+    detector = load_model(model, device, threads)
     typer.echo(detector.profile_note(camera), err=True)
     detector = detector.for_camera(camera).with_all_signals(all_signals)
     if threshold is not None:
         detector = detector.with_threshold(threshold)
     expanded = expand_sources(listed)
     run = ScoringRun(
-        model_sha256=model_sha256,
+        model_sha256=model_sha256(model),
         threshold=detector.threshold,
         sampling=sampling,
         all_signals=all_signals,
@@ -210,23 +204,3 @@ def score_with_ray(config: RayScoreConfig) -> None:
     if summary.errors:
         typer.echo(f"{len(summary.errors)} source(s) failed: {', '.join(summary.errors)}", err=True)
         raise typer.Exit(1)
-
-
-def load_scorer(model: Path, device: str, threads: int | None) -> tuple["FrameScorer", str]:
-    """The model to score with, and its identity for the run record: a torch checkpoint, or a folder
-    from `anomaly export` (run by ONNX Runtime on the CPU, torch never imported; identified by the
-    SHA-256 of its manifest, which holds those of its files)."""
-    from anomaly.exported import is_exported_model
-
-    if is_exported_model(model):
-        from anomaly.exported import load_exported
-
-        if device == "cuda":
-            raise UserError("an exported model runs on the CPU (ONNX Runtime); use --device auto or cpu")
-        exported = load_exported(model, threads)
-        return exported, exported.manifest_sha256
-    from anomaly.checkpoint import file_sha256, load_detector
-    from anomaly.device import resolve_device, set_torch_threads
-
-    set_torch_threads(threads)
-    return load_detector(model, resolve_device(device)), file_sha256(model)

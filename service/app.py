@@ -20,9 +20,8 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.requests import ClientDisconnect
 
 from anomaly import __version__
-from anomaly.checkpoint import load_detector
-from anomaly.detector import Detector
-from anomaly.device import resolve_device
+from anomaly.frame_scores import FrameScorer
+from anomaly.model_files import load_model
 from service.auth import require_token
 from service.engine import ScoringService, describe_model
 from service.errors import (
@@ -63,7 +62,7 @@ TAGS = [
 ]
 
 
-def create_app(settings: ServiceSettings, detector: Detector | None = None) -> FastAPI:
+def create_app(settings: ServiceSettings, detector: FrameScorer | None = None) -> FastAPI:
     """The service app. `detector`: an already loaded model (the CLI loads it first, so a bad model file
     fails with a clear message before the port opens); None loads `settings.model_path` at startup."""
     metrics = ServiceMetrics()
@@ -72,7 +71,7 @@ def create_app(settings: ServiceSettings, detector: Detector | None = None) -> F
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         det = detector
         if det is None:
-            det = await asyncio.to_thread(load_detector, settings.model_path, resolve_device(settings.device))
+            det = await asyncio.to_thread(load_model, settings.model_path, settings.device, settings.torch_threads)
         info = await asyncio.to_thread(describe_model, settings, det)
         service = ScoringService(settings, det, info, metrics)
         await service.start()

@@ -24,9 +24,7 @@ from typing import Any, Generic, TypeVar
 
 import numpy as np
 
-from anomaly.detector import Detector
-from anomaly.frame_scores import FrameScore
-from anomaly.scoring import score_prepared
+from anomaly.frame_scores import FrameScore, FrameScorer
 
 log = logging.getLogger("anomaly.service")
 
@@ -37,14 +35,14 @@ R = TypeVar("R")
 CameraFrame = tuple[np.ndarray, str | None]  # a prepared frame and the camera (stream) it comes from
 
 
-def detector_scorer(detector: Detector) -> Callable[[list[np.ndarray | CameraFrame]], list[FrameScore]]:
+def detector_scorer(detector: FrameScorer) -> Callable[[list[np.ndarray | CameraFrame]], list[FrameScore]]:
     """Batch scorer over frames already passed through `detector.preprocessor.prepare`.
 
     A frame may come with its camera: frames of one batch are scored together per camera profile
     (`Detector.for_camera`: the camera's own, else the fleet's; no camera: the detector's own
     profile), and answered in their order.
     """
-    profiles: dict[str | None, Detector] = {}
+    profiles: dict[str | None, FrameScorer] = {}
 
     def score(items: list[np.ndarray | CameraFrame]) -> list[FrameScore]:
         cameras = [item[1] if isinstance(item, tuple) else None for item in items]
@@ -54,7 +52,7 @@ def detector_scorer(detector: Detector) -> Callable[[list[np.ndarray | CameraFra
             if camera not in profiles:
                 profiles[camera] = detector if camera is None else detector.for_camera(camera)
             idx = [i for i, c in enumerate(cameras) if c == camera]
-            for i, result in zip(idx, score_prepared(profiles[camera], [frames[i] for i in idx]).rows(), strict=True):
+            for i, result in zip(idx, profiles[camera].score_prepared([frames[i] for i in idx]).rows(), strict=True):
                 out[i] = result
         return out  # type: ignore[return-value]
 

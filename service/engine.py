@@ -21,9 +21,8 @@ import anyio
 import numpy as np
 
 from anomaly import __version__
-from anomaly.checkpoint import file_sha256
-from anomaly.detector import Detector
-from anomaly.frame_scores import FrameScore
+from anomaly.frame_scores import FrameScore, FrameScorer
+from anomaly.model_files import model_sha256
 from service.batcher import Admission, CameraFrame, MicroBatcher, QueueFull, Ticket, detector_scorer
 from service.errors import ServiceError, unavailable
 from service.images import decode_image, heatmap_png_base64
@@ -35,10 +34,10 @@ from service.streams import FrameTag, Slot, Stream, StreamOutcome, StreamRegistr
 log = logging.getLogger("anomaly.service")
 
 
-def describe_model(settings: ServiceSettings, detector: Detector) -> ModelInfo:
+def describe_model(settings: ServiceSettings, detector: FrameScorer) -> ModelInfo:
     pre = detector.config.preprocess
     return ModelInfo(
-        version=file_sha256(settings.model_path)[:12],
+        version=model_sha256(settings.model_path)[:12],
         file=Path(settings.model_path).name,
         anomaly_version=__version__,
         device=str(detector.device),
@@ -57,7 +56,7 @@ def internal_error(exc: BaseException) -> ServiceError:
 
 class ScoringService:
     def __init__(
-        self, settings: ServiceSettings, detector: Detector, model_info: ModelInfo, metrics: ServiceMetrics
+        self, settings: ServiceSettings, detector: FrameScorer, model_info: ModelInfo, metrics: ServiceMetrics
     ) -> None:
         self.settings = settings
         self.detector = detector

@@ -28,9 +28,8 @@ import uvicorn
 from fastapi import FastAPI
 from uvicorn.logging import DefaultFormatter
 
-from anomaly.checkpoint import load_detector
-from anomaly.detector import Detector
-from anomaly.device import resolve_device, set_torch_threads
+from anomaly.frame_scores import FrameScorer
+from anomaly.model_files import load_model
 from service.app import create_app
 from service.guard import guarded_protocol
 from service.settings import ServiceSettings
@@ -125,11 +124,10 @@ def configure_logging(level: str) -> None:
     logger.setLevel(level.upper())
 
 
-def serve(settings: ServiceSettings, detector: Detector | None = None) -> None:
+def serve(settings: ServiceSettings, detector: FrameScorer | None = None) -> None:
     """Load the model (errors surface before the port opens), then serve until SIGINT/SIGTERM."""
     if detector is None:
-        detector = load_detector(settings.model_path, resolve_device(settings.device))
-    set_torch_threads(settings.torch_threads)
+        detector = load_model(settings.model_path, settings.device, settings.torch_threads)
     configure_logging(settings.log_level)
     server = make_server(create_app(settings, detector), settings)
     server.run()

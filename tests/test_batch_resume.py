@@ -12,8 +12,8 @@ import pytest
 from factories import road_frames, with_square, write_video
 from typer.testing import CliRunner
 
-from anomaly.checkpoint import file_sha256
 from anomaly.detector import Detector
+from anomaly.model_files import file_sha256
 from batch.local import OutputExists, open_run, score_sources
 from cli.main import app
 from footage.sampling import SamplingConfig

@@ -179,3 +179,35 @@ def test_scoring_an_exported_model_never_imports_torch(exported, tmp_path, clip)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "torch modules: 0" in done.stdout
     assert len(read_scores_csv(out)["score"]) == 30
+
+
+def test_the_service_serves_an_exported_model_with_its_camera_profiles(with_camera, exported, clip):
+    import httpx
+    from servers import Model, png, serving, settings_for
+    from websockets.sync.client import connect
+
+    source = road_frames(6, seed=21)
+    source[3] = with_square(source[3])
+    want = {cam: with_camera.for_camera(cam).score_prepared(prepared(with_camera, source)) for cam in (None, "dash")}
+    with serving(settings_for(Model(with_camera, exported))) as srv:
+        info = httpx.get(f"{srv.url}/v1/model").json()
+        single = [httpx.post(f"{srv.url}/v1/score", content=png(f)).json() for f in source]
+        with connect(f"{srv.ws_url}/v1/streams/dash/ws") as ws:
+            for i, f in enumerate(source):
+                ws.send(json.dumps({"frame_index": i, "timestamp_s": i / 10}))
+                ws.send(png(f))
+            streamed = [json.loads(ws.recv(timeout=30)) for _ in source]
+    manifest = (exported / "detector.json").read_bytes()
+    import hashlib
+
+    assert info["version"] == hashlib.sha256(manifest).hexdigest()[:12] and info["device"] == "cpu (onnxruntime)"
+    assert info["calibration"]["signals"] == list(with_camera.calibrated.signals)
+    for cam, answers in ((None, single), ("dash", streamed)):
+        got = np.array([a["score"] for a in answers])
+        np.testing.assert_allclose(got, want[cam].score, rtol=RTOL, atol=ATOL, err_msg=str(cam))
+        assert [a["threshold"] for a in answers] == pytest.approx([want[cam].threshold] * len(source))
+
+
+def test_commands_that_need_the_checkpoint_say_so_for_an_exported_folder(exported, tmp_path, clip):
+    result = runner.invoke(app, ["calibrate", str(exported), str(clip), "--camera", "x", "--out", str(tmp_path / "m")])
+    assert result.exit_code == 2 and "is a folder, not a model file" in result.output
