@@ -126,7 +126,7 @@ def test_missing_file_is_refused(tmp_path):
 
 
 def test_directory_is_refused(tmp_path):
-    with pytest.raises(CheckpointError, match="not found"):
+    with pytest.raises(CheckpointError, match="is a folder, not a model file.*anomaly export"):
         load_detector(tmp_path, CPU)
 
 
