@@ -22,7 +22,6 @@ Written into the output folder, everything plain files (nothing that unpickles):
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import json
 import os
@@ -43,6 +42,7 @@ from anomaly.config import COSTLY_SIGNALS, SIGNAL_NAMES, CalibrationConfig, Prep
 from anomaly.detector import Detector
 from anomaly.exported import EXPORT_FORMAT, EXPORT_KIND
 from anomaly.model import AutoencoderGAN
+from anomaly.model_files import file_sha256
 from anomaly.preprocess import normalise
 from anomaly.profiles import FLEET
 from anomaly.scoring import frame_signals
@@ -137,10 +137,6 @@ def _export_graph(graph: ScoringGraph, example: tuple[torch.Tensor, ...], path: 
         )
 
 
-def file_digest(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def export_detector(detector: Detector, out_dir: Path, fmt: Format = "onnx", *, source_sha256: str = "") -> Path:
     """Write `detector` as an exported model into `out_dir` (replaced whole, atomically); returns its JSON."""
     if fmt != "onnx":
@@ -196,7 +192,7 @@ def export_detector(detector: Detector, out_dir: Path, fmt: Format = "onnx", *, 
             "graphs": {key: {"file": name, "outputs": list(outputs[key])} for key, name in graphs.items()},
             "inputs": ["frames", *layout],
             "profiles": profiles,
-            "files": {rel: file_digest(tmp / rel) for rel in files},
+            "files": {rel: file_sha256(tmp / rel) for rel in files},
         }
         (tmp / "detector.json").write_text(json.dumps(manifest, indent=1) + "\n")
         umask = os.umask(0)

@@ -11,7 +11,6 @@ score is combined here with the same `anomaly.frame_scores.frame_scores` the tor
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 from collections.abc import Sequence
@@ -25,6 +24,7 @@ from pydantic import ValidationError
 from anomaly import __version__
 from anomaly.config import COSTLY_SIGNALS, DetectorConfig
 from anomaly.frame_scores import FrameScores, frame_scores
+from anomaly.model_files import file_sha256
 from anomaly.preprocess import Preprocessor
 from anomaly.profiles import FLEET, profile_note
 
@@ -58,10 +58,6 @@ class ExportedProfile:
         return {**self.calibration_summary, "threshold": self.threshold}
 
 
-def _digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def read_manifest(folder: Path) -> dict[str, Any]:
     """The folder's detector.json, checked: kind, format version, and every file it names, by SHA-256."""
     folder = Path(folder)
@@ -91,7 +87,7 @@ def read_manifest(folder: Path) -> dict[str, Any]:
             raise ExportedModelError(f"{path} names a file outside its folder: {rel}")
         if not target.is_file():
             raise ExportedModelError(f"{folder} is incomplete: {rel} is missing")
-        if _digest(target) != digest:
+        if file_sha256(target) != digest:
             raise ExportedModelError(f"{folder}/{rel} does not match its checksum in detector.json (altered, damaged)")
     return manifest
 
