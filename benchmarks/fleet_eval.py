@@ -144,7 +144,8 @@ def read_scores(path: Path) -> dict[str, dict[str, np.ndarray]]:
     for source, rs in rows.items():
         rs.sort(key=lambda r: int(r["frame_index"]))
         key = str(Path(source).relative_to(Path(source).parents[1]))  # <group>/<part name>
-        out[key] = {c: np.array([float(r[c]) for r in rs]) for c in rs[0] if c != "source"}
+        # a signal column the scorer left empty (computed only on request) is not a figure
+        out[key] = {c: np.array([float(r[c]) for r in rs]) for c in rs[0] if c != "source" and rs[0][c] != ""}
     return out
 
 
@@ -236,7 +237,7 @@ def main() -> None:
         )
         timing["score_calibrated_s"] = anomaly_cli(
             "score", *folders["unseen"], "--model", model2, "--camera", UNSEEN_CAMERA,
-            "--out", out / "scores_calibrated.csv", "--overwrite", *common, log=log,
+            "--out", out / "scores_calibrated.csv", "--overwrite", "--all-signals", *common, log=log,
         )  # fmt: skip
         scores_cal = read_scores(out / "scores_calibrated.csv")
 
