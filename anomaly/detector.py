@@ -19,7 +19,7 @@ from anomaly.config import DetectorConfig
 from anomaly.frame_scores import FrameScores
 from anomaly.model import AutoencoderGAN
 from anomaly.preprocess import Preprocessor
-from anomaly.profiles import FLEET, profile_note
+from anomaly.profiles import FLEET, profile_for, profile_note
 
 
 @dataclass
@@ -82,7 +82,7 @@ class Detector:
 
     def for_camera(self, camera: str | None) -> Detector:
         """A copy that scores with `camera`'s profile, or the fleet profile when it has none (see `profile`)."""
-        name = camera if camera and camera in self.profiles else FLEET
+        name = profile_for(camera, self.profiles)
         return self if name == self.profile else self._copy(profile=name)
 
     def profile_note(self, camera: str | None) -> str:

@@ -91,13 +91,13 @@ def memory_floor(calibration: CalibrationConfig) -> int:
     return max(calibration.knn_k, calibration.local_neighbours, calibration.patch_neighbours)
 
 
-def profile_stats(detector: Detector) -> dict[str, NormalStats]:
-    """Every profile's statistics (the fleet's first), checked to fit one graph."""
+def checked_profiles(detector: Detector) -> dict[str, Calibration]:
+    """Every profile (the fleet's first), its statistics checked to fit one graph."""
     profiles = {FLEET: detector.for_camera(None).calibrated, **detector.profiles}
-    stats = {name: cal.stats for name, cal in profiles.items()}
-    layout = present_fields(stats[FLEET])
+    layout = present_fields(profiles[FLEET].stats)
     floor = memory_floor(detector.config.calibration)
-    for name, s in stats.items():
+    for name, cal in profiles.items():
+        s = cal.stats
         if present_fields(s) != layout:
             raise ExportError(
                 f"profile {name!r} holds other statistics than the fleet profile "
@@ -108,7 +108,7 @@ def profile_stats(detector: Detector) -> dict[str, NormalStats]:
                 f"profile {name!r} keeps {len(s.memory_features)} memory frames, fewer than the {floor} nearest "
                 "frames its signals use; calibrate it on more footage (or lower the neighbour counts) to export it"
             )
-    return stats
+    return profiles
 
 
 def stats_arrays(stats: NormalStats, layout: tuple[str, ...], stored: bool = False) -> dict[str, np.ndarray]:
@@ -142,8 +142,8 @@ def export_detector(detector: Detector, out_dir: Path, fmt: Format = "onnx", *, 
     if fmt != "onnx":
         raise ExportError(f"unknown export format {fmt!r}: choose onnx")
     config = detector.config
-    stats = profile_stats(detector)
-    layout = present_fields(stats[FLEET])
+    profiles_in = checked_profiles(detector)
+    layout = present_fields(profiles_in[FLEET].stats)
     floor = memory_floor(config.calibration) if "memory_features" in layout else 1
     model = detector.model.to("cpu").eval()
     out_dir = Path(out_dir)
@@ -154,7 +154,7 @@ def export_detector(detector: Detector, out_dir: Path, fmt: Format = "onnx", *, 
     try:
         h, w = config.preprocess.height, config.preprocess.width
         example_frames = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (2, h, w, 3), dtype=np.uint8))
-        fleet_arrays = stats_arrays(stats[FLEET], layout)
+        fleet_arrays = stats_arrays(profiles_in[FLEET].stats, layout)
         example = (example_frames, *(torch.from_numpy(a) for a in fleet_arrays.values()))
         graphs = {"all": "score.onnx", "lean": "score_lean.onnx"}
         outputs = {
@@ -167,8 +167,7 @@ def export_detector(detector: Detector, out_dir: Path, fmt: Format = "onnx", *, 
                 _export_graph(graph, example, tmp / name, floor)
         (tmp / "profiles").mkdir()
         profiles: dict[str, Any] = {}
-        all_cals: dict[str, Calibration] = {FLEET: detector.for_camera(None).calibrated, **detector.profiles}
-        for i, (name, cal) in enumerate(all_cals.items()):
+        for i, (name, cal) in enumerate(profiles_in.items()):
             rel = f"profiles/{i:03d}.npz"  # numbered: camera names are free text
             np.savez(tmp / rel, **stats_arrays(cal.stats, layout, stored=True))
             profiles[name] = {

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,9 +23,9 @@ from pydantic import ValidationError
 from anomaly import __version__
 from anomaly.config import COSTLY_SIGNALS, DetectorConfig
 from anomaly.frame_scores import FrameScores, frame_scores
-from anomaly.model_files import file_sha256
+from anomaly.model_files import default_threads, file_sha256
 from anomaly.preprocess import Preprocessor
-from anomaly.profiles import FLEET, profile_note
+from anomaly.profiles import FLEET, profile_for, profile_note
 
 EXPORT_KIND = "anomaly-exported-detector"
 EXPORT_FORMAT = 1  # what `anomaly export` writes
@@ -112,11 +111,6 @@ def _profiles(folder: Path, manifest: dict[str, Any], inputs: list[str]) -> dict
     return out
 
 
-def default_threads(leave_for_decoding: int = 1) -> int:
-    """As for torch (`anomaly.device.set_torch_threads`): every core but one, which decodes video."""
-    return max(1, (os.cpu_count() or 1) - leave_for_decoding)
-
-
 class _Sessions:
     """The folder's ONNX Runtime sessions, each created on first use and shared by every copy of a detector."""
 
@@ -176,7 +170,7 @@ class ExportedDetector:
         return self.calibrated.threshold if self.threshold_override is None else self.threshold_override
 
     def for_camera(self, camera: str | None) -> ExportedDetector:
-        name = camera if camera and camera in self.profiles else FLEET
+        name = profile_for(camera, self.profiles)
         return self if name == self.profile else dataclasses.replace(self, profile=name, threshold_override=None)
 
     def profile_note(self, camera: str | None) -> str:

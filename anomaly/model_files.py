@@ -7,9 +7,16 @@ SHA-256) that run records and the service report. Torch is imported only for a c
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 from anomaly.frame_scores import FrameScorer
+
+
+def default_threads(leave_for_decoding: int = 1) -> int:
+    """CPU threads for the model, torch's or ONNX Runtime's: every core but one, which decodes video
+    (measured on 2 cores: 269 vs 223 frames/s with torch, against letting both fight over both cores)."""
+    return max(1, (os.cpu_count() or 1) - leave_for_decoding)
 
 
 def file_sha256(path: Path) -> str:

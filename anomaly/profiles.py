@@ -5,9 +5,14 @@ Torch-free, shared by `anomaly.detector.Detector` and `anomaly.exported.Exported
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 FLEET = "fleet"  # the profile from training; a camera without a profile of its own is scored with it
+
+
+def profile_for(camera: str | None, cameras: Collection[str]) -> str:
+    """The profile that scores `camera`'s frames: its own when it is among `cameras`, else the fleet's."""
+    return camera if camera and camera in cameras else FLEET
 
 
 def profile_note(camera: str | None, thresholds: Mapping[str, float]) -> str:

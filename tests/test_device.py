@@ -62,9 +62,9 @@ def test_set_torch_threads_explicit(restore_threads):
 
 
 def test_set_torch_threads_default_leaves_a_core(restore_threads, monkeypatch):
-    monkeypatch.setattr("anomaly.device.os.cpu_count", lambda: 4)
+    monkeypatch.setattr("anomaly.model_files.os.cpu_count", lambda: 4)
     assert set_torch_threads(None) == 3
-    monkeypatch.setattr("anomaly.device.os.cpu_count", lambda: 1)
+    monkeypatch.setattr("anomaly.model_files.os.cpu_count", lambda: 1)
     assert set_torch_threads(None) == 1
-    monkeypatch.setattr("anomaly.device.os.cpu_count", lambda: None)
+    monkeypatch.setattr("anomaly.model_files.os.cpu_count", lambda: None)
     assert set_torch_threads(None) == 1
