@@ -190,7 +190,7 @@ def signal_values(
     statistics hold a memory and `local` is computed, else the pooled one (what `spatial` reads).
     Signals whose statistics are missing (a checkpoint of format 3) read 0; signals in `skip` (of
     `COSTLY_SIGNALS`) are left out. The memory's nearest frames are found once, for the largest
-    neighbour count, and each signal takes its share of them.
+    neighbour count among the signals computed, and each signal takes its share of them.
     """
     config = config or CalibrationConfig()
     heat = (raw.error_cells - stats.cell_center) / stats.cell_spread
@@ -211,7 +211,8 @@ def signal_values(
     if stats.has_memory and raw.features.shape[0] > 0:
         assert stats.memory_features is not None and stats.memory_cells is not None  # for the type checker
         standard = (raw.features - stats.feature_center) / stats.feature_scale
-        most = max(config.knn_k, config.local_neighbours, config.patch_neighbours)
+        wanted = {"local": config.local_neighbours, "patch": config.patch_neighbours}
+        most = max([config.knn_k, *(k for name, k in wanted.items() if name not in skip)])
         distances, neighbours = nearest(standard, stats.memory_features, most)
         signals["knn"] = mean_distance(distances[:, : config.knn_k], standard.shape[1])
         if "local" not in skip:
