@@ -40,7 +40,7 @@ from anomaly import __version__
 from anomaly.calibration import Calibration, NormalStats
 from anomaly.config import COSTLY_SIGNALS, SIGNAL_NAMES, CalibrationConfig, PreprocessConfig
 from anomaly.detector import Detector
-from anomaly.exported import EXPORT_FORMAT, EXPORT_KIND
+from anomaly.exported import EXPORT_FORMAT, EXPORT_KIND, HEATMAP
 from anomaly.model import AutoencoderGAN
 from anomaly.model_files import file_sha256
 from anomaly.preprocess import normalise
@@ -48,7 +48,6 @@ from anomaly.profiles import FLEET
 from anomaly.scoring import frame_signals
 
 OPSET = 18
-HEATMAP = "heatmap"
 Format = Literal["onnx"]
 
 

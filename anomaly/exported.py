@@ -28,6 +28,7 @@ from anomaly.preprocess import Preprocessor
 from anomaly.profiles import FLEET, profile_for, profile_note
 
 EXPORT_KIND = "anomaly-exported-detector"
+HEATMAP = "heatmap"  # the graphs' output besides the signals
 EXPORT_FORMAT = 1  # what `anomaly export` writes
 READABLE_FORMATS = (EXPORT_FORMAT,)
 
@@ -143,7 +144,6 @@ class ExportedDetector:
     config: DetectorConfig
     profiles_by_name: dict[str, ExportedProfile]
     sessions: _Sessions
-    inputs: list[str]
     profile: str = FLEET
     all_signals: bool = False
     threshold_override: float | None = None
@@ -194,7 +194,7 @@ class ExportedDetector:
         session, outputs = self.sessions.get("all" if costly else "lean")
         values = session.run(outputs, {"frames": batch, **cal.stats})
         named = dict(zip(outputs, values, strict=True))
-        heatmap = named.pop("heatmap")
+        heatmap = named.pop(HEATMAP)
         return frame_scores(
             named,
             heatmap,
@@ -229,5 +229,4 @@ def load_exported(folder: Path, threads: int | None = None) -> ExportedDetector:
         config=config,
         profiles_by_name=profiles,
         sessions=_Sessions(folder, graphs, threads or default_threads()),
-        inputs=inputs,
     )
