@@ -12,6 +12,7 @@ incremental so the same code serves a recorded video (batch) and a live stream (
 
 from __future__ import annotations
 
+import hashlib
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
@@ -28,6 +29,11 @@ class EventConfig(BaseModel):
     merge_gap_s: float = Field(0.0, ge=0.0, description="join events separated by less than this (seconds)")
 
 
+def event_id(source: str, start_frame: int, end_frame: int) -> str:
+    """A short name for an event that is the same in every run over the same footage (reviews refer to it)."""
+    return hashlib.sha1(f"{source}|{start_frame}|{end_frame}".encode()).hexdigest()[:12]
+
+
 @dataclass
 class Event:
     source: str
@@ -38,13 +44,23 @@ class Event:
     peak_score: float
     peak_frame: int
     n_frames: int
+    # Filled by whoever writes the run's outputs (None when not known); the tracker leaves them alone.
+    camera: str | None = None  # the camera profile's name the run scored with
+    signal: str | None = None  # the signal whose z-score was the largest at the peak frame
+    clip: str | None = None  # the incident clip holding the event, relative to the events JSON's folder
+    thumbnail: str | None = None  # JPEG of the clip's highest-scoring frame, likewise relative
+    clip_start_s: float | None = None  # timestamp in the source where the clip begins (to seek to the event)
 
     @property
     def duration_s(self) -> float:
         return self.end_s - self.start_s
 
+    @property
+    def id(self) -> str:
+        return event_id(self.source, self.start_frame, self.end_frame)
+
     def to_dict(self) -> dict:
-        return {**asdict(self), "duration_s": self.duration_s}
+        return {**asdict(self), "duration_s": self.duration_s, "id": self.id}
 
 
 @dataclass
@@ -56,6 +72,7 @@ class TrackerUpdate:
     started: bool = False  # this frame opened a stretch
     ended: bool = False  # this frame closed a stretch
     finished: list[Event] = field(default_factory=list)  # events that are now final
+    pending: bool = False  # a closed stretch may still merge with the next one (not final yet)
 
 
 class EventTracker:
@@ -91,6 +108,7 @@ class EventTracker:
             if smoothed > ev.peak_score:
                 ev.peak_score, ev.peak_frame = smoothed, frame_index
             upd.active = True
+        upd.pending = self._pending is not None
         return upd
 
     def _resume_or_new(self, frame_index: int, timestamp_s: float, smoothed: float) -> Event:

@@ -139,6 +139,8 @@ class ProfileView(Protocol):
     threshold: float
     target_false_alarm_rate: float
     signals: tuple[str, ...]
+    loc: dict[str, float]  # per signal: what its z-score is measured from ...
+    scale: dict[str, float]  # ... and in units of
 
     def summary(self) -> dict[str, Any]: ...
 

@@ -1,4 +1,4 @@
-"""Offline scoring of recorded videos and image folders: scores CSV, events JSON, annotated videos.
+"""Offline scoring of recorded videos and image folders: scores CSV, events JSON, annotated videos, incident clips.
 
 Frames stream through in batches (decode runs ahead in a worker thread), so memory does not grow
 with the length of the input. Rows are flushed batch by batch: if a run is interrupted, what was
@@ -10,10 +10,14 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from anomaly.events import Event, EventConfig, EventTracker
+from anomaly.drift import DriftConfig
+from anomaly.events import Event, EventConfig
 from anomaly.frame_scores import FrameScorer
 from anomaly.progress import progress_bar
+from batch.run_events import RunDrift, RunEvents
+from footage.clips import MAX_WIDTH, ClipRecorder
 from footage.events_json import write_events_json
 from footage.heatmap import AnnotatedVideoWriter, draw_annotation
 from footage.ingest import IngestError, iter_frames, probe_source
@@ -43,6 +47,7 @@ class ScoreRunSummary:
     errors: dict[str, str] = field(default_factory=dict)  # every source that ended with an error
     sources: list[str] = field(default_factory=list)
     frames_per_source: dict[str, int] = field(default_factory=dict)
+    drift: list[dict[str, Any]] = field(default_factory=list)  # camera drift found (`anomaly.drift` events)
 
     @property
     def failed(self) -> dict[str, str]:
@@ -125,18 +130,33 @@ def score_sources(
     on_error: Callable[[str, IngestError], None] | None = None,
     run: ScoringRun | None = None,
     resume_from: WrittenRows | None = None,
+    clips_dir: Path | None = None,
+    clip_context_s: float = 2.0,
+    clip_max_width: int = MAX_WIDTH,
+    camera: str | None = None,
+    drift: DriftConfig | None = None,
 ) -> ScoreRunSummary:
     """Score every frame of `sources` into `out_csv`; bad sources are reported and skipped.
 
     With `run`, its record is kept beside the CSV (`<csv>.run.json`) and updated as each source
     finishes, so an interrupted run can be continued: `resume_from` (see `open_run`) appends to the
     CSV, skipping the finished sources and starting the unfinished one after its last row.
+    With `clips_dir` (and `events_path`, which points at them) each event's stretch, with
+    `clip_context_s` seconds around it, is written there as an MP4 (at most `clip_max_width` px wide) and a
+    JPEG (`footage.clips`).
+    `camera` (the profile's name) is recorded on every event. With `drift`, the camera's scores are watched
+    for drift from its calibration over all sources (`anomaly.drift`); what is found goes to the summary
+    and the events JSON (`drift`). A resumed run watches only the frames it scores itself.
     """
     sampling = sampling or SamplingConfig()
     summary = ScoreRunSummary(sources=list(sources))
     pre = detector.preprocessor
     if resume_from is not None and annotate_dir is not None:
         raise ValueError("--annotate cannot continue an interrupted run's videos; resume without it")
+    if resume_from is not None and clips_dir is not None:
+        raise ValueError("--clips cannot continue an interrupted run's clips; resume without it")
+    if clips_dir is not None and events_path is None:
+        raise ValueError("--clips needs --events: the events JSON is what points at the clips")
     finished = list(resume_from.finished) if resume_from is not None else []
     if resume_from is not None:
         summary.errors.update(resume_from.problems)
@@ -146,20 +166,29 @@ def score_sources(
         if on_error:
             on_error(src, err)
 
-    trackers: dict[str, EventTracker] = {}
+    recorder = None
+    if clips_dir is not None and events_path is not None:
+        recorder = ClipRecorder(
+            clips_dir,
+            pre,
+            lambda source: annotated_fps(source, sampling),
+            context_s=clip_context_s,
+            max_width=clip_max_width,
+            links_relative_to=Path(events_path).parent,
+        )
+    events = RunEvents(detector.threshold, event_config, summary.events, camera=camera, recorder=recorder)
     if resume_from is not None:  # the events of the rows already written, from their (rounded) scores
         for source, rows in resume_from.rows.items():
-            tracker = trackers[source] = EventTracker(source, detector.threshold, event_config)
-            for row in rows:
-                summary.events.extend(tracker.update(*row).finished)
+            events.replay(source, rows)
             summary.frames_per_source[source] = len(rows)
         summary.frames = summary.resumed_frames = resume_from.frames
         summary.anomalies = resume_from.anomalies
+    watch = RunDrift(drift, detector, camera) if drift is not None else None
     todo = [s for s in sources if s not in finished]
     first = {s: i + 1 for s, i in resume_from.last_index.items()} if resume_from is not None else {}
 
-    # With annotation the original frames are needed for drawing, so preparation moves to this thread.
-    transform = None if annotate_dir else pre.prepare
+    # Annotation and clips draw on the original frames, so preparation moves to this thread.
+    transform = None if annotate_dir or recorder else pre.prepare
     frames = prefetch(
         iter_frames(todo, sampling, transform=transform, on_error=record_error, first=first), maxsize=4 * batch_size
     )
@@ -177,6 +206,7 @@ def score_sources(
     finish([])
     current = 0  # position in `todo` of the source being read
     bar = progress_bar(total=expected_frames(todo, sampling), desc="score", unit="frame", enabled=progress)
+    completed = False
     try:
         append = resume_from is not None and out_csv.stat().st_size > 0
         with out_csv.open("a" if append else "w", newline="") as fh:
@@ -185,7 +215,9 @@ def score_sources(
                 images = [f.image for f in batch] if transform else [pre.prepare(f.image) for f in batch]
                 scored = ScoredBatch(batch, detector.score_prepared(images))
                 writer.write(scored)
-                track_events(scored, trackers, detector.threshold, event_config, summary)
+                events.add(scored, detector)
+                if watch is not None:
+                    watch.add(scored)
                 if annotate_dir:
                     write_annotated(scored, writers, annotate_dir, detector, sampling)
                 for f in batch:
@@ -197,30 +229,19 @@ def score_sources(
                 if reached > current:  # every source before the one this batch ended in is complete
                     finish(todo[current:reached])
                     current = reached
+        events.close()  # each source's last events (and its clip)
         finish(todo)
+        completed = True
     finally:
         bar.close()
         for w in writers.values():
             w.close()
-    for tracker in trackers.values():
-        summary.events.extend(tracker.close())
+        if recorder is not None:  # an exception or an interruption leaves no partial clip behind
+            recorder.close(error=not completed)
+    summary.drift = watch.events() if watch is not None else []
     if events_path:
-        write_events_json(events_path, summary.events, detector.threshold)
+        write_events_json(events_path, summary.events, detector.threshold, camera=camera, drift=summary.drift)
     return summary
-
-
-def track_events(
-    scored: ScoredBatch,
-    trackers: dict[str, EventTracker],
-    threshold: float,
-    config: EventConfig | None,
-    summary: ScoreRunSummary,
-) -> None:
-    for f, score in zip(scored.frames, scored.scores.score, strict=True):
-        tracker = trackers.get(f.source)
-        if tracker is None:
-            tracker = trackers[f.source] = EventTracker(f.source, threshold, config)
-        summary.events.extend(tracker.update(f.index, f.timestamp_s, float(score)).finished)
 
 
 def annotated_fps(source: str, sampling: SamplingConfig) -> float:

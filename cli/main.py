@@ -8,7 +8,7 @@ import shutil
 
 import typer
 
-from cli import calibrate, evaluate, export, samples, score, serve, train
+from cli import calibrate, evaluate, export, review, samples, score, serve, train
 
 app = typer.Typer(
     help="Find unusual frames in dashcam footage.",
@@ -25,6 +25,7 @@ app.command()(calibrate.calibrate)
 app.command()(export.export)
 app.command()(evaluate.evaluate)
 app.command()(serve.serve)
+app.command()(review.review)
 app.command()(samples.demo)
 app.command("generate-samples")(samples.generate_samples)
 

@@ -13,6 +13,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 from pydantic import ValidationError
 
+from anomaly.drift import DriftConfig
 from anomaly.events import EventConfig
 from footage.sampling import SamplingConfig
 
@@ -20,6 +21,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 _SAMPLING, SAMPLING_DEFAULTS = SamplingConfig.model_fields, SamplingConfig()
 _EVENTS, EVENT_DEFAULTS = EventConfig.model_fields, EventConfig()
+_DRIFT, DRIFT_DEFAULTS = DriftConfig.model_fields, DriftConfig()
 
 Sources = Annotated[list[str], typer.Argument(help="video files, image folders, or folders of videos")]
 ModelOpt = Annotated[
@@ -143,6 +145,40 @@ def event_options(
     return EventConfig(window=smooth, hysteresis=hysteresis, min_duration_s=min_event, merge_gap_s=merge_gap)
 
 
+def drift_options(
+    watch_drift: Annotated[
+        bool, typer.Option("--drift/--no-drift", help="watch each camera's scores for drift from its calibration")
+    ] = True,
+    drift_window: Annotated[float, typer.Option(help=_DRIFT["window_s"].description)] = DRIFT_DEFAULTS.window_s,
+    drift_min_window: Annotated[
+        float, typer.Option(help=_DRIFT["min_window_s"].description)
+    ] = DRIFT_DEFAULTS.min_window_s,
+    drift_decorrelation: Annotated[
+        float, typer.Option(help=_DRIFT["decorrelation_s"].description)
+    ] = DRIFT_DEFAULTS.decorrelation_s,
+    drift_reference: Annotated[str, typer.Option(help=_DRIFT["reference"].description)] = DRIFT_DEFAULTS.reference,
+    drift_bound: Annotated[
+        float, typer.Option(help=_DRIFT["max_exceed_fraction"].description)
+    ] = DRIFT_DEFAULTS.max_exceed_fraction,
+    drift_clear: Annotated[
+        float, typer.Option(help=_DRIFT["clear_exceed_fraction"].description)
+    ] = DRIFT_DEFAULTS.clear_exceed_fraction,
+) -> DriftConfig | None:
+    """--drift/--no-drift, --drift-window, --drift-min-window, --drift-decorrelation, --drift-reference,
+    --drift-bound, --drift-clear (checked together by DriftConfig: a bad combination is one error line)."""
+    if not watch_drift:
+        return None
+    return DriftConfig(
+        window_s=drift_window,
+        min_window_s=drift_min_window,
+        decorrelation_s=drift_decorrelation,
+        reference=drift_reference,  # type: ignore[arg-type]
+        max_exceed_fraction=drift_bound,
+        clear_exceed_fraction=drift_clear,
+    )
+
+
+
 def parse_roi(text: str | None) -> tuple[float, float, float, float] | None:
     if not text:
         return None
@@ -179,3 +215,8 @@ def report_source_error(src: str, err: Exception) -> None:
 
 def quiet(*_: object) -> None:
     """Output of the training processes other than rank 0 (which speaks for all)."""
+
+TokenFileOpt = Annotated[
+    Path | None, typer.Option(help="file holding the bearer token clients must send (or set the --token-env var)")
+]
+TokenEnvOpt = Annotated[str, typer.Option(help="environment variable holding the bearer token")]

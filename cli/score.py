@@ -5,6 +5,7 @@ from typing import Annotated, Literal
 
 import typer
 
+from anomaly.drift import DriftConfig
 from anomaly.events import EventConfig
 from batch.ray.config import RayScoreConfig
 from cli.options import (
@@ -14,6 +15,7 @@ from cli.options import (
     ModelOpt,
     ProgressOpt,
     UserError,
+    drift_options,
     event_options,
     friendly_errors,
     report_source_error,
@@ -26,7 +28,7 @@ _RAY = RayScoreConfig.model_fields
 
 
 @friendly_errors
-@with_options(sampling=sampling_options, events=event_options)
+@with_options(sampling=sampling_options, events=event_options, drift=drift_options)
 def score(
     model: ModelOpt,
     out: Annotated[
@@ -40,6 +42,7 @@ def score(
     ],
     sampling: SamplingConfig,
     events: EventConfig,
+    drift: DriftConfig | None,
     sources: Annotated[
         list[str] | None, typer.Argument(help="video files, image folders, or folders of videos (or --manifest)")
     ] = None,
@@ -67,6 +70,16 @@ def score(
     annotate: Annotated[
         Path | None, typer.Option(help="also write <source>.annotated.mp4 with score and heat map into this folder")
     ] = None,
+    clips: Annotated[
+        Path | None,
+        typer.Option(
+            help="with --events: also write each event's stretch as an H.264 <source-stem>_<start-frame>.mp4 "
+            "(heat map and score line drawn in) and a .jpg of its worst frame into this folder"
+        ),
+    ] = None,
+    clip_context: Annotated[
+        float, typer.Option("--clip-context", min=0.0, help="seconds of footage before and after each clip's stretch")
+    ] = 2.0,
     threshold: Annotated[float | None, typer.Option(help="override the model's calibrated threshold")] = None,
     camera: CameraOpt = None,
     resume: Annotated[
@@ -105,6 +118,8 @@ def score(
         listed += read_source_list(manifest)
     if not listed:
         raise UserError("no sources: give video files or folders, or --manifest FILE")
+    if clips is not None and events_out is None:
+        raise UserError("--clips needs --events FILE: the events JSON is what points at the clips")
     if engine == "ray":
         if events_out is not None or annotate is not None:
             raise UserError("--events and --annotate work with --engine local only; --engine ray writes scores")
@@ -167,6 +182,10 @@ def score(
         on_error=report_source_error,
         run=run,
         resume_from=resume_from,
+        clips_dir=clips,
+        clip_context_s=clip_context,
+        camera=camera,
+        drift=drift,
     )
     resumed = f" ({summary.resumed_frames} of them from the interrupted run)" if summary.resumed_frames else ""
     typer.echo(
@@ -174,6 +193,13 @@ def score(
         f"source(s): {summary.anomalies} above threshold {detector.threshold:.3f}, {len(summary.events)} "
         f"event(s) -> {out}"
     )
+    for d in summary.drift:
+        end = "the end" if d["end_s"] is None else f"{Path(d['end_source']).name} {d['end_s']:.1f} s"
+        typer.echo(
+            f"camera drift ({d['camera']}): from {Path(d['source']).name} {d['start_s']:.1f} s to {end}, up to "
+            f"{d['peak_exceed_fraction']:.0%} of the time above its calibrated {d['reference']}",
+            err=True,
+        )
     if summary.with_problems:
         names = ", ".join(summary.with_problems)
         typer.echo(

@@ -1,17 +1,28 @@
 """`anomaly serve`: the model over HTTP and WebSocket (the service in `service/`)."""
 
 import os
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from anomaly.drift import DriftConfig
 from anomaly.events import EventConfig
-from cli.options import DeviceOpt, ModelOpt, event_options, friendly_errors, with_options
+from cli.options import (
+    DeviceOpt,
+    ModelOpt,
+    TokenEnvOpt,
+    TokenFileOpt,
+    drift_options,
+    event_options,
+    friendly_errors,
+    with_options,
+)
 from service.settings import (
+    TOKEN_ENV,
     BatchSettings,
     ConnectionSettings,
     Limits,
+    LiveSettings,
     ServiceSettings,
     StreamSettings,
     read_auth_token,
@@ -22,6 +33,7 @@ _BATCH = BatchSettings.model_fields
 _STREAMS = StreamSettings.model_fields
 _SERVICE = ServiceSettings.model_fields
 _CONN = ConnectionSettings.model_fields
+_LIVE = LiveSettings.model_fields
 
 
 def _help(fields: dict, name: str) -> str:
@@ -29,10 +41,11 @@ def _help(fields: dict, name: str) -> str:
 
 
 @friendly_errors
-@with_options(events=event_options)
+@with_options(events=event_options, drift=drift_options)
 def serve(
     model: ModelOpt,
     events: EventConfig,
+    drift: DriftConfig | None,
     host: Annotated[str, typer.Option(help="interface to listen on (0.0.0.0 for every interface)")] = _SERVICE[
         "host"
     ].default,
@@ -62,10 +75,8 @@ def serve(
         "ws_max_in_flight"
     ].default,
     fps: Annotated[float, typer.Option(help=_help(_STREAMS, "default_fps"))] = _STREAMS["default_fps"].default,
-    token_file: Annotated[
-        Path | None, typer.Option(help="file holding the bearer token clients must send (or set the --token-env var)")
-    ] = None,
-    token_env: Annotated[str, typer.Option(help="environment variable holding the bearer token")] = "ANOMALY_API_TOKEN",
+    token_file: TokenFileOpt = None,
+    token_env: TokenEnvOpt = TOKEN_ENV,
     shutdown_timeout: Annotated[float, typer.Option(help=_help(_SERVICE, "shutdown_timeout_s"))] = _SERVICE[
         "shutdown_timeout_s"
     ].default,
@@ -83,6 +94,9 @@ def serve(
     unready_after: Annotated[float, typer.Option(help=_help(_BATCH, "unready_after_s"))] = _BATCH[
         "unready_after_s"
     ].default,
+    live_view: Annotated[bool, typer.Option("--live-view", help=_help(_SERVICE, "live_view"))] = False,
+    live_history: Annotated[float, typer.Option(help=_help(_LIVE, "history_s"))] = _LIVE["history_s"].default,
+    live_fps: Annotated[float, typer.Option(help=_help(_LIVE, "frames_per_s"))] = _LIVE["frames_per_s"].default,
     access_log: Annotated[bool, typer.Option("--access-log/--no-access-log", help="log every HTTP request")] = True,
     log_level: Annotated[str, typer.Option(help="critical, error, warning, info or debug")] = "info",
 ) -> None:
@@ -118,8 +132,11 @@ def serve(
             ws_max_in_flight=ws_max_in_flight,
             default_fps=fps,
             events=events,
+            drift=drift,
         ),
         shutdown_timeout_s=shutdown_timeout,
+        live_view=live_view,
+        live=LiveSettings(history_s=live_history, frames_per_s=live_fps),
         access_log=access_log,
         log_level=log_level,  # type: ignore[arg-type]
     )

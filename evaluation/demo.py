@@ -18,6 +18,8 @@ from footage.scores_csv import read_scores_csv
 from footage.training_frames import load_named_prepared_frames
 from synthetic.sample_set import generate_sample_set
 
+DEMO_CLIP_WIDTH = 320  # px
+
 
 def sample_clips(sample_dir: Path, log: Callable[[str], None]) -> tuple[list[Path], list[Path]]:
     """Training and labeled test clips of the sample set, generating it first if it is missing."""
@@ -61,6 +63,10 @@ def run_demo(
         [str(p) for p in test_clips],
         scores_csv,
         events_path=out_dir / "events.json",
+        # each event as a short MP4 beside events.json, for review in a browser; 320 px wide keeps this to about
+        # 3 s on a 2-core CPU (the default 640 px, where drawing the heat map dominates, adds about 7 s)
+        clips_dir=out_dir / "clips",
+        clip_max_width=DEMO_CLIP_WIDTH,
         progress=progress,
     )
     cols = read_scores_csv(scores_csv)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import closing
 from itertools import groupby
 
 import numpy as np
 
 from anomaly.preprocess import Preprocessor
-from footage.ingest import IngestError, iter_frames
+from footage.ingest import IngestError, iter_frames, iter_source_frames
 from footage.prefetch import prefetch
 from footage.sampling import SamplingConfig
 
@@ -49,3 +50,16 @@ def load_named_prepared_frames(
             for name, s in per_source
         ]
     return per_source
+
+
+def load_stretch(source: str, start_frame: int, end_frame: int, preprocessor: Preprocessor) -> np.ndarray:
+    """Prepared frames `start_frame..end_frame` (inclusive) of one source: a reviewed event's stretch."""
+    frames = []
+    with closing(iter_source_frames(source, SamplingConfig(), transform=preprocessor.prepare, first=start_frame)) as it:
+        for frame in it:
+            if frame.index > end_frame:
+                break
+            frames.append(frame.image)
+    if not frames:
+        raise IngestError(f"{source}: no frames {start_frame}-{end_frame} (is it the file that was reviewed?)")
+    return np.stack(frames)

@@ -12,6 +12,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -22,7 +23,7 @@ from starlette.requests import ClientDisconnect
 from anomaly import __version__
 from anomaly.frame_scores import FrameScorer
 from anomaly.model_files import load_model
-from service.auth import require_token
+from service.auth import require_browser_session, require_token
 from service.engine import ScoringService, describe_model
 from service.errors import (
     ClientClosed,
@@ -33,7 +34,7 @@ from service.errors import (
 )
 from service.guard import RequestLimit
 from service.metrics import RequestMetricsMiddleware, ServiceMetrics
-from service.routers import health, model, score, streams
+from service.routers import health, live, model, score, streams
 from service.routers.common import error_responses
 from service.settings import ServiceSettings
 
@@ -45,6 +46,8 @@ Anomaly scores for dashcam frames, from the same scoring core as `anomaly score`
 * `POST /v1/score`: one frame, stateless.
 * `POST /v1/streams/{stream_id}/frames` and the WebSocket `/v1/streams/{stream_id}/ws`: frames of a
   stream; the service keeps each stream's smoothing and event state and answers in send order.
+  The stream id names the camera: when its scores drift from its calibration for minutes (a dirty
+  lens, a knocked mount), a `camera_drift` message follows the frame's result.
 
 Frames from all clients are scored together in micro-batches. When the queue is full, HTTP calls
 get `503` with `Retry-After`; WebSocket clients get a `slow_down` message and the server stops
@@ -59,6 +62,7 @@ TAGS = [
     {"name": "model", "description": "the model being served"},
     {"name": "health", "description": "liveness and readiness probes (no auth)"},
     {"name": "monitoring", "description": "Prometheus metrics"},
+    {"name": "live", "description": "the live view of open streams (with --live-view)"},
 ]
 
 
@@ -112,6 +116,8 @@ def create_app(settings: ServiceSettings, detector: FrameScorer | None = None) -
     app.include_router(streams.router, dependencies=guarded, responses=denied)
     app.include_router(streams.ws_router)
     app.include_router(model.router, dependencies=guarded, responses=denied)
+    if settings.live_view:
+        include_live_view(app, denied)
 
     @app.get("/openapi.json", include_in_schema=False, dependencies=guarded)
     async def openapi_schema() -> JSONResponse:
@@ -122,6 +128,14 @@ def create_app(settings: ServiceSettings, detector: FrameScorer | None = None) -
         return get_swagger_ui_html(openapi_url="/openapi.json", title=f"{app.title} - docs")
 
     return app
+
+
+def include_live_view(app: FastAPI, denied: dict[int | str, dict[str, Any]]) -> None:
+    """The live page and its data routes; with a token they take the bearer header or the browser session."""
+    app.state.live_page = live.page_html()  # read once: a missing file fails at startup, not on a request
+    browser_guarded = [Depends(require_browser_session)] if app.state.settings.auth_token is not None else []
+    app.include_router(live.page_router)
+    app.include_router(live.router, dependencies=browser_guarded, responses=denied)
 
 
 async def _internal_error(_: Request, exc: Exception) -> JSONResponse:

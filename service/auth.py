@@ -31,19 +31,45 @@ def token_matches(given: str, expected: SecretStr) -> bool:
     return hmac.compare_digest(a, b)
 
 
+SESSION_COOKIE = "anomaly_session"
+
+
+def session_value(token: SecretStr) -> str:
+    """A browser session's cookie value: a keyed hash of the token, so the token itself is never stored there.
+
+    A browser cannot put a bearer header on a `<video>`, `<img>` or `EventSource` request, so a page is
+    opened once with `?token=...` and answered with this value in an HttpOnly, SameSite=Strict cookie.
+    """
+    return hmac.new(token.get_secret_value().encode(), b"anomaly-browser-session", hashlib.sha256).hexdigest()
+
+
+def session_matches(cookie: str | None, expected: SecretStr | None) -> bool:
+    return expected is not None and cookie is not None and hmac.compare_digest(
+        cookie.encode(), session_value(expected).encode()
+    )
+
+
 def unauthorized(detail: str) -> ServiceError:
     return ServiceError(401, "unauthorized", detail, headers={"WWW-Authenticate": "Bearer"})
 
 
+def authorization_problem(header: str | None, expected: SecretStr | None) -> str | None:
+    """Why `header` is not `Bearer <expected>`; None when it is, or when no token is expected."""
+    if expected is None:
+        return None
+    if not header:
+        return "this service needs an Authorization: Bearer <token> header"
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token_matches(token.strip(), expected):
+        return "the bearer token is wrong"
+    return None
+
+
 def check_authorization(header: str | None, settings: ServiceSettings) -> None:
     """Raise a 401 unless auth is off or `header` is `Bearer <the token>`."""
-    if settings.auth_token is None:
-        return
-    if not header:
-        raise unauthorized("this service needs an Authorization: Bearer <token> header")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token_matches(token.strip(), settings.auth_token):
-        raise unauthorized("the bearer token is wrong")
+    problem = authorization_problem(header, settings.auth_token)
+    if problem is not None:
+        raise unauthorized(problem)
 
 
 async def require_token(request: Request, _: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> None:
@@ -58,3 +84,20 @@ def websocket_auth_error(conn: HTTPConnection) -> ServiceError | None:
     except ServiceError as exc:
         return exc
     return None
+
+
+def browser_authorized(conn: HTTPConnection) -> bool:
+    """Auth is off, or the request carries the bearer token or the browser session cookie (the live view's
+    `<img>` and `EventSource` requests cannot send a header)."""
+    expected = conn.app.state.settings.auth_token
+    if authorization_problem(conn.headers.get("authorization"), expected) is None:
+        return True
+    return session_matches(conn.cookies.get(SESSION_COOKIE), expected)
+
+
+async def require_browser_session(
+    request: Request, _: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+) -> None:
+    """Router dependency of the live view: the bearer token or the session cookie, else a 401."""
+    if not browser_authorized(request):
+        raise unauthorized("open /live?token=<token> once in the browser, or send Authorization: Bearer <token>")

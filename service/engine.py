@@ -21,11 +21,13 @@ import anyio
 import numpy as np
 
 from anomaly import __version__
+from anomaly.drift import DriftTracker
 from anomaly.frame_scores import FrameScore, FrameScorer
 from anomaly.model_files import model_sha256
 from service.batcher import Admission, CameraFrame, MicroBatcher, QueueFull, Ticket, detector_scorer
 from service.errors import ServiceError, unavailable
 from service.images import decode_image, heatmap_png_base64
+from service.live import LiveView, shrink
 from service.metrics import ServiceMetrics
 from service.schemas import ModelInfo
 from service.settings import ServiceSettings
@@ -47,6 +49,20 @@ def describe_model(settings: ServiceSettings, detector: FrameScorer) -> ModelInf
         threshold=detector.threshold,
         calibration=detector.calibrated.summary(),
         events=settings.streams.events,
+        drift=settings.streams.drift,
+    )
+
+
+def drift_tracker(settings: ServiceSettings, detector: FrameScorer) -> DriftTracker | None:
+    """One drift monitor per camera (stream id), against its profile's reference; None when drift is off.
+
+    Clients choose stream ids, so the monitors held are bounded like the streams (the camera heard from
+    longest ago is forgotten); the service keeps no finished drift events (clients get them as messages).
+    """
+    if settings.streams.drift is None:
+        return None
+    return DriftTracker.for_scorer(
+        settings.streams.drift, detector, max_cameras=settings.streams.max_streams, keep_events=0
     )
 
 
@@ -63,9 +79,14 @@ class ScoringService:
         self.model_info = model_info
         self.metrics = metrics
         self.admission = Admission(settings.batching.queue_size)
+        self.drift = drift_tracker(settings, detector)
+        self.live = LiveView(settings.live, detector.preprocessor) if settings.live_view else None
         # a stream's id names its camera: its profile (from `anomaly calibrate`) scores it, else the fleet's
         self.streams = StreamRegistry(
-            settings.streams, lambda stream_id: detector.for_camera(stream_id).threshold, on_open=self._log_profile
+            settings.streams,
+            lambda stream_id: detector.for_camera(stream_id).threshold,
+            on_open=self._log_profile,
+            drift=self.drift,
         )
         self.batcher: MicroBatcher[np.ndarray | CameraFrame, FrameScore] = MicroBatcher(
             detector_scorer(detector),
@@ -90,7 +111,8 @@ class ScoringService:
 
     async def start(self) -> None:
         self.batcher.start()
-        self.metrics.watch(lambda: len(self.streams), lambda: self.admission.in_use)
+        cameras = None if self.drift is None else self.drift.states
+        self.metrics.watch(lambda: len(self.streams), lambda: self.admission.in_use, cameras)
         self._expiry = asyncio.create_task(self._expire_idle_streams())
         self.accepting = True
         log.info(
@@ -211,14 +233,24 @@ class ScoringService:
 
     # ---- the frame path
 
-    def _decode_sync(self, data: bytes, keep_original: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    def _decode_sync(
+        self, data: bytes, keep_original: bool, preview_width: int | None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
         image = decode_image(data, self.settings.limits)
-        return self.detector.preprocessor.prepare(image), (image if keep_original else None)
+        prepared = self.detector.preprocessor.prepare(image)
+        if preview_width is not None:  # the live view's copy, shrunk here: the full-size frame is not kept
+            return prepared, shrink(image, preview_width)
+        return prepared, (image if keep_original else None)
 
-    async def decode(self, data: bytes, keep_original: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
-        """Decode and prepare in a worker thread (the caller's ticket gives the room back on failure)."""
+    async def decode(
+        self, data: bytes, keep_original: bool = False, preview_width: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Decode and prepare in a worker thread (the caller's ticket gives the room back on failure).
+        `preview_width`: also return the frame shrunk to that width (instead of the original)."""
         try:
-            return await anyio.to_thread.run_sync(self._decode_sync, data, keep_original, limiter=self._decode_limiter)
+            return await anyio.to_thread.run_sync(
+                self._decode_sync, data, keep_original, preview_width, limiter=self._decode_limiter
+            )
         except ServiceError as exc:
             self.metrics.bad_frames.labels(exc.code).inc()
             raise
@@ -272,10 +304,25 @@ class ScoringService:
         finally:
             self.answered(1)
 
+    def _preview_width(self, stream: Stream) -> int | None:
+        """The live view's preview width when this stream's next decoded frame should be kept, else None."""
+        if self.live is None or not self.live.preview_due(stream, time.monotonic()):
+            return None
+        return self.live.settings.max_width
+
     def _attach(
-        self, stream: Stream, slot: Slot, prepared: np.ndarray, start: float, endpoint: str, ticket: Ticket
+        self,
+        stream: Stream,
+        slot: Slot,
+        prepared: np.ndarray,
+        start: float,
+        endpoint: str,
+        ticket: Ticket,
+        preview: np.ndarray | None = None,
     ) -> None:
         """Score `prepared` and fill `slot` with the outcome, whoever is (or is no longer) waiting."""
+        if self.live is not None:
+            self.live.follow(stream, slot.future, preview)
         try:
             future = self._submit(prepared, ticket, stream.stream_id)
         except ServiceError as exc:
@@ -308,10 +355,10 @@ class ScoringService:
         self.begin(len(frames))
         try:
             with ticket:
-                prepared: list[np.ndarray] = []
+                prepared: list[tuple[np.ndarray, np.ndarray | None]] = []
                 for i, data in enumerate(frames):
                     try:
-                        prepared.append((await self.decode(data))[0])
+                        prepared.append(await self.decode(data, preview_width=self._preview_width(stream)))
                     except ServiceError as exc:
                         if len(frames) > 1:
                             exc.detail = f"frame {i} of the message: {exc.detail}"
@@ -321,8 +368,8 @@ class ScoringService:
                     now = time.monotonic()
                     for index, ts in tag_requests:
                         slots.append(stream.reserve(stream.tag(index, ts, fps), now))
-                    for slot, frame in zip(slots, prepared, strict=True):
-                        self._attach(stream, slot, frame, start, "stream_http", ticket)
+                    for slot, (frame, preview) in zip(slots, prepared, strict=True):
+                        self._attach(stream, slot, frame, start, "stream_http", ticket, preview)
                 except BaseException as exc:
                     # a slot left empty would hold up every later frame of the stream
                     for slot in slots:
@@ -348,8 +395,8 @@ class ScoringService:
         async def run() -> None:
             with ticket:
                 try:
-                    prepared, _ = await self.decode(data)
-                    self._attach(stream, slot, prepared, start, "stream_ws", ticket)
+                    prepared, preview = await self.decode(data, preview_width=self._preview_width(stream))
+                    self._attach(stream, slot, prepared, start, "stream_ws", ticket, preview)
                 except ServiceError as exc:
                     stream.fill(slot, exc, time.monotonic())
                 except BaseException as exc:

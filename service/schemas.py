@@ -6,6 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
+from anomaly.drift import DriftConfig, DriftUpdate
 from anomaly.events import Event, EventConfig, TrackerUpdate
 from anomaly.frame_scores import SCORE_FIELDS, FrameScore
 from service.errors import ServiceError
@@ -193,6 +194,73 @@ class FrameError(_Schema):
         )
 
 
+class CameraDrift(_Schema):
+    """Sent after a frame's result when, with that frame, its camera's scores started or stopped being
+    drifted from its calibration (see anomaly.drift); the fields after `exceed_fraction` are the event's."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "type": "camera_drift",
+                    "camera": "truck-12.front",
+                    "frame_index": 9120,
+                    "timestamp_s": 364.8,
+                    "drifting": True,
+                    "started": True,
+                    "ended": False,
+                    "exceed_fraction": 0.204,
+                    "start_s": 364.8,
+                    "end_s": None,
+                    "peak_exceed_fraction": 0.204,
+                    "reference": "p99",
+                    "reference_score": 3.0,
+                    "max_exceed_fraction": 0.2,
+                    "window_s": 300.0,
+                }
+            ]
+        }
+    )
+
+    type: Literal["camera_drift"] = "camera_drift"
+    camera: str = Field(description="the stream id, which names the camera")
+    frame_index: int = Field(description="the frame that started or ended the drift")
+    timestamp_s: float
+    drifting: bool = Field(description="the camera is drifted after this frame")
+    started: bool
+    ended: bool
+    exceed_fraction: float = Field(description="share of the window's time scoring above the reference, now")
+    start_s: float = Field(description="timestamp of the frame that raised the drift")
+    end_s: float | None = Field(description="timestamp of the frame that ended it; null while it lasts")
+    peak_exceed_fraction: float
+    reference: str = Field(description="the camera's calibrated level counted (p99, p90, or its threshold)")
+    reference_score: float
+    max_exceed_fraction: float = Field(description="the bound the drift was raised at")
+    window_s: float
+
+    @classmethod
+    def of(cls, tag: FrameTag, update: DriftUpdate) -> CameraDrift | None:
+        """The message for a frame whose update started or ended a drift, else None."""
+        if update.event is None or not (update.started or update.ended):
+            return None
+        event = update.event.to_dict()
+        event.pop("type")
+        return cls(
+            frame_index=tag.frame_index,
+            timestamp_s=tag.timestamp_s,
+            drifting=update.drifting,
+            started=update.started,
+            ended=update.ended,
+            exceed_fraction=update.exceed_fraction,
+            **event,
+        )
+
+
+def drift_message(outcome: StreamOutcome) -> CameraDrift | None:
+    """The camera_drift message a frame's outcome calls for, if any."""
+    return None if outcome.drift is None else CameraDrift.of(outcome.tag, outcome.drift)
+
+
 def outcome_message(outcome: StreamOutcome, model_version: str) -> StreamFrameResult | FrameError:
     if outcome.scored is not None and outcome.update is not None:
         return StreamFrameResult.of(outcome.tag, outcome.scored, outcome.update, model_version)
@@ -203,6 +271,9 @@ def outcome_message(outcome: StreamOutcome, model_version: str) -> StreamFrameRe
 class StreamFramesResponse(_Schema):
     stream_id: str
     results: list[StreamFrameResult] = Field(description="one per frame of the message, in the order sent")
+    camera_drift: list[CameraDrift] = Field(
+        default_factory=list, description="drift of the stream's camera that started or ended with these frames"
+    )
 
 
 class SlowDown(_Schema):
@@ -251,6 +322,14 @@ class ModelInfo(_Schema):
                         "score_quantiles": {"p50": 0.1, "p90": 1.7, "p99": 3.0, "max": 4.2},
                     },
                     "events": {"window": 1, "hysteresis": 0.0, "min_duration_s": 0.0, "merge_gap_s": 0.0},
+                    "drift": {
+                        "window_s": 300.0,
+                        "min_window_s": 60.0,
+                        "decorrelation_s": 1.0,
+                        "reference": "p99",
+                        "max_exceed_fraction": 0.2,
+                        "clear_exceed_fraction": 0.1,
+                    },
                 }
             ]
         },
@@ -266,6 +345,7 @@ class ModelInfo(_Schema):
     threshold: float
     calibration: dict[str, Any]
     events: EventConfig = Field(description="smoothing and event settings applied to every stream")
+    drift: DriftConfig | None = Field(None, description="when a camera counts as drifted (null: drift is off)")
 
 
 class Health(_Schema):

@@ -14,6 +14,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from anomaly.config import Device
+from anomaly.drift import DriftConfig
 from anomaly.events import EventConfig
 
 TOKEN_ENV = "ANOMALY_API_TOKEN"
@@ -57,7 +58,7 @@ class BatchSettings(_Frozen):
 
 
 class StreamSettings(_Frozen):
-    """Per-stream state: temporal smoothing and events, expiry, WebSocket flow control."""
+    """Per-stream state: temporal smoothing and events, camera drift, expiry, WebSocket flow control."""
 
     idle_timeout_s: float = Field(60.0, gt=0.0, description="a stream with no frame for this long is forgotten")
     max_streams: int = Field(1000, ge=1, description="streams held at once")
@@ -68,6 +69,10 @@ class StreamSettings(_Frozen):
         25.0, ge=MIN_FPS, le=MAX_FPS, description="timestamp = frame_index / fps when none is sent"
     )
     events: EventConfig = EventConfig()
+    drift: DriftConfig | None = Field(
+        DriftConfig(),
+        description="when a camera (a stream id) counts as drifted from its calibration (anomaly.drift); None: off",
+    )
 
 
 class ConnectionSettings(_Frozen):
@@ -90,6 +95,21 @@ class ConnectionSettings(_Frozen):
     )
 
 
+class LiveSettings(_Frozen):
+    """The live view (`live_view`): what it keeps per stream and how often it refreshes. Previews are
+    downscaled when a frame is decoded, at most `frames_per_s` per stream, and JPEG-encoded only when fetched."""
+
+    history_s: float = Field(60.0, gt=0.0, le=3600.0, description="seconds of score history kept per stream")
+    history_points: int = Field(
+        240, ge=10, le=10_000, description="points of that history (frames are pooled into bins, keeping the max)"
+    )
+    frames_per_s: float = Field(2.0, gt=0.0, le=30.0, description="preview frames kept per stream and second")
+    max_width: int = Field(480, ge=32, le=1920, description="widest preview frame (pixels); wider frames are shrunk")
+    jpeg_quality: int = Field(80, ge=10, le=100, description="JPEG quality of the preview frames")
+    push_interval_s: float = Field(0.5, ge=0.05, le=10.0, description="seconds between two server-sent snapshots")
+    max_viewers: int = Field(16, ge=1, le=1000, description="server-sent event streams open at once")
+
+
 class ServiceSettings(_Frozen):
     model_path: Path
     device: Device = "auto"
@@ -106,6 +126,8 @@ class ServiceSettings(_Frozen):
         30.0, gt=0.0, description="on shutdown, how long accepted frames get to be scored and answered"
     )
     connections: ConnectionSettings = ConnectionSettings()
+    live_view: bool = Field(False, description="serve /live: each open stream's latest frame and recent scores")
+    live: LiveSettings = LiveSettings()
     access_log: bool = True
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
 

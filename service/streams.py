@@ -1,10 +1,12 @@
-"""Per-stream state: frame tags, in-order delivery, temporal smoothing and events, idle expiry.
+"""Per-stream state: frame tags, in-order delivery, temporal smoothing and events, camera drift, idle expiry.
 
 Frames of one stream are batched with other streams' frames and may finish decoding out of
 order, but the event tracker must see them in the order they were sent. Each frame therefore
 takes a slot in its stream's queue when it arrives; when it is scored the slot is filled, and
 slots are released strictly from the head: the tracker is updated and the frame's result
-published in send order. Everything here runs on the event loop, so no locks.
+published in send order. The camera's drift monitor (the stream id names the camera) is fed at the
+same point, so it too sees the camera's frames in time order. Everything here runs on the event
+loop, so no locks.
 """
 
 from __future__ import annotations
@@ -14,12 +16,14 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+from anomaly.drift import DriftTracker, DriftUpdate
 from anomaly.events import Event, EventConfig, EventTracker, TrackerUpdate
 from anomaly.frame_scores import FrameScore
 from service.errors import ServiceError, unavailable
+from service.live import LiveState
 from service.settings import StreamSettings
 
 log = logging.getLogger("anomaly.service")
@@ -39,6 +43,7 @@ class StreamOutcome:
     scored: FrameScore | None = None
     update: TrackerUpdate | None = None
     error: ServiceError | None = None
+    drift: DriftUpdate | None = None  # the camera's drift state after the frame (None: drift is off)
 
 
 @dataclass
@@ -61,6 +66,8 @@ class Stream:
     next_index: int = 0
     websockets: int = 0
     frames: int = 0
+    drift: DriftTracker | None = None  # the service's, fed with this stream's frames under its id (the camera)
+    live: LiveState | None = None  # the live view's state of the stream (service.live), when it is on
     _slots: deque[Slot] = field(default_factory=deque)
 
     def tag(self, frame_index: int | None, timestamp_s: float | None, fps: float) -> FrameTag:
@@ -101,8 +108,19 @@ class Stream:
                 log.exception("event tracking failed on stream %s", self.stream_id)
                 result.scored = None
                 result.error = ServiceError(500, "internal_error", f"event tracking failed: {type(exc).__name__}")
+        if result.scored is not None and self.drift is not None:
+            result.drift = self._drift(slot.tag, result.scored)
         if not slot.future.done():
             slot.future.set_result(result)
+
+    def _drift(self, tag: FrameTag, scored: FrameScore) -> DriftUpdate | None:
+        """The camera's drift after this frame; a failure here is logged and costs the frame nothing."""
+        assert self.drift is not None
+        try:
+            return self.drift.update(self.stream_id, tag.timestamp_s, scored.score)
+        except Exception:
+            log.exception("drift tracking failed on stream %s", self.stream_id)
+            return None
 
     @property
     def pending(self) -> int:
@@ -120,12 +138,15 @@ class StreamRegistry:
         threshold: float | Callable[[str], float],
         clock: Callable[[], float] = time.monotonic,
         on_open: Callable[[str], None] | None = None,
+        drift: DriftTracker | None = None,
     ) -> None:
-        """`threshold`: one for every stream, or the threshold of a stream's camera profile by stream id."""
+        """`threshold`: one for every stream, or the threshold of a stream's camera profile by stream id.
+        `drift`: the cameras' drift monitors, fed with every scored frame under its stream's id."""
         self.settings = settings
         self.threshold = threshold
         self.clock = clock
         self.on_open = on_open
+        self.drift = drift
         self._streams: dict[str, Stream] = {}
 
     def __len__(self) -> int:
@@ -133,6 +154,10 @@ class StreamRegistry:
 
     def get(self, stream_id: str) -> Stream | None:
         return self._streams.get(stream_id)
+
+    def __iter__(self) -> Iterator[Stream]:
+        """The open streams (a copy of the list: the registry may change while a caller iterates)."""
+        return iter(list(self._streams.values()))
 
     def open(self, stream_id: str, retry_after_s: int) -> Stream:
         stream = self._streams.get(stream_id)
@@ -148,7 +173,8 @@ class StreamRegistry:
                     retry_after_s,
                 )
         threshold = self.threshold(stream_id) if callable(self.threshold) else self.threshold
-        stream = Stream(stream_id, EventTracker(stream_id, threshold, self.settings.events), self.clock())
+        tracker = EventTracker(stream_id, threshold, self.settings.events)
+        stream = Stream(stream_id, tracker, self.clock(), drift=self.drift)
         self._streams[stream_id] = stream
         if self.on_open is not None:
             self.on_open(stream_id)

@@ -7,7 +7,9 @@ Protocol (all server messages are JSON text):
   next index and index / fps.
 - server -> client: one message per frame in the order sent, `{"type": "result", ...}` or
   `{"type": "error", "frame_index": ..., "status": 400, "code": ..., "detail": ...}` for a frame
-  that could not be scored (the connection and the stream stay usable); and
+  that could not be scored (the connection and the stream stay usable); right after a frame's
+  result, `{"type": "camera_drift", ...}` when with that frame the camera's scores started or
+  stopped being drifted from its calibration (not an answer: it does not count as one); and
   `{"type": "slow_down", ...}` when the client is ahead of the model.
 
 A text message that is not a valid tag is answered with `{"type": "error", "frame_index": null,
@@ -36,7 +38,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from service.engine import ScoringService, internal_error
 from service.errors import ServiceError
-from service.schemas import FrameError, SlowDown, WebSocketFrameTag, first_error, outcome_message
+from service.schemas import FrameError, SlowDown, WebSocketFrameTag, drift_message, first_error, outcome_message
 from service.streams import Stream, StreamOutcome
 
 log = logging.getLogger("anomaly.service")
@@ -177,20 +179,30 @@ class StreamSocket:
             answer = FrameError.of(internal_error(exc), tag)
         self.outgoing.put_nowait(Answer(answer, frame=True, counted=True))
 
-    async def _message_for(self, answer: Answer) -> str:
+    async def _messages_for(self, answer: Answer) -> list[str]:
+        """The answer, then the camera_drift message its frame raised, if any."""
         if isinstance(answer.item, FrameError):
-            return answer.item.model_dump_json()
+            return [answer.item.model_dump_json()]
         outcome = await answer.item
         try:
-            return outcome_message(outcome, self.service.model_info.version).model_dump_json()
+            texts = [outcome_message(outcome, self.service.model_info.version).model_dump_json()]
         except Exception as exc:
             log.exception("a result could not be serialised")
-            return FrameError.of(internal_error(exc), outcome.tag).model_dump_json()
+            return [FrameError.of(internal_error(exc), outcome.tag).model_dump_json()]
+        try:
+            drift = drift_message(outcome)
+        except Exception:  # the frame's answer goes out all the same
+            log.exception("a camera_drift message could not be built")
+            drift = None
+        if drift is not None:
+            texts.append(drift.model_dump_json())
+        return texts
 
     async def _send_results(self) -> None:
         while (answer := await self.outgoing.get()) is not None:
             try:
-                await self._send(await self._message_for(answer))
+                for text in await self._messages_for(answer):
+                    await self._send(text)
             except Exception:
                 log.exception("answering a WebSocket frame failed")
             finally:

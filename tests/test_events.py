@@ -1,7 +1,12 @@
+import hashlib
+import json
+from datetime import datetime, timezone
+
 import pytest
 from pydantic import ValidationError
 
 from anomaly.events import Event, EventConfig, EventTracker, find_events, track_source
+from footage.events_json import read_events_json, write_events_json
 
 FPS = 10.0
 
@@ -163,3 +168,64 @@ def test_track_source_gives_each_frames_smoothed_score_and_the_trackers_events()
 def test_event_config_validation(bad):
     with pytest.raises(ValidationError):
         EventConfig(**bad)
+
+
+def test_pending_says_when_a_closed_stretch_may_still_merge():
+    tracker = EventTracker("cam", 1.0, EventConfig(merge_gap_s=0.25))
+    out = [tracker.update(i, t, s) for i, t, s in rows([2, 0, 0, 0, 0])]
+    assert [u.pending for u in out] == [False, True, True, False, False]  # released at 0.3 s
+    assert not any(u.pending for u in [EventTracker("cam", 1.0).update(i, t, s) for i, t, s in rows([2, 0, 0])])
+
+
+def test_an_events_id_is_stable_and_its_dict_keeps_the_old_keys():
+    (ev,) = events([0, 0, 2, 3, 5, 2, 0, 0])
+    assert ev.id == hashlib.sha1(b"cam|2|5").hexdigest()[:12]
+    assert ev.id == events([0, 0, 2, 3, 5, 2, 0, 0])[0].id
+    old = ["source", "start_s", "end_s", "start_frame", "end_frame", "peak_score", "peak_frame", "n_frames"]
+    d = ev.to_dict()
+    assert list(d)[:8] == old and d["duration_s"] == pytest.approx(0.3) and d["id"] == ev.id
+    assert {k: d[k] for k in ("camera", "signal", "clip", "thumbnail", "clip_start_s")} == dict.fromkeys(
+        ("camera", "signal", "clip", "thumbnail", "clip_start_s")
+    )
+    assert json.loads(json.dumps(d)) == d
+
+
+def test_the_events_json_has_the_run_and_reads_back(tmp_path):
+    (ev,) = events([0, 2, 3, 0])
+    ev.camera = "van7"
+    path = tmp_path / "out" / "events.json"
+    when = datetime(2026, 11, 20, 8, 30, tzinfo=timezone.utc)
+    write_events_json(path, [ev], 1.0, camera="van7", scored_at=when)
+    payload = read_events_json(path)
+    assert (payload["threshold"], payload["camera"], payload["scored_at"]) == (1.0, "van7", "2026-11-20T08:30:00+00:00")
+    assert payload["events"] == [ev.to_dict()]
+    assert [p.name for p in path.parent.iterdir()] == ["events.json"]  # no temporary file left
+
+
+def test_an_events_json_of_an_older_release_reads_with_the_new_keys(tmp_path):
+    path = tmp_path / "events.json"
+    (ev,) = events([0, 2, 3, 0])
+    old = {k: v for k, v in ev.to_dict().items() if k not in ("id", "camera", "signal", "clip", "thumbnail")}
+    path.write_text(json.dumps({"threshold": 1.0, "events": [old]}))
+    payload = read_events_json(path)
+    assert (payload["camera"], payload["scored_at"]) == (None, None)
+    assert payload["events"][0]["id"] == ev.id and payload["events"][0]["clip"] is None
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "no such events file"),
+        ("{not json", "not valid JSON"),
+        ('{"threshold": 1.0}', "no list of events"),
+        ('{"threshold": "x", "events": []}', "no numeric threshold"),
+        ('{"threshold": 1.0, "events": [{"source": "a"}]}', "event 0 lacks start_s"),
+    ],
+)
+def test_a_missing_or_corrupt_events_json_is_one_clear_line(tmp_path, content, message):
+    path = tmp_path / "events.json"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(ValueError, match=message) as err:
+        read_events_json(path)
+    assert "\n" not in str(err.value) and str(path) in str(err.value)

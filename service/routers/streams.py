@@ -16,6 +16,7 @@ from service.schemas import (
     StreamClosed,
     StreamFrameResult,
     StreamFramesResponse,
+    drift_message,
     outcome_message,
     parse_form_tag,
     parse_fps,
@@ -71,8 +72,9 @@ def parse_tags(
     description="One frame as the raw body, or up to `max_frames_per_message` frames as multipart file parts "
     "(in order; optional `frame_index` / `timestamp_s` fields, one per frame). The query's `frame_index` and "
     "`timestamp_s` tag the first frame; untagged frames get the next index and index / fps. Each result carries "
-    "the stream's smoothed score and event state. A message with a bad frame is refused whole (4xx) and the "
-    "stream stays as it was.",
+    "the stream's smoothed score and event state; `camera_drift` lists drift of the stream's camera (its id) that "
+    "started or ended with these frames. A message with a bad frame is refused whole (4xx) and the stream stays as "
+    "it was.",
     responses=error_responses(400, 408, 413, 415, 422, 503),
     openapi_extra=image_body("frames", "a frame (JPEG or PNG); repeat the part for several frames"),
 )
@@ -108,14 +110,16 @@ async def post_frames(
         requests = [(None if i is None else int(i), t) for i, t in zip(indices, times, strict=True)]
     stream = service.streams.open(stream_id, service.settings.batching.retry_after_s)
     outcomes = await service.score_stream_message(stream, frames, requests, fps or service.settings.streams.default_fps)
-    results = []
+    results, drift = [], []
     for outcome in outcomes:
         if outcome.error is not None:
             raise outcome.error
         message = outcome_message(outcome, service.model_info.version)
         assert isinstance(message, StreamFrameResult)
         results.append(message)
-    return StreamFramesResponse(stream_id=stream_id, results=results)
+        if (changed := drift_message(outcome)) is not None:
+            drift.append(changed)
+    return StreamFramesResponse(stream_id=stream_id, results=results, camera_drift=drift)
 
 
 @router.delete(

@@ -1,0 +1,285 @@
+"""Folding an analyst's verdicts into a profile's normal statistics, without retraining the networks.
+
+A stretch the analyst marked normal is, by definition, inside the camera's normal range. Each signal
+of the score is given the smallest change to its normal statistics that takes those frames to a
+margin below the threshold, and nothing else moves:
+
+- `spatial` (and `disc_patch`): a cell's normal range is its upper quantile minus its median on normal
+  frames. Only the cells where a confirmed-normal frame went beyond the target are widened, just
+  enough to cover it: a bridge's shadow in the upper left stops counting there, an object on the
+  road ahead still counts in its own cells.
+- `latent`: the Gaussian over the principal axes gains variance along the directions the confirmed
+  frames lie in (in whitened coordinates, C = I + beta * Z'Z / n), beta the smallest that brings them
+  to the target (found by bisection): the other directions keep their range.
+- the memory (`knn`, `local`, `patch`): the frames join it, so frames like them find a close neighbour.
+
+`recon` and `disc` are one number per frame against one range, so there is no local change to make:
+they are left alone and reported. The threshold stays what calibration set.
+
+Confirmed anomalies come first: a cell is never widened so far that the cell which lifted a
+confirmed anomaly's stretch above the threshold falls below it (5% margin), and the latent
+variance grows no more than keeps such a stretch above it. A false alarm that shares its cells
+with a confirmed anomaly is then only partly folded, and says so. Every reviewed stretch is
+rescored with the folded profile; the caller must not save one that would still miss a confirmed
+anomaly (through a signal this cannot protect) without saying so.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from anomaly.calibration import Calibration, NormalStats, standard_patches, stored_patches
+from anomaly.detector import Detector
+from anomaly.memory import coreset_indices
+from anomaly.profiles import FLEET
+from anomaly.scoring import RawSignals
+
+WIDENED = ("spatial", "disc_patch", "latent")  # signals whose statistics feedback widens
+REMEMBERED = ("knn", "local", "patch")  # signals that read the memory the frames join
+UNCHANGED = ("recon", "disc")  # one value per frame against one range: nothing local to change
+MAX_REMEMBERED = 500  # confirmed-normal frames added to the memory (a coreset of them beyond this)
+PROTECT = 1.05  # a confirmed anomaly's strongest cell or frame is kept 5% above the threshold
+
+
+@dataclass
+class StretchOutcome:
+    """One reviewed stretch before and after folding: is any of its frames above the threshold?"""
+
+    index: int
+    flagged_before: bool
+    flagged_after: bool
+    peak_before: float
+    peak_after: float
+
+
+@dataclass
+class FeedbackResult:
+    calibration: Calibration
+    widened: dict[str, int]  # signal -> how many of its cells / axes / memory rows changed
+    unchanged: list[str]  # signals of the score that feedback cannot change
+    normal: list[StretchOutcome] = field(default_factory=list)
+    anomalous: list[StretchOutcome] = field(default_factory=list)
+
+    @property
+    def false_alarms_before(self) -> int:
+        return sum(s.flagged_before for s in self.normal)
+
+    @property
+    def false_alarms_after(self) -> int:
+        return sum(s.flagged_after for s in self.normal)
+
+    @property
+    def caught_before(self) -> int:
+        return sum(s.flagged_before for s in self.anomalous)
+
+    @property
+    def caught_after(self) -> int:
+        return sum(s.flagged_after for s in self.anomalous)
+
+    @property
+    def newly_missed(self) -> list[StretchOutcome]:
+        """Confirmed anomalies the old profile caught and the folded one would miss."""
+        return [s for s in self.anomalous if s.flagged_before and not s.flagged_after]
+
+
+def target_values(cal: Calibration, margin: float) -> dict[str, float]:
+    """Per signal of the score, the raw value whose z-score is `margin` x the threshold."""
+    z = margin * cal.threshold
+    return {name: cal.loc[name] + cal.scale[name] * z for name in cal.signals}
+
+
+def widen_ranges(
+    values: torch.Tensor, center: torch.Tensor, spread: torch.Tensor, target: float, cap: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Spreads at least as wide as `spread`, wide enough that (values - center) / spread <= target everywhere,
+    but no wider than `cap` where that is set (a cell a confirmed anomaly needs; never narrower than before)."""
+    if target <= 0:
+        return spread
+    widened = torch.maximum(spread, ((values - center) / target).amax(dim=0).to(spread.dtype))
+    return widened if cap is None else torch.minimum(widened, torch.maximum(spread, cap))
+
+
+def protected_ranges(
+    anomalous: Sequence[torch.Tensor], center: torch.Tensor, spread: torch.Tensor, level: float
+) -> torch.Tensor:
+    """Per cell, the widest spread that keeps each confirmed anomaly's strongest cell above `level` (inf elsewhere).
+
+    A stretch counts as caught when one of its frames is above the threshold, so it is enough to keep
+    the cell that lifted it most (over all its frames) where it is: the others may widen.
+    """
+    cap = torch.full_like(spread, float("inf"))
+    for values in anomalous:
+        z = ((values - center) / spread).flatten(1)
+        if len(z) == 0 or float(z.max()) <= level:  # not caught by this signal: nothing of it to keep
+            continue
+        frame, cell = divmod(int(z.argmax()), z.shape[1])
+        flat = cap.view(-1)
+        keep = float((values[frame].flatten()[cell] - center.flatten()[cell]) / (level * PROTECT))
+        flat[cell] = min(float(flat[cell]), keep)
+    return cap
+
+
+def widen_whitening(
+    features: torch.Tensor,
+    mean: torch.Tensor,
+    whitening: torch.Tensor,
+    target: float,
+    protected: Sequence[torch.Tensor] = (),
+    level: float = float("inf"),
+) -> torch.Tensor:
+    """A whitening under which every frame of `features` is at Mahalanobis distance <= `target` (if it can be),
+    while each stretch of `protected` (confirmed anomalies) that reached `level` keeps a frame above it.
+
+    In whitened coordinates z the normal frames have covariance I; the confirmed frames Z add
+    beta * Z'Z / n to it. Every distance falls as beta grows, so bisection finds the smallest beta that is
+    enough, and the largest each protected stretch allows; the smaller of the two is taken. W' = W C^(-1/2)
+    then measures every frame under the new covariance.
+    """
+    z = ((features - mean) @ whitening).double()
+    if target <= 0 or float(z.norm(dim=1).max()) <= target:
+        return whitening
+    scatter = z.T @ z / len(z)
+    eye = torch.eye(z.shape[1], dtype=torch.float64)
+
+    def farthest(points: torch.Tensor, beta: float) -> float:
+        inverse = torch.linalg.inv(eye + beta * scatter)
+        return float(torch.einsum("nd,de,ne->n", points, inverse, points).max().sqrt())
+
+    beta = smallest_beta(lambda b: farthest(z, b) <= target)
+    for stretch in protected:
+        p = ((stretch - mean) @ whitening).double()
+        if len(p) and farthest(p, 0.0) > level:
+            beta = min(beta, largest_beta(lambda b, p=p: farthest(p, b) > level * PROTECT))
+    values, vectors = torch.linalg.eigh(eye + beta * scatter)
+    inverse_root = vectors @ torch.diag(values.rsqrt()) @ vectors.T
+    return (whitening.double() @ inverse_root).to(whitening.dtype)
+
+
+def smallest_beta(enough: Callable[[float], bool]) -> float:
+    """The smallest beta >= 0 for which `enough` holds (it holds for every larger one), by bisection."""
+    if enough(0.0):
+        return 0.0
+    low, high = 0.0, 1.0
+    while not enough(high) and high < 1e12:
+        low, high = high, high * 4
+    for _ in range(60):
+        mid = (low + high) / 2
+        low, high = (low, mid) if enough(mid) else (mid, high)
+    return high
+
+
+def largest_beta(allowed: Callable[[float], bool]) -> float:
+    """The largest beta >= 0 for which `allowed` holds (it holds for every smaller one), by bisection."""
+    return max(0.0, smallest_beta(lambda b: not allowed(b)) * (1 - 1e-9) - 1e-12)
+
+
+def remember(stats: NormalStats, raw: RawSignals, seed: int) -> int:
+    """Add (a coreset of) the frames to the memory, standardised as its frames are. Returns rows added."""
+    if not stats.has_memory:
+        return 0
+    assert stats.memory_features is not None and stats.memory_cells is not None  # for the type checker
+    standard = (raw.features.float() - stats.feature_center) / stats.feature_scale
+    keep = coreset_indices(standard, MAX_REMEMBERED, seed=seed)
+    if stats.has_patch_memory:
+        if raw.patch_features is None:  # the patch memory's rows must match the memory's
+            return 0
+        assert stats.memory_patches is not None
+        patches = stored_patches(standard_patches(raw.patch_features[keep].float(), stats))
+        stats.memory_patches = torch.cat([stats.memory_patches.float(), patches.float()])
+    stats.memory_features = torch.cat([stats.memory_features, standard[keep]])
+    stats.memory_cells = torch.cat([stats.memory_cells, raw.error_cells[keep].float()])
+    return len(keep)
+
+
+def folded_stats(
+    cal: Calibration, raw: RawSignals, anomalous: Sequence[RawSignals], margin: float, seed: int
+) -> tuple[NormalStats, dict[str, int]]:
+    """The profile's statistics with the confirmed-normal frames of `raw` folded in (see the module's doc),
+    never so far that a confirmed anomaly (`anomalous`, one per stretch) this signal caught would drop below it."""
+    stats = NormalStats(**{k: None if v is None else v.detach().cpu().clone() for k, v in vars(cal.stats).items()})
+    targets = target_values(cal, margin)
+    levels = target_values(cal, 1.0)  # the raw value of each signal at the threshold
+    changed: dict[str, int] = {}
+    if "spatial" in targets:
+        before = stats.cell_spread.clone()
+        cap = protected_ranges([a.error_cells.float() for a in anomalous], stats.cell_center, before, levels["spatial"])
+        stats.cell_spread = widen_ranges(raw.error_cells.float(), stats.cell_center, before, targets["spatial"], cap)
+        changed["spatial"] = int((stats.cell_spread != before).sum())
+    if "disc_patch" in targets and raw.disc_map is not None and stats.disc_center is not None:
+        assert stats.disc_spread is not None
+        before = stats.disc_spread.clone()
+        maps = [a.disc_map.float() for a in anomalous if a.disc_map is not None]
+        cap = protected_ranges(maps, stats.disc_center, before, levels["disc_patch"])
+        stats.disc_spread = widen_ranges(raw.disc_map.float(), stats.disc_center, before, targets["disc_patch"], cap)
+        changed["disc_patch"] = int((stats.disc_spread != before).sum())
+    if "latent" in targets:
+        before = stats.feature_whitening.clone()
+        stats.feature_whitening = widen_whitening(
+            raw.features.float(),
+            stats.feature_mean,
+            before,
+            targets["latent"],
+            [a.features.float() for a in anomalous],
+            levels["latent"],
+        )
+        changed["latent"] = int(not torch.equal(stats.feature_whitening, before))
+    rows = remember(stats, raw, seed)
+    changed.update({name: rows for name in REMEMBERED if name in targets})
+    return stats, changed
+
+
+def stretch_outcomes(
+    before: Detector, after: Detector, stretches: Sequence[np.ndarray], batch_size: int = 64
+) -> list[StretchOutcome]:
+    out = []
+    for i, frames in enumerate(stretches):
+        peaks = []
+        for detector in (before, after):
+            starts = range(0, len(frames), batch_size)
+            scores = [detector.score_prepared(frames[j : j + batch_size]).score for j in starts]
+            peaks.append(float(np.concatenate(scores).max()))
+        out.append(StretchOutcome(i, peaks[0] > before.threshold, peaks[1] > after.threshold, peaks[0], peaks[1]))
+    return out
+
+
+def fold_feedback(
+    detector: Detector,
+    normal: Sequence[np.ndarray],
+    anomalous: Sequence[np.ndarray] = (),
+    *,
+    margin: float = 0.8,
+) -> FeedbackResult:
+    """The profile `detector` scores with, with the confirmed-normal stretches `normal` (prepared frames,
+    one array per stretch) folded in; every stretch rescored before and after.
+
+    `margin`: the confirmed frames are brought to this fraction of the threshold (in z units), so
+    frames like them, not only these exact ones, stop raising the alarm.
+    """
+    if not 0 < margin <= 1:
+        raise ValueError(f"margin {margin}: must be in (0, 1]")
+    if not normal or not sum(len(s) for s in normal):
+        raise ValueError("no stretch marked normal: nothing to fold into the profile")
+    from anomaly.calibrate import collect_raw  # calibrate imports this package's scoring as well
+
+    cal = detector.calibrated
+    raw = collect_raw(detector, np.concatenate(list(normal)))
+    confirmed = [collect_raw(detector, frames) for frames in anomalous if len(frames)]
+    stats, widened = folded_stats(cal, raw, confirmed, margin, detector.config.train.seed)
+    folded = dataclasses.replace(cal, stats=stats)
+    after = (
+        detector.with_calibration(folded)
+        if detector.profile == FLEET
+        else detector.with_profile(detector.profile, folded).for_camera(detector.profile)
+    )
+    return FeedbackResult(
+        calibration=folded,
+        widened=widened,
+        unchanged=[name for name in cal.signals if name in UNCHANGED],
+        normal=stretch_outcomes(detector, after, normal),
+        anomalous=stretch_outcomes(detector, after, anomalous),
+    )

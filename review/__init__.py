@@ -1,0 +1,1 @@
+"""`anomaly review`: the analyst's page for flagged stretches of a scored run, and the verdicts given there."""

@@ -1,0 +1,76 @@
+"""Folding confirmed-normal stretches into a profile: the false alarm goes, a different anomaly stays caught."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from factories import road_frames
+
+from anomaly.feedback import fold_feedback, widen_ranges, widen_whitening
+
+
+def sign(frames: np.ndarray, corner: str) -> np.ndarray:
+    """Frames with a white board in the sky (a roadside sign the training drives never passed), left or right."""
+    out = frames.copy()
+    h, w = out.shape[1:3]
+    x0 = 2 if corner == "left" else w - w // 4 - 2
+    out[:, 2 : h // 4, x0 : x0 + w // 4] = 255
+    return out
+
+
+def test_widen_ranges_covers_the_frames_and_touches_only_the_cells_they_exceed() -> None:
+    center, spread = torch.zeros(3, 4), torch.ones(3, 4)
+    values = torch.zeros(2, 3, 4)
+    values[1, 0, 0] = 10.0
+    widened = widen_ranges(values, center, spread, target=2.0)
+    assert float(widened[0, 0]) == 5.0 and int((widened != spread).sum()) == 1
+    assert float(((values - center) / widened).amax()) <= 2.0
+
+
+def test_widen_whitening_brings_the_frames_to_the_target_and_keeps_other_directions() -> None:
+    rng = np.random.default_rng(0)
+    whitening = torch.eye(4)
+    mean = torch.zeros(4)
+    confirmed = torch.tensor(rng.normal(0, 0.3, (6, 4)), dtype=torch.float32)
+    confirmed[:, 0] += 8.0  # far out along the first axis
+    widened = widen_whitening(confirmed, mean, whitening, target=2.0)
+    distances = (confirmed @ widened).norm(dim=1)
+    assert float(distances.max()) <= 2.0 + 1e-4 and float(distances.max()) > 1.9  # just enough
+    across = torch.tensor([[0.0, 0.0, 0.0, 3.0]])
+    assert float((across @ widened).norm()) == pytest.approx(3.0, rel=0.05)  # a direction they do not lie in
+    assert torch.equal(widen_whitening(confirmed * 0.01, mean, whitening, target=2.0), whitening)
+
+
+def test_folding_a_false_alarm_clears_it_and_keeps_another_anomaly(tiny_trained, prepare_all) -> None:
+    detector = tiny_trained.detector
+    config = tiny_trained.config
+    base = road_frames(30, seed=5)
+    false_alarm = prepare_all(config, sign(base[:15], "left"))
+    other_kind = prepare_all(config, base[15:] // 4)  # night: the whole frame dark
+    assert detector.score_prepared(false_alarm).is_anomaly.any(), "the sign must raise the alarm to begin with"
+    assert detector.score_prepared(other_kind).is_anomaly.any()
+    result = fold_feedback(detector, [false_alarm], [other_kind])
+    assert result.false_alarms_before == 1 and result.false_alarms_after == 0
+    assert result.caught_before == result.caught_after == 1 and not result.newly_missed
+    assert set(result.widened) >= {"spatial", "latent"} and sum(result.widened.values()) > 0
+    assert result.calibration.threshold == detector.threshold  # only the statistics change
+    refolded = detector.with_calibration(result.calibration)
+    unseen = prepare_all(config, sign(road_frames(10, seed=9), "left"))  # the same sign on another stretch
+    assert refolded.score_prepared(unseen).score.max() < detector.score_prepared(unseen).score.max()
+    with pytest.raises(ValueError, match="nothing to fold"):
+        fold_feedback(detector, [])
+
+
+def test_a_confirmed_anomaly_in_the_same_cells_stays_caught(tiny_trained, prepare_all) -> None:
+    detector = tiny_trained.detector
+    base = road_frames(30, seed=11)
+    board = prepare_all(tiny_trained.config, sign(base[:15], "left"))  # marked normal
+    red = base[15:].copy()
+    red[:, 2:16, 2:26] = (0, 0, 255)  # a red board in the same place: confirmed anomaly
+    confirmed = prepare_all(tiny_trained.config, red)
+    assert detector.score_prepared(confirmed).is_anomaly.any()
+    result = fold_feedback(detector, [board], [confirmed])
+    assert result.caught_after == 1 and not result.newly_missed
+    kept = detector.with_calibration(result.calibration).score_prepared(confirmed).score.max()
+    assert kept > detector.threshold
