@@ -18,7 +18,7 @@ from footage.scores_csv import read_scores_csv
 from footage.training_frames import load_named_prepared_frames
 from synthetic.sample_set import generate_sample_set
 
-DEMO_CLIP_WIDTH = 320  # px
+DEMO_CLIP_WIDTH = 480  # px: sharp enough in the review page's player, a few seconds of the demo
 
 
 def sample_clips(sample_dir: Path, log: Callable[[str], None]) -> tuple[list[Path], list[Path]]:

@@ -43,10 +43,26 @@ def draw_annotation(
     colour = (0, 0, 255) if flagged else (0, 200, 0)
     if flagged:
         cv2.rectangle(out, (0, 0), (out.shape[1] - 1, out.shape[0] - 1), colour, 6)
-    text = f"t={timestamp_s:7.2f}s  score={score:6.2f}  thr={threshold:5.2f}" + ("  ANOMALY" if flagged else "")
-    cv2.putText(out, text, (12, 28), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 0), 4, cv2.LINE_AA)
-    cv2.putText(out, text, (12, 28), cv2.FONT_HERSHEY_SIMPLEX, 0.6, colour, 1, cv2.LINE_AA)
+    text = f"t={timestamp_s:.2f}s  score={score:.2f}  thr={threshold:.2f}" + ("  ANOMALY" if flagged else "")
+    draw_label(out, text, colour)
     return out
+
+
+def draw_label(frame_bgr: np.ndarray, text: str, colour: tuple[int, int, int]) -> None:
+    """`text` at the top left on a dark box, sized to the frame (the same share of a 320 or a 1920 px frame).
+
+    A box rather than a thick black outline: Hershey glyphs advance by their stroke width, so an
+    outline drawn thicker than its text drifts right of it letter by letter.
+    """
+    width = frame_bgr.shape[1]
+    scale = float(np.clip(0.55 * width / 640, 0.3, 1.5))
+    thickness = max(1, round(scale * 1.6))
+    (w, h), baseline = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
+    pad = max(2, round(4 * scale))
+    x, y = pad + 4, pad + 4 + h
+    box = frame_bgr[max(0, y - h - pad) : y + baseline + pad, max(0, x - pad) : x + w + pad]
+    box[:] = (box * 0.35).astype(np.uint8)
+    cv2.putText(frame_bgr, text, (x, y), cv2.FONT_HERSHEY_SIMPLEX, scale, colour, thickness, cv2.LINE_AA)
 
 
 class AnnotatedVideoWriter:

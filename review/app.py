@@ -15,30 +15,20 @@ from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from fastapi.responses import FileResponse, JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from anomaly import __version__
 from review.run import ReviewEvent, ReviewRun, load_run
 from review.settings import ReviewSettings
 from review.store import ReviewStore, Verdict, VerdictRecord, labels_csv
-from service.auth import SESSION_COOKIE as COOKIE
-from service.auth import authorization_problem, session_matches, session_value, token_matches
+from service.auth import PRIVATE, browser_authorized, browser_page
 from service.errors import ServiceError, service_error_handler, validation_error_handler
-
-PRIVATE = {"Cache-Control": "private, no-store"}
-
-
-def is_authorized(request: Request) -> bool:
-    token: SecretStr | None = request.app.state.settings.auth_token
-    if token is None or authorization_problem(request.headers.get("authorization"), token) is None:
-        return True
-    return session_matches(request.cookies.get(COOKIE), token)
 
 
 async def require_reviewer(request: Request) -> None:
-    if not is_authorized(request):
+    if not browser_authorized(request):
         raise ServiceError(
             401,
             "unauthorized",
@@ -115,14 +105,7 @@ def create_review_app(settings: ReviewSettings, run: ReviewRun | None = None) ->
 
     @app.get("/", include_in_schema=False)
     async def index(request: Request, token: str | None = None) -> Response:
-        expected = settings.auth_token
-        if token is not None and expected is not None and token_matches(token, expected):
-            response = RedirectResponse("/", status_code=303)
-            response.set_cookie(COOKIE, session_value(expected), httponly=True, samesite="strict", path="/")
-            return response
-        if not is_authorized(request):
-            return HTMLResponse(LOGIN_PAGE, status_code=401, headers=PRIVATE)
-        return HTMLResponse(page, headers=PRIVATE)
+        return browser_page(request, token, page, here="/", title="anomaly review")
 
     @app.get("/api/events", dependencies=guarded)
     async def list_events(run: RunDep, store: StoreDep) -> JSONResponse:
@@ -172,14 +155,3 @@ def create_review_app(settings: ReviewSettings, run: ReviewRun | None = None) ->
         return Response(text, media_type="text/csv", headers={**PRIVATE, **disposition})
 
     return app
-
-
-LOGIN_PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>anomaly review: token needed</title></head>
-<body style="font-family: system-ui, sans-serif; max-width: 40em; margin: 4em auto">
-<h1>Token needed</h1>
-<p>This review page is guarded by a token. Open the URL that <code>anomaly review</code> printed
-(it ends in <code>?token=...</code>), or enter the token:</p>
-<form method="get" action="/"><input name="token" type="password" autofocus> <button>Open</button></form>
-</body></html>
-"""

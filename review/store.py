@@ -71,8 +71,8 @@ class ReviewStore:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         try:
-            with self._connect() as db:
-                db.executescript(SCHEMA)
+            with self._connect():
+                pass
         except sqlite3.DatabaseError as exc:
             raise ValueError(f"{self.path} is not a review database ({exc})") from None
 
@@ -89,6 +89,7 @@ class ReviewStore:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")  # a committed verdict survives a power cut
             db.row_factory = sqlite3.Row
+            db.executescript(SCHEMA)  # every time: a database moved away under a running app is made again
             with db:  # one transaction, committed on leaving
                 yield db
 

@@ -11,6 +11,7 @@ import hmac
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import SecretStr
 from starlette.requests import HTTPConnection
@@ -101,3 +102,28 @@ async def require_browser_session(
     """Router dependency of the live view: the bearer token or the session cookie, else a 401."""
     if not browser_authorized(request):
         raise unauthorized("open /live?token=<token> once in the browser, or send Authorization: Bearer <token>")
+
+
+PRIVATE = {"Cache-Control": "private, no-store"}  # pages and footage: never kept by a shared cache
+
+LOGIN_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{title}: token needed</title></head>
+<body style="font-family: system-ui, sans-serif; max-width: 40em; margin: 4em auto">
+<h1>Token needed</h1>
+<p>This page is guarded by a token. Open the URL with <code>?token=...</code> once, or enter the token:</p>
+<form method="get" action="{action}"><input name="token" type="password" autofocus> <button>Open</button></form>
+</body></html>
+"""
+
+
+def browser_page(request: Request, token: str | None, page: str, *, here: str, title: str) -> Response:
+    """A page for a browser: `?token=` (the right one) is traded for the session cookie and a redirect to
+    `here` (the URL without the token); without access a small login page (401); else `page`."""
+    expected = request.app.state.settings.auth_token
+    if token is not None and expected is not None and token_matches(token, expected):
+        response = RedirectResponse(here, status_code=303, headers=PRIVATE)
+        response.set_cookie(SESSION_COOKIE, session_value(expected), httponly=True, samesite="strict", path="/")
+        return response
+    if not browser_authorized(request):
+        return HTMLResponse(LOGIN_PAGE.format(title=title, action=here), status_code=401, headers=PRIVATE)
+    return HTMLResponse(page, headers=PRIVATE)

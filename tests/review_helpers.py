@@ -79,5 +79,8 @@ def make_run(root: Path, *, clip_paths: tuple[str, ...] = ()) -> list[Event]:
         e.clip = clip_paths[i] if i < len(clip_paths) else f"{name}.mp4"
         e.thumbnail = f"{name}.jpg"
         e.clip_start_s = e.start_s - 2.0
-    write_events_json(root / "events.json", events, threshold=1.0)
+    drift = [{"type": "camera_drift", "camera": "front", "source": "drives/a.mp4", "start_s": 61.0, "end_s": None,
+              "peak_exceed_fraction": 0.4, "reference": "p99", "reference_score": 0.9, "max_exceed_fraction": 0.2,
+              "window_s": 300.0}]  # fmt: skip
+    write_events_json(root / "events.json", events, threshold=1.0, drift=drift)
     return events

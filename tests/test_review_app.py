@@ -10,8 +10,8 @@ import pytest
 from pydantic import SecretStr, ValidationError
 from review_helpers import make_run, reviewing
 
-from review.app import COOKIE
 from review.settings import ReviewSettings
+from service.auth import SESSION_COOKIE as COOKIE
 
 TOKEN = "s3cret-review-token"
 
@@ -26,6 +26,7 @@ def test_events_clips_and_verdicts(tmp_path: Path) -> None:
         listed = http.get("/api/events").json()
         assert {e["id"] for e in listed["events"]} == {e.id for e in events}
         assert listed["cameras"] == ["fleet", "front"]
+        assert [d["camera"] for d in listed["drift"]] == ["front"]  # shown below the events
         first = next(e for e in listed["events"] if e["id"] == events[0].id)
         assert first["signal"] == "spatial" and first["verdict"] is None and first["clip_url"]
         clip = http.get(first["clip_url"])

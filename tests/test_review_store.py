@@ -66,3 +66,12 @@ def test_label_export_reads_back_as_interval_labels(tmp_path: Path) -> None:
     labels = Labels.read([out])
     assert labels.sources == {"a.mp4", "b.mp4", "d.mp4"}  # the skipped-only source stays unlabeled
     assert not list(tmp_path.glob("*.part"))
+
+
+def test_a_database_moved_away_under_a_running_app_is_made_again(tmp_path: Path) -> None:
+    store = ReviewStore(tmp_path / "review.sqlite")
+    store.add(verdict("e1", "normal"))
+    for f in tmp_path.glob("review.sqlite*"):
+        f.rename(tmp_path / f"old-{f.name}")
+    store.add(verdict("e2", "anomaly"))
+    assert [v.event_id for v in store.history()] == ["e2"]

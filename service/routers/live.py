@@ -15,18 +15,16 @@ from importlib.resources import files
 
 import anyio
 from fastapi import APIRouter, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from service.auth import SESSION_COOKIE, browser_authorized, session_value, token_matches
+from service.auth import PRIVATE, browser_page
 from service.dependencies import ServiceDep
 from service.engine import ScoringService
 from service.errors import ServiceError, unavailable
 from service.live import LiveView
 from service.routers.common import error_responses
 from service.routers.streams import StreamId
-
-PRIVATE = {"Cache-Control": "private, no-store"}
 
 # the page: no auth dependency (it answers the token itself); the data routes get the app's browser guard
 page_router = APIRouter()
@@ -47,14 +45,7 @@ def live_of(service: ScoringService) -> LiveView:
 @page_router.get("/live", include_in_schema=False)
 async def live_page(request: Request, token: str | None = None) -> Response:
     """The page; `?token=` (the right one) is traded for the session cookie and a redirect to a clean URL."""
-    expected = request.app.state.settings.auth_token
-    if token is not None and expected is not None and token_matches(token, expected):
-        response = RedirectResponse("live", status_code=303, headers=PRIVATE)
-        response.set_cookie(SESSION_COOKIE, session_value(expected), httponly=True, samesite="strict", path="/")
-        return response
-    if not browser_authorized(request):
-        return HTMLResponse(LOGIN_PAGE, status_code=401, headers=PRIVATE)
-    return HTMLResponse(request.app.state.live_page, headers=PRIVATE)
+    return browser_page(request, token, request.app.state.live_page, here="live", title="anomaly live")
 
 
 class EventStreamResponse(StreamingResponse):
@@ -122,13 +113,3 @@ async def live_frame(stream_id: StreamId, service: ServiceDep) -> Response:
         jpeg = await anyio.to_thread.run_sync(live.encode, preview, limiter=live.limiter)
         stream.live.jpeg = (preview.version, jpeg)
     return Response(jpeg, media_type="image/jpeg", headers=PRIVATE)
-
-
-LOGIN_PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>anomaly live: token needed</title></head>
-<body style="font-family: system-ui, sans-serif; max-width: 40em; margin: 4em auto">
-<h1>Token needed</h1>
-<p>This service is guarded by a token. Open <code>/live?token=...</code> once, or enter the token:</p>
-<form method="get" action="live"><input name="token" type="password" autofocus> <button>Open</button></form>
-</body></html>
-"""
