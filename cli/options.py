@@ -56,10 +56,11 @@ class UserError(Exception):
 def one_line(exc: BaseException) -> str:
     """The error as one line: pydantic's multi-line report becomes 'field: reason; field: reason'."""
     if isinstance(exc, ValidationError):
-        return "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'value'}: {e['msg'].removeprefix('Value error, ')}"
-            for e in exc.errors()
-        )
+        parts = []
+        for e in exc.errors():
+            where, reason = ".".join(str(p) for p in e["loc"]), e["msg"].removeprefix("Value error, ")
+            parts.append(f"{where}: {reason}" if where else reason)  # a check of the whole config has no field
+        return "; ".join(parts)
     return " ".join(str(exc).split())
 
 
