@@ -102,11 +102,18 @@ class FrameScores:
         ]
 
 
+def z_scores(
+    signals: Mapping[str, np.ndarray], loc: Mapping[str, float], scale: Mapping[str, float], names: Sequence[str]
+) -> np.ndarray:
+    """len(names) x N: each chosen signal's calibrated z-score, in the order of `names`."""
+    return np.stack([(signals[n] - loc[n]) / scale[n] for n in names])
+
+
 def combine(
     signals: Mapping[str, np.ndarray], loc: Mapping[str, float], scale: Mapping[str, float], names: Sequence[str]
 ) -> np.ndarray:
     """The anomaly score: the largest calibrated z-score among the chosen signals."""
-    return np.max(np.stack([(signals[n] - loc[n]) / scale[n] for n in names]), axis=0)
+    return np.max(z_scores(signals, loc, scale, names), axis=0)
 
 
 def frame_scores(

@@ -9,11 +9,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
-
 from anomaly.drift import DriftConfig, DriftTracker
 from anomaly.events import Event, EventConfig, EventTracker
-from anomaly.frame_scores import SIGNAL_FIELDS, FrameScorer, FrameScores, ProfileView
+from anomaly.frame_scores import SIGNAL_FIELDS, FrameScorer, FrameScores, ProfileView, z_scores
 from footage.clips import ClipFrame, ClipRecorder
 from footage.scores_csv import ScoredBatch
 
@@ -85,10 +83,10 @@ class RunEvents:
 def top_signals(scores: FrameScores, profile: ProfileView) -> list[str | None]:
     """The signal that made each frame's score: the score is the largest calibrated z-score of the profile's
     signals (`anomaly.frame_scores.combine`), so the one with that z. None where a signal was not computed."""
-    columns = [getattr(scores, SIGNAL_FIELDS[n]) for n in profile.signals]
-    if not columns or any(c is None for c in columns):
+    columns = {n: getattr(scores, SIGNAL_FIELDS[n]) for n in profile.signals}
+    if not columns or any(c is None for c in columns.values()):
         return [None] * len(scores)
-    z = np.stack([(c - profile.loc[n]) / profile.scale[n] for c, n in zip(columns, profile.signals, strict=True)])
+    z = z_scores(columns, profile.loc, profile.scale, profile.signals)
     return [profile.signals[i] for i in z.argmax(axis=0)]
 
 
@@ -103,23 +101,22 @@ class RunDrift:
     def __init__(self, config: DriftConfig, detector: FrameScorer, camera: str | None) -> None:
         self.tracker = DriftTracker.for_scorer(config, detector)
         self.camera = camera
-        self.found: list[dict[str, Any]] = []
-        self._open: dict[str, Any] | None = None
+        self.started_in: list[str] = []  # per drift, in order: the source of the frame that raised it ...
+        self.ended_in: list[str] = []  # ... and of the frame that ended it
 
     def add(self, scored: ScoredBatch) -> None:
         for f, score in zip(scored.frames, scored.scores.score, strict=True):
             update = self.tracker.update(self.camera, f.timestamp_s, float(score))
-            if update.started and update.event is not None:
-                self._open = {**update.event.to_dict(), "source": f.source}
-                self.found.append(self._open)
-            elif update.ended and update.event is not None and self._open is not None:
-                self._open.update(update.event.to_dict(), end_source=f.source)
-                self._open = None
+            if update.started:
+                self.started_in.append(f.source)
+            elif update.ended:
+                self.ended_in.append(f.source)
 
     def events(self) -> list[dict[str, Any]]:
-        """Every drift of the run; one still open at the end has `end_s` None and its peak so far."""
-        if self._open is not None:
-            peak = self.tracker.monitor(self.camera).open_event()
-            if peak is not None:
-                self._open["peak_exceed_fraction"] = peak.peak_exceed_fraction
-        return self.found
+        """Every drift of the run, in order (one camera: the finished ones, then one still open with `end_s`
+        None and its peak so far), each with the sources where it started and ended."""
+        out = []
+        for i, event in enumerate(self.tracker.events()):
+            ended = {"end_source": self.ended_in[i]} if i < len(self.ended_in) else {}
+            out.append({**event.to_dict(), "source": self.started_in[i], **ended})
+        return out

@@ -51,19 +51,7 @@ def simulated_verdicts(events: list[dict], labels: FrameLabels) -> list[VerdictR
         name = Path(e["source"]).name
         frames = range(e["start_frame"], e["end_frame"] + 1)
         hit = any(labels.labels.get((name, i), (0, ""))[0] == 1 for i in frames)
-        out.append(
-            VerdictRecord(
-                event_id=e["id"],
-                source=e["source"],
-                camera=e.get("camera"),
-                start_frame=e["start_frame"],
-                end_frame=e["end_frame"],
-                start_s=e["start_s"],
-                end_s=e["end_s"],
-                verdict="anomaly" if hit else "normal",
-                reviewer="simulated",
-            )
-        )
+        out.append(VerdictRecord.of_event(e, "anomaly" if hit else "normal", reviewer="simulated"))
     return out
 
 

@@ -129,19 +129,8 @@ def create_review_app(settings: ReviewSettings, run: ReviewRun | None = None) ->
 
     @app.post("/api/events/{event_id}/verdict", dependencies=[*guarded, Depends(json_only)])
     async def give_verdict(event: EventDep, body: VerdictBody, store: StoreDep) -> JSONResponse:
-        d = event.data
-        record = VerdictRecord(
-            event_id=event.id,
-            source=str(d["source"]),
-            camera=d.get("camera"),
-            start_frame=int(d["start_frame"]),
-            end_frame=int(d["end_frame"]),
-            start_s=float(d["start_s"]),
-            end_s=float(d["end_s"]),
-            verdict=body.verdict,
-            note=body.note,
-            reviewer=body.reviewer or settings.reviewer,
-        )
+        reviewer = body.reviewer or settings.reviewer
+        record = VerdictRecord.of_event(event.data, body.verdict, note=body.note, reviewer=reviewer)
         return JSONResponse(store.add(record).model_dump(), headers=PRIVATE)
 
     @app.get("/api/verdicts", dependencies=guarded)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from footage.events_json import read_events_json
+from review.store import DB_NAME
 
 
 @dataclass(frozen=True)
@@ -36,8 +37,6 @@ class ReviewRun:
 
     @property
     def db_path(self) -> Path:
-        from review.store import DB_NAME
-
         return self.root / DB_NAME
 
 

@@ -11,11 +11,11 @@ import csv
 import io
 import os
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import closing, contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -58,6 +58,13 @@ class VerdictRecord(BaseModel):
     note: str = Field("", max_length=2000)
     reviewer: str = Field("", max_length=200)
     created_at: str = ""  # UTC ISO 8601; filled in when stored
+
+    @classmethod
+    def of_event(cls, event: Mapping[str, Any], verdict: Verdict, note: str = "", reviewer: str = "") -> VerdictRecord:
+        """A verdict on `event` (an event of the events JSON), its stretch copied from it."""
+        keys = ("source", "camera", "start_frame", "end_frame", "start_s", "end_s")
+        return cls(event_id=str(event["id"]), **{k: event.get(k) for k in keys}, verdict=verdict, note=note,
+                   reviewer=reviewer)  # fmt: skip
 
 
 def utc_now() -> str:

@@ -46,6 +46,20 @@ def test_drift_is_found_across_the_sources_of_a_camera(tiny_trained, tmp_path: P
     assert drift["start_s"] <= DRIFT.window_s * DRIFT.max_exceed_fraction + DRIFT.decorrelation_s + 0.2
     assert read_events_json(events)["drift"] == json.loads(json.dumps(summary.drift))
 
+    third = write_video(tmp_path / "c_third.mp4", road_frames(80, seed=8))  # the lens cleaned: drift ends
+    again = score_sources(
+        detector,
+        [str(first), str(second), str(third)],
+        tmp_path / "again.csv",
+        camera="dash",
+        drift=DRIFT,
+        progress=False,
+    )
+    assert len(again.drift) == 1
+    ended = again.drift[0]
+    assert Path(ended["source"]).name == "b_second.mp4" and Path(ended["end_source"]).name == "c_third.mp4"
+    assert ended["end_s"] is not None and ended["end_s"] <= DRIFT.window_s + DRIFT.decorrelation_s
+
     quiet = score_sources(
         detector, [str(first)], tmp_path / "quiet.csv", events_path=tmp_path / "quiet.json", camera="dash", drift=DRIFT
     )
