@@ -3,15 +3,17 @@
 What an exported model computes is `anomaly.scoring.frame_signals`, traced: the same torch code, not
 a second implementation. One graph takes a batch of prepared frames (N x H x W x 3 uint8 RGB, the
 output of `Preprocessor.prepare`) and the arrays of one calibration's normal statistics, and gives
-every signal and the heat map; the score itself (`anomaly.frame_scores.combine`, a maximum of
-z-scores) is a few numpy operations outside it. The statistics are inputs rather than constants so
+every signal and the heat map's cells; the score itself (`anomaly.frame_scores.combine`, a maximum
+of z-scores) and the heat map's pixels (`anomaly.heat`) are numpy operations outside it, as they
+are for a torch model. The statistics are inputs rather than constants so
 that one graph serves the fleet profile and every camera profile, and so that a memory of any size
 (at least as many frames as the largest neighbour count) fits.
 
 Written into the output folder, everything plain files (nothing that unpickles):
 
-- `score.onnx`: every signal; `score_lean.onnx`: without the costly ones (`COSTLY_SIGNALS`), for
-  profiles whose score does not use them (the choice `anomaly score` makes for a torch model);
+- `score.onnx`: every signal; `score_lean.onnx`: without the costly ones (`COSTLY_SIGNALS`, the
+  discriminator's among them, so it does not run), for profiles whose score does not use them (the
+  choice `anomaly score` makes for a torch model);
 - `profiles/<name>.npz`: each profile's statistics (`numpy.load(..., allow_pickle=False)`);
 - `detector.json`: format version, the detector's config, each profile's signal scales, signals and
   threshold, the graphs' input and output names, and the SHA-256 of every file above.
@@ -40,7 +42,7 @@ from anomaly import __version__
 from anomaly.calibration import Calibration, NormalStats
 from anomaly.config import COSTLY_SIGNALS, SIGNAL_NAMES, CalibrationConfig, PreprocessConfig
 from anomaly.detector import Detector
-from anomaly.exported import EXPORT_FORMAT, EXPORT_KIND, HEATMAP
+from anomaly.exported import EXPORT_FORMAT, EXPORT_KIND, HEAT_CELLS
 from anomaly.model import AutoencoderGAN
 from anomaly.model_files import file_sha256
 from anomaly.preprocess import normalise
@@ -78,7 +80,7 @@ class ScoringGraph(nn.Module):
         stats = NormalStats(**dict(zip(self.stats_fields, stats_arrays, strict=True)))
         x = normalise(frames, self.preprocess)
         signals, heat = frame_signals(self.model, x, stats, self.calibration, self.skip)
-        return (*(signals[name] for name in self.outputs if name != HEATMAP), heat)
+        return (*(signals[name] for name in self.outputs if name != HEAT_CELLS), heat)
 
 
 def present_fields(stats: NormalStats) -> tuple[str, ...]:
@@ -157,8 +159,8 @@ def export_detector(detector: Detector, out_dir: Path, fmt: Format = "onnx", *, 
         example = (example_frames, *(torch.from_numpy(a) for a in fleet_arrays.values()))
         graphs = {"all": "score.onnx", "lean": "score_lean.onnx"}
         outputs = {
-            "all": (*SIGNAL_NAMES, HEATMAP),
-            "lean": (*(n for n in SIGNAL_NAMES if n not in COSTLY_SIGNALS), HEATMAP),
+            "all": (*SIGNAL_NAMES, HEAT_CELLS),
+            "lean": (*(n for n in SIGNAL_NAMES if n not in COSTLY_SIGNALS), HEAT_CELLS),
         }
         with torch.no_grad():
             for key, name in graphs.items():

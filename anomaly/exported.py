@@ -23,13 +23,14 @@ from pydantic import ValidationError
 from anomaly import __version__
 from anomaly.config import COSTLY_SIGNALS, DetectorConfig
 from anomaly.frame_scores import FrameScores, frame_scores
+from anomaly.heat import HeatLayout
 from anomaly.model_files import default_threads, file_sha256
 from anomaly.preprocess import Preprocessor
 from anomaly.profiles import FLEET, profile_for, profile_note
 
 EXPORT_KIND = "anomaly-exported-detector"
-HEATMAP = "heatmap"  # the graphs' output besides the signals
-EXPORT_FORMAT = 1  # what `anomaly export` writes
+HEAT_CELLS = "heat_cells"  # the graphs' output besides the signals (`anomaly.heat` makes pixels of it)
+EXPORT_FORMAT = 2  # what `anomaly export` writes (1: the heat map per pixel, and the discriminator always run)
 READABLE_FORMATS = (EXPORT_FORMAT,)
 
 
@@ -194,10 +195,11 @@ class ExportedDetector:
         session, outputs = self.sessions.get("all" if costly else "lean")
         values = session.run(outputs, {"frames": batch, **cal.stats})
         named = dict(zip(outputs, values, strict=True))
-        heatmap = named.pop(HEATMAP)
+        heat_cells = named.pop(HEAT_CELLS)
         return frame_scores(
             named,
-            heatmap,
+            heat_cells,
+            HeatLayout.of(self.config),
             loc=cal.loc,
             scale=cal.scale,
             names=cal.signals,

@@ -9,18 +9,23 @@ definition of the fields and of the score.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from anomaly.config import SIGNAL_NAMES, DetectorConfig
+from anomaly.heat import HeatLayout, cells_to_pixels
 
 if TYPE_CHECKING:
     from anomaly.preprocess import Preprocessor
 
 # The per-frame score fields, in the order of the scores CSV and the service's responses.
 SCORE_FIELDS = ("score", "recon_error", "disc_score", "spatial_score", "latent_score")
+# Of those, the one a scorer leaves out (None, an empty CSV cell) unless the score uses it or every
+# signal was asked for: the discriminator's pass is skipped then (`anomaly.config.COSTLY_SIGNALS`).
+OPTIONAL_SCORE_FIELDS = ("disc_score",)
 # Signals of the memory of normal frames and of the patches of the discriminator and of the encoder
 # (checkpoint format 4; a format-3 model scores them 0, and so does a format-4 model for `patch` when
 # it was calibrated before that signal existed); in the CSV after `is_anomaly`, so older readers keep
@@ -51,17 +56,23 @@ class FrameScore:
 
     score: float
     recon_error: float
-    disc_score: float
+    disc_score: float | None
     spatial_score: float
     latent_score: float
     is_anomaly: bool
     threshold: float
-    heatmap: np.ndarray  # H x W (model input size), per-pixel error in units of its cell's normal range
+    heat_cells: np.ndarray = field(repr=False)  # h x w: per-cell error in units of the cell's normal range
+    heat_layout: HeatLayout
     knn_score: float | None = None
     local_score: float | None = None
     disc_patch_score: float | None = None
     patch_score: float | None = None
     profile: str = "fleet"  # the camera profile whose statistics and threshold scored the frame
+
+    @property
+    def heatmap(self) -> np.ndarray:
+        """H x W (model input size): each pixel's worst covering cell, made on each call (see `anomaly.heat`)."""
+        return cells_to_pixels(self.heat_cells[None], self.heat_layout)[0]
 
 
 @dataclass
@@ -70,11 +81,12 @@ class FrameScores:
 
     score: np.ndarray
     recon_error: np.ndarray
-    disc_score: np.ndarray
+    disc_score: np.ndarray | None
     spatial_score: np.ndarray
     latent_score: np.ndarray
     is_anomaly: np.ndarray
-    heatmap: np.ndarray  # N x H x W (model input size): the worst cell covering each pixel, as in `spatial`
+    heat_cells: np.ndarray = field(repr=False)  # N x h x w: per-cell z-scores, the cells `spatial` reads
+    heat_layout: HeatLayout
     threshold: float
     knn_score: np.ndarray | None = None
     local_score: np.ndarray | None = None
@@ -85,18 +97,22 @@ class FrameScores:
     def __len__(self) -> int:
         return len(self.score)
 
+    @cached_property
+    def heatmap(self) -> np.ndarray:
+        """N x H x W (model input size): the worst cell covering each pixel, made on first use."""
+        return cells_to_pixels(self.heat_cells, self.heat_layout)
+
     def rows(self) -> list[FrameScore]:
         """One `FrameScore` per frame, in order."""
-        columns = [getattr(self, name) for name in SCORE_FIELDS]
-        extras = {name: getattr(self, name) for name in EXTRA_SCORE_FIELDS}
+        fields = {name: getattr(self, name) for name in (*SCORE_FIELDS, *EXTRA_SCORE_FIELDS)}
         return [
             FrameScore(
-                *(float(c[i]) for c in columns),
+                **{name: None if c is None else float(c[i]) for name, c in fields.items()},
                 is_anomaly=bool(self.is_anomaly[i]),
                 threshold=float(self.threshold),
-                heatmap=self.heatmap[i],
+                heat_cells=self.heat_cells[i],
+                heat_layout=self.heat_layout,
                 profile=self.profile,
-                **{name: None if c is None else float(c[i]) for name, c in extras.items()},
             )
             for i in range(len(self))
         ]
@@ -118,7 +134,8 @@ def combine(
 
 def frame_scores(
     signals: Mapping[str, np.ndarray],
-    heatmap: np.ndarray,
+    heat_cells: np.ndarray,
+    heat_layout: HeatLayout,
     *,
     loc: Mapping[str, float],
     scale: Mapping[str, float],
@@ -127,14 +144,15 @@ def frame_scores(
     profile: str,
 ) -> FrameScores:
     """The scores of a batch from its signals (by name, as `anomaly.config.SIGNAL_NAMES`; a costly
-    signal that was not computed is absent) and heat map, with the calibration that combines them."""
+    signal that was not computed is absent) and heat-map cells, with the calibration that combines them."""
     score = combine(signals, loc, scale, names)
-    fields = {field: signals.get(name) for name, field in SIGNAL_FIELDS.items()}
+    columns = {column: signals.get(name) for name, column in SIGNAL_FIELDS.items()}
     return FrameScores(
-        **fields,  # type: ignore[arg-type]
+        **columns,  # type: ignore[arg-type]
         score=score,
         is_anomaly=score > threshold,
-        heatmap=heatmap,
+        heat_cells=heat_cells,
+        heat_layout=heat_layout,
         threshold=threshold,
         profile=profile,
     )

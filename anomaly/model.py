@@ -95,7 +95,7 @@ class ModelOutput:
     recon: torch.Tensor  # N x 3 x H x W, same normalisation as the input
     latent: torch.Tensor  # N x latent x H/8 x W/8
     stage_features: list[torch.Tensor]  # each encoder stage's activations, fine to coarse
-    disc_logits: torch.Tensor  # N x 1 x H/8 x W/8, the discriminator's view of the *input*
+    disc_logits: torch.Tensor | None  # N x 1 x H/8 x W/8, the discriminator's view of the *input* (when asked)
 
 
 class AutoencoderGAN(nn.Module):
@@ -112,11 +112,12 @@ class AutoencoderGAN(nn.Module):
         latent, _ = self.encoder(x)
         return self.decoder(latent)
 
-    def forward(self, x: torch.Tensor) -> ModelOutput:
+    def forward(self, x: torch.Tensor, discriminate: bool = True) -> ModelOutput:
+        """`discriminate=False` skips the discriminator (about a fifth of the pass) when no signal needs it."""
         latent, feats = self.encoder(x)
         return ModelOutput(
             recon=self.decoder(latent),
             latent=latent,
             stage_features=feats,
-            disc_logits=self.discriminator(x),
+            disc_logits=self.discriminator(x) if discriminate else None,
         )

@@ -23,10 +23,13 @@ Per frame, one pass through the networks gives four raw signals:
 Each signal becomes a z-score against held-out normal frames, and the anomaly score is the largest
 z-score among the signals the calibration selected. `is_anomaly` is score > threshold.
 
-`patch` costs about as much as the networks' pass and `local` a fifth of it; scoring computes them
-(`COSTLY_SIGNALS`) only when the score uses them or the detector was asked for every signal
-(`Detector.with_all_signals`: `anomaly score --all-signals`, `anomaly evaluate`, the demo), and
-otherwise leaves their columns empty.
+`patch` costs about as much as the networks' pass, the discriminator (`disc`, `disc_patch`) a fifth
+of it and `local` a tenth; scoring computes them (`COSTLY_SIGNALS`) only when the score uses them or
+the detector was asked for every signal (`Detector.with_all_signals`: `anomaly score --all-signals`,
+`anomaly evaluate`, the demo), and otherwise leaves their columns empty.
+
+The heat map leaves scoring as cells (`FrameScores.heat_cells`); the per-pixel map is made from them
+(`anomaly.heat.cells_to_pixels`) only when something draws it, which a CSV does not.
 """
 
 from __future__ import annotations
@@ -40,9 +43,10 @@ import torch
 import torch.nn.functional as F
 
 from anomaly.calibration import NormalStats, standard_patches
-from anomaly.config import COSTLY_SIGNALS, CalibrationConfig
+from anomaly.config import COSTLY_SIGNALS, DISCRIMINATOR_SIGNALS, CalibrationConfig
 from anomaly.detector import Detector
 from anomaly.frame_scores import FrameScores, frame_scores
+from anomaly.heat import HeatLayout, cell_sizes
 from anomaly.memory import mean_distance, nearest, neighbour_cell_scores, patch_distances
 from anomaly.model import AutoencoderGAN
 
@@ -52,48 +56,15 @@ class RawSignals:
     recon: torch.Tensor  # N
     error_cells: torch.Tensor  # N x h x w, mean squared error per cell
     features: torch.Tensor  # N x d
-    disc: torch.Tensor  # N
+    disc: torch.Tensor | None = None  # N (None: the discriminator was not run)
     disc_map: torch.Tensor | None = None  # N x h' x w': the discriminator's "not real" logit per patch
     patch_features: torch.Tensor | None = None  # N x C x h'' x w'': the encoder's deepest feature map
-
-
-def cell_sizes(height: int, width: int, cell: int) -> tuple[int, int]:
-    """Cells are squares of `cell` pixels, cut down to the frame when the frame is smaller."""
-    return min(cell, height), min(cell, width)
 
 
 def pool_errors(error_map: torch.Tensor, cell: int, stride: int) -> torch.Tensor:
     """N x H x W squared error -> N x h x w mean over overlapping cells."""
     kernel = cell_sizes(*error_map.shape[-2:], cell)
     return F.avg_pool2d(error_map.unsqueeze(1), kernel_size=kernel, stride=stride).squeeze(1)
-
-
-def cells_to_pixels(heat: torch.Tensor, size: tuple[int, int], cell: int, stride: int) -> torch.Tensor:
-    """N x h x w cell values -> N x H x W: each pixel gets the largest value of the cells covering it.
-
-    Cells overlap and are wider than their stride, so a plain resize of the grid would shift an
-    object's heat towards the frame's edges by up to half a cell; this puts it where the object is.
-    The pixels of one stride x stride block share their cells when the stride divides the cell, so
-    the maximum is then taken per block (cheap next to the model); otherwise per pixel.
-    """
-    height, width = size
-    kernel = cell_sizes(height, width, cell)
-    if kernel[0] % stride == 0 and kernel[1] % stride == 0:
-        # block (i, j) lies in cells i - kernel/stride + 1 .. i (and likewise for j)
-        reach = (kernel[0] // stride - 1, kernel[1] // stride - 1)
-        grid = F.pad(heat.unsqueeze(1), (reach[1], reach[1], reach[0], reach[0]), value=float("-inf"))
-        grid = F.max_pool2d(grid, kernel_size=(reach[0] + 1, reach[1] + 1), stride=1)
-        pixels = grid.repeat_interleave(stride, dim=2).repeat_interleave(stride, dim=3)
-    else:
-        # cell (i, j) covers pixels [i*stride, i*stride + kernel): a max over the kernel - stride + 1 pixels before
-        reach = (kernel[0] - stride, kernel[1] - stride)
-        blocks = heat.repeat_interleave(stride, dim=1).repeat_interleave(stride, dim=2).unsqueeze(1)
-        blocks = F.pad(blocks, (reach[1], reach[1], reach[0], reach[0]), value=float("-inf"))
-        pixels = F.max_pool2d(blocks, kernel_size=(reach[0] + 1, 1), stride=1)  # max is separable
-        pixels = F.max_pool2d(pixels, kernel_size=(1, reach[1] + 1), stride=1)
-    # the last stride - 1 rows and columns fall outside every cell when the stride does not divide evenly
-    pixels = F.pad(pixels, (0, width - pixels.shape[-1], 0, height - pixels.shape[-2]), mode="replicate")
-    return pixels.squeeze(1)
 
 
 def summary_features(stage_features: Sequence[torch.Tensor], latent: torch.Tensor) -> torch.Tensor:
@@ -127,14 +98,17 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def raw_signals(model: AutoencoderGAN, x: torch.Tensor, config: CalibrationConfig) -> RawSignals:
-    """One pass through the networks; the heat map compares frame and reconstruction after a light blur.
+def raw_signals(
+    model: AutoencoderGAN, x: torch.Tensor, config: CalibrationConfig, discriminate: bool = True
+) -> RawSignals:
+    """One pass through the networks (the discriminator's only with `discriminate`); the heat map
+    compares frame and reconstruction after a light blur.
 
     The autoencoder never reproduces foliage texture, sensor noise or the exact sub-pixel edge of a
     lane marking, and those pixel-level misses dominate the raw error of normal frames. Blurring
     both images by about a pixel first leaves the errors an object, a smear or a torn block makes.
     """
-    out = model(x)
+    out = model(x, discriminate=discriminate)
     difference = x - out.recon
     error_map = difference.pow(2).mean(dim=1)
     # blurring is linear: blur(x) - blur(recon) is blur(x - recon), at half the cost
@@ -145,8 +119,8 @@ def raw_signals(model: AutoencoderGAN, x: torch.Tensor, config: CalibrationConfi
         recon=error_map.mean(dim=(1, 2)),
         error_cells=pool_errors(heat_error, config.error_pool, config.error_stride),
         features=summary_features(out.stage_features, out.latent),
-        disc=1.0 - torch.sigmoid(out.disc_logits).mean(dim=(1, 2, 3)),
-        disc_map=-out.disc_logits[:, 0],
+        disc=None if out.disc_logits is None else 1.0 - torch.sigmoid(out.disc_logits).mean(dim=(1, 2, 3)),
+        disc_map=None if out.disc_logits is None else -out.disc_logits[:, 0],
         patch_features=out.stage_features[-1],
     )
 
@@ -189,8 +163,9 @@ def signal_values(
     The heat map is the `local` one (cells against the frame's nearest memory frames) when the
     statistics hold a memory and `local` is computed, else the pooled one (what `spatial` reads).
     Signals whose statistics are missing (a checkpoint of format 3) read 0; signals in `skip` (of
-    `COSTLY_SIGNALS`) are left out. The memory's nearest frames are found once, for the largest
-    neighbour count among the signals computed, and each signal takes its share of them.
+    `COSTLY_SIGNALS`), and the discriminator's when it was not run, are left out. The memory's
+    nearest frames are found once, for the largest neighbour count among the signals computed, and
+    each signal takes its share of them.
     """
     config = config or CalibrationConfig()
     heat = (raw.error_cells - stats.cell_center) / stats.cell_spread
@@ -200,12 +175,14 @@ def signal_values(
         "spatial": heat.flatten(1).amax(dim=1),
         "latent": mahalanobis,
         "recon": raw.recon,
-        "disc": raw.disc,
+        "disc": zero if raw.disc is None else raw.disc,
         "knn": zero,
         "local": zero,
         "disc_patch": zero,
         "patch": zero,
     }
+    if raw.disc is None:
+        skip = skip | DISCRIMINATOR_SIGNALS
     if raw.disc_map is not None and stats.disc_center is not None and stats.disc_spread is not None:
         signals["disc_patch"] = ((raw.disc_map - stats.disc_center) / stats.disc_spread).flatten(1).amax(dim=1)
     if stats.has_memory and raw.features.shape[0] > 0:
@@ -241,10 +218,11 @@ def frame_signals(
     config: CalibrationConfig,
     skip: frozenset[str] = frozenset(),
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """Every signal of a normalised batch, and its heat map per model pixel: all that scoring computes
-    with torch (what `anomaly.export` puts in an exported model's graph)."""
-    signals, heat = signal_values(raw_signals(model, x, config), stats, config, skip)
-    return signals, cells_to_pixels(heat, (x.shape[-2], x.shape[-1]), config.error_pool, config.error_stride)
+    """Every signal of a normalised batch but those in `skip`, and its heat-map cells: all that scoring
+    computes with torch (what `anomaly.export` puts in an exported model's graph). The discriminator
+    runs only when one of its signals is wanted."""
+    raw = raw_signals(model, x, config, discriminate=not skip >= DISCRIMINATOR_SIGNALS)
+    return signal_values(raw, stats, config, skip)
 
 
 def score_prepared(detector: Detector, prepared: Sequence[np.ndarray] | np.ndarray) -> FrameScores:
@@ -252,10 +230,12 @@ def score_prepared(detector: Detector, prepared: Sequence[np.ndarray] | np.ndarr
     cal = detector.calibrated
     x = detector.preprocessor.to_tensor(prepared, detector.device)
     skip = frozenset() if detector.all_signals else COSTLY_SIGNALS - set(cal.signals)
-    signals, heat = frame_signals(detector.model, x, detector.normal_stats, detector.config.calibration, skip)
+    config = detector.config
+    signals, heat = frame_signals(detector.model, x, detector.normal_stats, config.calibration, skip)
     return frame_scores(
         {k: v.float().cpu().numpy() for k, v in signals.items()},
         heat.float().cpu().numpy(),
+        HeatLayout.of(config),
         loc=cal.loc,
         scale=cal.scale,
         names=cal.signals,

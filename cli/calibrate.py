@@ -115,9 +115,7 @@ def review_source(source: str, db: Path) -> str:
     return str(beside) if beside.exists() else source
 
 
-def calibrate_from_feedback(
-    model: Path, db: Path, out: Path, allow_missed: bool, margin: float, device: str
-) -> None:
+def calibrate_from_feedback(model: Path, db: Path, out: Path, allow_missed: bool, margin: float, device: str) -> None:
     """`anomaly calibrate MODEL --feedback review.sqlite --out MODEL2`: see `anomaly.feedback`."""
     import numpy as np
 

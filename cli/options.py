@@ -179,7 +179,6 @@ def drift_options(
     )
 
 
-
 def parse_roi(text: str | None) -> tuple[float, float, float, float] | None:
     if not text:
         return None
@@ -216,6 +215,7 @@ def report_source_error(src: str, err: Exception) -> None:
 
 def quiet(*_: object) -> None:
     """Output of the training processes other than rank 0 (which speaks for all)."""
+
 
 TokenFileOpt = Annotated[
     Path | None, typer.Option(help="file holding the bearer token clients must send (or set the --token-env var)")

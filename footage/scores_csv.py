@@ -20,13 +20,15 @@ from typing import IO
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from anomaly.frame_scores import EXTRA_SCORE_FIELDS, SCORE_FIELDS, FrameScores
+from anomaly.frame_scores import EXTRA_SCORE_FIELDS, OPTIONAL_SCORE_FIELDS, SCORE_FIELDS, FrameScores
 from footage.ingest import Frame
 from footage.sampling import SamplingConfig
 
 # what every scores CSV holds; the extra signals follow (empty for a model without them)
 REQUIRED_COLUMNS = ("source", "frame_index", "timestamp_s", *SCORE_FIELDS, "is_anomaly")
 CSV_COLUMNS = (*REQUIRED_COLUMNS, *EXTRA_SCORE_FIELDS)
+# columns whose cells may be empty (a signal the scorer skipped); read back only when every row has them
+MAYBE_EMPTY = frozenset({*OPTIONAL_SCORE_FIELDS, *EXTRA_SCORE_FIELDS})
 
 
 @dataclass
@@ -38,7 +40,8 @@ class ScoredBatch:
 
 
 def csv_rows(batch: ScoredBatch) -> Iterator[tuple]:
-    """The CSV rows of a scored batch: timestamps to 0.1 ms, scores to six significant digits."""
+    """The CSV rows of a scored batch: timestamps to 0.1 ms, scores to six significant digits, a
+    signal the scorer skipped as an empty cell."""
     columns = [getattr(batch.scores, name) for name in SCORE_FIELDS]
     extras = [getattr(batch.scores, name) for name in EXTRA_SCORE_FIELDS]
     for i, f in enumerate(batch.frames):
@@ -46,7 +49,7 @@ def csv_rows(batch: ScoredBatch) -> Iterator[tuple]:
             f.source,
             f.index,
             f"{f.timestamp_s:.4f}",
-            *(f"{c[i]:.6g}" for c in columns),
+            *("" if c is None else f"{c[i]:.6g}" for c in columns),
             int(batch.scores.is_anomaly[i]),
             *("" if c is None else f"{c[i]:.6g}" for c in extras),
         )
@@ -89,7 +92,8 @@ def atomic_write_text(path: Path, text: str) -> None:
 def read_scores_csv(path: Path) -> dict[str, np.ndarray]:
     """A scores CSV back as columns (numeric ones as arrays), with a clear error for anything else.
 
-    The extra signal columns are there only when every row holds them (a model with a memory)."""
+    A column that may be empty (`MAYBE_EMPTY`: a signal computed only on request) is there only when
+    every row holds it."""
     path = Path(path)
     if not path.is_file():
         raise OSError(f"scores CSV not found: {path}")
@@ -104,7 +108,7 @@ def read_scores_csv(path: Path) -> dict[str, np.ndarray]:
     cols: dict[str, np.ndarray] = {"source": np.array([r["source"] for r in rows], dtype=object)}
     try:
         for c in CSV_COLUMNS[1:]:
-            if c in REQUIRED_COLUMNS or all(r.get(c) not in ("", None) for r in rows):  # extras: when all there
+            if c not in MAYBE_EMPTY or all(r.get(c) not in ("", None) for r in rows):
                 cols[c] = np.array([float(r[c]) for r in rows])
     except (TypeError, ValueError):
         raise ValueError(f"{path}: column {c} holds a value that is not a number") from None

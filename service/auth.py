@@ -45,8 +45,10 @@ def session_value(token: SecretStr) -> str:
 
 
 def session_matches(cookie: str | None, expected: SecretStr | None) -> bool:
-    return expected is not None and cookie is not None and hmac.compare_digest(
-        cookie.encode(), session_value(expected).encode()
+    return (
+        expected is not None
+        and cookie is not None
+        and hmac.compare_digest(cookie.encode(), session_value(expected).encode())
     )
 
 

@@ -116,7 +116,7 @@ class LiveState:
         }
         if preview_frame is not None:
             version = 1 if self.preview is None else self.preview.version + 1
-            self.preview = Preview(preview_frame, np.array(scored.heatmap, copy=True), scored.threshold, version)
+            self.preview = Preview(preview_frame, scored.heatmap, scored.threshold, version)
 
     def _add_point(self, ts: float, score: float, flagged: bool) -> None:
         """Pool into the current bin (keeping the max), open a new one, or restart after time went back."""

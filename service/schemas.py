@@ -71,7 +71,11 @@ class _Schema(BaseModel):
 class Scores(_Schema):
     score: float = Field(description="combined anomaly score: the largest calibrated z-score of the chosen signals")
     recon_error: float = Field(description="mean squared reconstruction error")
-    disc_score: float = Field(description="discriminator's belief that the frame is not a normal one, 0..1")
+    disc_score: float | None = Field(
+        None,
+        description="discriminator's belief that the frame is not a normal one, 0..1; null unless the "
+        "model's score uses it (the discriminator is then not run)",
+    )
     spatial_score: float = Field(description="worst cell of the error map, in units of its normal range")
     latent_score: float = Field(description="distance of the encoder features from normal frames'")
     is_anomaly: bool = Field(description="score > threshold")

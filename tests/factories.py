@@ -8,6 +8,8 @@ import cv2
 import numpy as np
 
 from anomaly.config import CalibrationConfig, DetectorConfig, ModelConfig, PreprocessConfig, TrainConfig
+from anomaly.frame_scores import FrameScore
+from anomaly.heat import HeatLayout
 
 # The one tiny configuration of the test suite: 32x24 input, 8-channel networks, CPU.
 TINY = DetectorConfig(
@@ -64,3 +66,18 @@ DISTRIBUTIONS = {
     "student-t2": lambda rng, n: rng.standard_t(2, n),  # heavy tails, infinite variance
     "pareto": lambda rng, n: rng.pareto(1.5, n),
 }
+
+
+def frame_score(score: float, threshold: float = 1.0) -> FrameScore:
+    """One frame's scores with only the combined score set (a 4x4 heat map of ones), for stream and event logic."""
+    return FrameScore(
+        score=score,
+        recon_error=0.0,
+        disc_score=0.0,
+        spatial_score=0.0,
+        latent_score=0.0,
+        is_anomaly=score > threshold,
+        threshold=threshold,
+        heat_cells=np.ones((4, 4), np.float32),
+        heat_layout=HeatLayout(height=4, width=4, cell=1, stride=1),
+    )

@@ -6,11 +6,11 @@ import torch
 from factories import road_frames
 
 from anomaly.calibration import NormalStats
+from anomaly.config import COSTLY_SIGNALS
 from anomaly.detector import Detector
 from anomaly.frame_scores import FrameScores, combine
 from anomaly.scoring import (
     RawSignals,
-    cells_to_pixels,
     gaussian_blur,
     pool_errors,
     score_frames,
@@ -21,7 +21,7 @@ from anomaly.scoring import (
 # error_pool 4 on a 24x32 model input: cells of 4 px, stride 2 -> 11 x 15 cells; the heat map is per model pixel
 CELLS = (11, 15)
 MODEL_SIZE = (24, 32)
-FIELDS = ("score", "recon_error", "disc_score", "spatial_score", "latent_score", "is_anomaly")
+FIELDS = ("score", "recon_error", "spatial_score", "latent_score", "is_anomaly")
 
 
 def with_square(frame: np.ndarray, cx: int, cy: int, side: int = 8) -> np.ndarray:
@@ -59,8 +59,20 @@ def test_frame_scores_shapes_and_types(detector, source_frames):
     assert s.heatmap.shape == (8, *MODEL_SIZE)
     assert s.threshold == detector.threshold
     assert np.isfinite(s.score).all()
-    assert ((s.disc_score >= 0) & (s.disc_score <= 1)).all()
     assert (s.recon_error >= 0).all() and (s.latent_score >= 0).all()
+    every = score_frames(detector.with_all_signals(), list(source_frames))
+    assert ((every.disc_score >= 0) & (every.disc_score <= 1)).all()
+
+
+def test_the_discriminator_runs_only_when_a_signal_needs_it(detector, source_frames, monkeypatch):
+    calls = []
+    kind = type(detector.model.discriminator)
+    original = kind.forward
+    monkeypatch.setattr(kind, "forward", lambda self, x: calls.append(1) or original(self, x))
+    score_frames(detector, list(source_frames[:2]))
+    assert calls == []
+    score_frames(detector.with_all_signals(), list(source_frames[:2]))
+    assert calls == [1]
 
 
 def test_scores_do_not_depend_on_the_batch(detector, source_frames):
@@ -97,7 +109,7 @@ def test_with_threshold_changes_is_anomaly_only(detector, source_frames):
     middle = float(np.median(base.score))
     moved = detector.with_threshold(middle)
     s = score_frames(moved, frames)
-    for name in ("score", "recon_error", "disc_score", "spatial_score", "latent_score", "heatmap"):
+    for name in ("score", "recon_error", "spatial_score", "latent_score", "heatmap"):
         np.testing.assert_array_equal(getattr(s, name), getattr(base, name), err_msg=name)
     assert s.threshold == middle == moved.threshold
     np.testing.assert_array_equal(s.is_anomaly, base.score > middle)
@@ -128,32 +140,6 @@ def test_pool_errors_overlapping_cells():
     assert pooled[0, 0, 0].item() == pytest.approx((0 + 1 + 6 + 7) / 4)
     assert pool_errors(torch.ones(3, *MODEL_SIZE), 4, 2).shape == (3, *CELLS)
     assert pool_errors(torch.ones(3, *MODEL_SIZE), 40, 4).shape == (3, 1, 1)  # cells never exceed the frame
-
-
-GEOMETRIES = [
-    ((24, 32), 4, 2),
-    ((72, 128), 20, 4),
-    ((70, 127), 20, 4),
-    ((24, 32), 5, 2),
-    ((30, 41), 7, 3),
-    ((16, 40), 20, 4),
-]
-
-
-@pytest.mark.parametrize(("size", "cell", "stride"), GEOMETRIES)
-def test_cells_to_pixels_gives_each_pixel_its_worst_covering_cell(size, cell, stride):
-    gen = torch.Generator().manual_seed(0)
-    cells = pool_errors(torch.rand(2, *size, generator=gen), cell, stride)
-    pixels = cells_to_pixels(cells, size, cell, stride)
-    expected = torch.full((2, *size), -1.0)
-    for i in range(cells.shape[1]):
-        for j in range(cells.shape[2]):
-            block = expected[:, i * stride : i * stride + cell, j * stride : j * stride + cell]
-            block[:] = torch.maximum(block, cells[:, i, j, None, None])
-    last_y, last_x = (cells.shape[1] - 1) * stride + cell, (cells.shape[2] - 1) * stride + cell
-    expected[:, last_y:] = expected[:, last_y - 1 : last_y]  # rows and columns past the last cell copy its edge
-    expected[:, :, last_x:] = expected[:, :, last_x - 1 : last_x]
-    assert torch.equal(pixels, expected)
 
 
 def test_signal_values_and_combine_by_hand():
@@ -214,17 +200,18 @@ def test_gaussian_blur_equals_torchvisions_bit_for_bit(sigma):
 def test_costly_signals_are_computed_only_when_the_score_uses_them_or_all_are_asked_for(detector, source_frames):
     import dataclasses
 
-    assert not {"patch", "local"} & set(detector.calibrated.signals)
+    assert not COSTLY_SIGNALS & set(detector.calibrated.signals)
     lean = score_frames(detector, list(source_frames))
     full = score_frames(detector.with_all_signals(), list(source_frames))
-    assert lean.patch_score is None and lean.local_score is None
-    assert np.isfinite(full.patch_score).all() and np.isfinite(full.local_score).all()
-    for name in (*FIELDS, "knn_score", "disc_patch_score"):
+    costly = ("patch_score", "local_score", "disc_score", "disc_patch_score")
+    assert all(getattr(lean, name) is None for name in costly)  # empty CSV cells
+    assert all(np.isfinite(getattr(full, name)).all() for name in costly)
+    for name in (*FIELDS, "knn_score"):  # skipping them changes no other signal
         np.testing.assert_array_equal(getattr(lean, name), getattr(full, name), err_msg=name)
     # without `local` the heat map is the pooled one `spatial` reads: its worst pixel is the spatial score
     np.testing.assert_allclose(lean.heatmap.reshape(len(lean), -1).max(1), lean.spatial_score, rtol=1e-6)
     np.testing.assert_allclose(full.heatmap.reshape(len(full), -1).max(1), full.local_score, rtol=1e-6)
-    for chosen in (("patch", "latent"), ("local", "latent")):
+    for chosen in (("patch", "latent"), ("local", "latent"), ("disc", "latent"), ("disc_patch", "latent")):
         uses = detector.with_calibration(dataclasses.replace(detector.calibrated, signals=chosen))
         got = score_frames(uses, list(source_frames))
         np.testing.assert_array_equal(getattr(got, f"{chosen[0]}_score"), getattr(full, f"{chosen[0]}_score"))

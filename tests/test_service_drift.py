@@ -11,14 +11,13 @@ import cv2
 import httpx
 import numpy as np
 import pytest
-from factories import road_frames
+from factories import frame_score, road_frames
 from servers import Model, png, serving, settings_for
 from typer.testing import CliRunner
 from websockets.sync.client import ClientConnection, connect
 
 import service.server
 from anomaly.drift import DriftConfig, DriftReference, DriftTracker
-from anomaly.frame_scores import FrameScore
 from cli.main import app as cli_app
 from service.schemas import CameraDrift, drift_message
 from service.settings import ServiceSettings, StreamSettings
@@ -123,10 +122,6 @@ def test_drift_off_keeps_no_monitors_and_no_gauges(model: Model) -> None:
         assert not [k for k in srv.metrics() if k.startswith("anomaly_camera_")]
 
 
-def scored(score: float) -> FrameScore:
-    return FrameScore(score, 0.0, 0.0, 0.0, 0.0, score > 1.0, 1.0, np.zeros((2, 2), np.float32))
-
-
 def test_streams_feed_their_cameras_monitor_in_send_order() -> None:
     tracker = DriftTracker(TINY_DRIFT, lambda camera: DriftReference("p99", 1.0, 0.01))
 
@@ -135,7 +130,7 @@ def test_streams_feed_their_cameras_monitor_in_send_order() -> None:
         s = reg.open("cam", retry_after_s=1)
         slots = [s.reserve(s.tag(None, None, FPS), now=0.0) for _ in range(20)]
         for i in reversed(range(20)):  # scored in reverse: published, and counted, in order
-            s.fill(slots[i], scored(5.0), now=0.0)
+            s.fill(slots[i], frame_score(5.0), now=0.0)
         return [slot.future.result() for slot in slots]
 
     outcomes = asyncio.run(main())

@@ -4,18 +4,13 @@ from __future__ import annotations
 
 import asyncio
 
-import numpy as np
 import pytest
+from factories import frame_score
 
 from anomaly.events import EventConfig, EventTracker
-from anomaly.frame_scores import FrameScore
 from service.errors import ServiceError
 from service.settings import StreamSettings
 from service.streams import StreamRegistry
-
-
-def scored(score: float) -> FrameScore:
-    return FrameScore(score, 0.0, 0.0, 0.0, 0.0, score > 1.0, 1.0, np.zeros((2, 2), np.float32))
 
 
 class Clock:
@@ -47,7 +42,7 @@ def test_results_are_published_in_send_order_and_the_tracker_sees_frames_in_orde
         # scoring finishes in a scrambled order; frame 3 failed to decode
         for i in (4, 1, 5, 3, 0, 2):
             assert not slots[0].future.done() or i != 4
-            s.fill(slots[i], ServiceError(400, "corrupt_image", "bad") if i == 3 else scored(scores[i]), now=1.0)
+            s.fill(slots[i], ServiceError(400, "corrupt_image", "bad") if i == 3 else frame_score(scores[i]), now=1.0)
             if i == 4:
                 assert not any(slot.future.done() for slot in slots)  # frame 0 not scored yet: nothing published
         assert s.pending == 0 and not s.busy
@@ -95,7 +90,7 @@ def test_closing_a_stream_finishes_its_open_event() -> None:
         reg = StreamRegistry(StreamSettings(), threshold=1.0)
         s = reg.open("cam", retry_after_s=1)
         for value in (0.0, 5.0, 6.0):
-            s.fill(s.reserve(s.tag(None, None, 10.0), now=0.0), scored(value), now=0.0)
+            s.fill(s.reserve(s.tag(None, None, 10.0), now=0.0), frame_score(value), now=0.0)
         return reg.close("cam")
 
     (event,) = asyncio.run(main())
