@@ -20,6 +20,11 @@ COSTLY_SIGNALS = frozenset({"patch", "local", "disc", "disc_patch"})
 DISCRIMINATOR_SIGNALS = frozenset({"disc", "disc_patch"})
 
 
+def costly_signals_computed(signals: tuple[str, ...] | list[str], all_signals: bool) -> frozenset[str]:
+    """The costly signals a scorer computes: those the score uses, or all of them when asked for every signal."""
+    return COSTLY_SIGNALS if all_signals else COSTLY_SIGNALS & frozenset(signals)
+
+
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -109,7 +114,7 @@ class CalibrationConfig(_Frozen):
     )
     latent_components: int = Field(8, ge=1, le=256, description="principal components of the latent distance")
     signals: tuple[str, ...] = Field(
-        ("spatial", "latent"), min_length=1, description="signals whose calibrated z-scores are combined"
+        ("spatial", "latent", "patch"), min_length=1, description="signals whose calibrated z-scores are combined"
     )
     memory_size: int = Field(
         1000, ge=1, le=100_000, description="normal frames kept in the memory (a greedy k-centre coreset)"

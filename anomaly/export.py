@@ -11,9 +11,10 @@ that one graph serves the fleet profile and every camera profile, and so that a 
 
 Written into the output folder, everything plain files (nothing that unpickles):
 
-- `score.onnx`: every signal; `score_lean.onnx`: without the costly ones (`COSTLY_SIGNALS`, the
-  discriminator's among them, so it does not run), for profiles whose score does not use them (the
-  choice `anomaly score` makes for a torch model);
+- `score.onnx`: every signal; and for each set of costly signals (`COSTLY_SIGNALS`, the
+  discriminator's among them) that a profile's score uses, a graph with only those and the cheap
+  ones, `score_<names>.onnx` (`score_lean.onnx` for none): the choice `anomaly score` makes for a
+  torch model, so that neither computes what the score does not read;
 - `profiles/<name>.npz`: each profile's statistics (`numpy.load(..., allow_pickle=False)`);
 - `detector.json`: format version, the detector's config, each profile's signal scales, signals and
   threshold, the graphs' input and output names, and the SHA-256 of every file above.
@@ -40,9 +41,9 @@ from torch import nn
 
 from anomaly import __version__
 from anomaly.calibration import Calibration, NormalStats
-from anomaly.config import COSTLY_SIGNALS, SIGNAL_NAMES, CalibrationConfig, PreprocessConfig
+from anomaly.config import COSTLY_SIGNALS, SIGNAL_NAMES, CalibrationConfig, PreprocessConfig, costly_signals_computed
 from anomaly.detector import Detector
-from anomaly.exported import EXPORT_FORMAT, EXPORT_KIND, HEAT_CELLS
+from anomaly.exported import EXPORT_FORMAT, EXPORT_KIND, HEAT_CELLS, graph_key
 from anomaly.model import AutoencoderGAN
 from anomaly.model_files import file_sha256
 from anomaly.preprocess import normalise
@@ -157,11 +158,12 @@ def export_detector(detector: Detector, out_dir: Path, fmt: Format = "onnx", *, 
         example_frames = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (2, h, w, 3), dtype=np.uint8))
         fleet_arrays = stats_arrays(profiles_in[FLEET].stats, layout)
         example = (example_frames, *(torch.from_numpy(a) for a in fleet_arrays.values()))
-        graphs = {"all": "score.onnx", "lean": "score_lean.onnx"}
-        outputs = {
-            "all": (*SIGNAL_NAMES, HEAT_CELLS),
-            "lean": (*(n for n in SIGNAL_NAMES if n not in COSTLY_SIGNALS), HEAT_CELLS),
-        }
+        wanted = {COSTLY_SIGNALS, *(costly_signals_computed(p.signals, False) for p in profiles_in.values())}
+        graphs, outputs = {}, {}
+        for costly in sorted(wanted, key=lambda c: (-len(c), sorted(c))):  # "all" first
+            key = graph_key(costly)
+            graphs[key] = "score.onnx" if key == "all" else f"score_{key.replace('+', '_')}.onnx"
+            outputs[key] = (*(n for n in SIGNAL_NAMES if n not in COSTLY_SIGNALS or n in costly), HEAT_CELLS)
         with torch.no_grad():
             for key, name in graphs.items():
                 graph = ScoringGraph(model, config.preprocess, config.calibration, layout, outputs[key]).eval()

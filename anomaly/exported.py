@@ -21,7 +21,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from anomaly import __version__
-from anomaly.config import COSTLY_SIGNALS, DetectorConfig
+from anomaly.config import COSTLY_SIGNALS, DetectorConfig, costly_signals_computed
 from anomaly.frame_scores import FrameScores, frame_scores
 from anomaly.heat import HeatLayout
 from anomaly.model_files import default_threads, file_sha256
@@ -36,6 +36,14 @@ READABLE_FORMATS = (EXPORT_FORMAT,)
 
 class ExportedModelError(ValueError):
     """An exported model folder that is missing, incomplete, altered or from an incompatible version."""
+
+
+def graph_key(costly: frozenset[str]) -> str:
+    """The name of the graph that computes the cheap signals and exactly these costly ones: "all" for
+    every signal, "lean" for none, else the costly signals' names joined by "+"."""
+    if costly == COSTLY_SIGNALS:
+        return "all"
+    return "+".join(sorted(costly)) or "lean"
 
 
 def is_exported_model(path: Path) -> bool:
@@ -191,8 +199,8 @@ class ExportedDetector:
             h, w = self.preprocessor.size
             raise ValueError(f"prepared frames must be {w}x{h} RGB uint8, got {batch.shape[1:]} {batch.dtype}")
         cal = self.calibrated
-        costly = self.all_signals or bool(COSTLY_SIGNALS & set(cal.signals))  # else the lean graph suffices
-        session, outputs = self.sessions.get("all" if costly else "lean")
+        # the graph without the costly signals this profile's score does not use, as the torch scorer skips them
+        session, outputs = self.sessions.get(graph_key(costly_signals_computed(cal.signals, self.all_signals)))
         values = session.run(outputs, {"frames": batch, **cal.stats})
         named = dict(zip(outputs, values, strict=True))
         heat_cells = named.pop(HEAT_CELLS)
@@ -224,8 +232,10 @@ def load_exported(folder: Path, threads: int | None = None) -> ExportedDetector:
     except (KeyError, TypeError, ValueError) as exc:
         reason = f"{type(exc).__name__}: {exc}"[:160]
         raise ExportedModelError(f"{folder}/detector.json is incomplete or damaged ({reason})") from None
-    if set(graphs) != {"all", "lean"}:
-        raise ExportedModelError(f"{folder}/detector.json names graphs {sorted(graphs)}, expected all and lean")
+    needed = {"all", *(graph_key(costly_signals_computed(p.signals, False)) for p in profiles.values())}
+    if not needed <= set(graphs):
+        missing = ", ".join(sorted(needed - set(graphs)))
+        raise ExportedModelError(f"{folder}/detector.json lacks the graphs its profiles need ({missing})")
     return ExportedDetector(
         folder=folder,
         config=config,

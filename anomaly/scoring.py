@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from anomaly.calibration import NormalStats, standard_patches
-from anomaly.config import COSTLY_SIGNALS, DISCRIMINATOR_SIGNALS, CalibrationConfig
+from anomaly.config import COSTLY_SIGNALS, DISCRIMINATOR_SIGNALS, CalibrationConfig, costly_signals_computed
 from anomaly.detector import Detector
 from anomaly.frame_scores import FrameScores, frame_scores
 from anomaly.heat import HeatLayout, cell_sizes
@@ -229,7 +229,7 @@ def score_prepared(detector: Detector, prepared: Sequence[np.ndarray] | np.ndarr
     """Score frames already passed through `detector.preprocessor.prepare` (RGB, model size)."""
     cal = detector.calibrated
     x = detector.preprocessor.to_tensor(prepared, detector.device)
-    skip = frozenset() if detector.all_signals else COSTLY_SIGNALS - set(cal.signals)
+    skip = COSTLY_SIGNALS - costly_signals_computed(cal.signals, detector.all_signals)
     config = detector.config
     signals, heat = frame_signals(detector.model, x, detector.normal_stats, config.calibration, skip)
     return frame_scores(

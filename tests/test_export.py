@@ -1,5 +1,6 @@
 """`anomaly export` and scoring exported models with ONNX Runtime (anomaly.export, anomaly.exported)."""
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -12,6 +13,7 @@ from typer.testing import CliRunner
 
 from anomaly.calibrate import fit_camera_profile
 from anomaly.checkpoint import save_detector
+from anomaly.config import CalibrationConfig
 from anomaly.export import ExportError, export_detector
 from anomaly.exported import EXPORT_FORMAT, ExportedModelError, load_exported
 from anomaly.frame_scores import EXTRA_SCORE_FIELDS, SCORE_FIELDS
@@ -32,10 +34,15 @@ def prepared(detector, source: np.ndarray) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def with_camera(tiny_trained):
-    """The tiny detector with a camera profile 'dash' fitted on other footage."""
+    """The tiny detector with a camera profile 'dash' fitted on other footage, whose score uses the
+    product's default signals (with `patch`: the fleet profile's does not), so the export needs a
+    graph for each."""
     detector = tiny_trained.detector
     footage = prepared(tiny_trained.detector, road_frames(40, seed=11))
-    return detector.with_profile("dash", fit_camera_profile(detector, [footage]))
+    cal = detector.config.calibration.model_copy(update={"signals": CalibrationConfig().signals})
+    dash = dataclasses.replace(detector, config=detector.config.model_copy(update={"calibration": cal}))
+    assert "patch" in cal.signals and "patch" not in detector.calibrated.signals
+    return detector.with_profile("dash", fit_camera_profile(dash, [footage]))
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +71,9 @@ def test_exported_scores_match_the_torch_path(with_camera, exported, frames, cam
         assert (a is None) == (b is None), name
         if a is not None:
             np.testing.assert_allclose(b, a, rtol=RTOL, atol=ATOL, err_msg=name)
-    assert (got.patch_score is None) is not all_signals  # the lean graph leaves out the costly signal
+    # each profile's graph leaves out the costly signals its score does not use
+    assert (got.patch_score is None) is not (all_signals or camera == "dash")
+    assert (got.local_score is None) is (got.disc_score is None) is not all_signals
     near = np.abs(want.score - want.threshold) < ATOL + RTOL * np.abs(want.score)
     assert (want.is_anomaly == got.is_anomaly)[~near].all() and got.threshold == pytest.approx(want.threshold)
     assert want.is_anomaly.any() and not want.is_anomaly.all()  # the comparison covers both answers
@@ -100,6 +109,17 @@ def test_another_format_version_is_refused_naming_both(exported, tmp_path):
     refusal = rf"export format version 99.*reads version {EXPORT_FORMAT}; export the model again"
     with pytest.raises(ExportedModelError, match=refusal):
         load_exported(folder)
+
+
+def test_the_folder_holds_a_graph_for_every_signal_and_one_per_profile_need(exported):
+    manifest = json.loads((exported / "detector.json").read_text())
+    assert {k: g["file"] for k, g in manifest["graphs"].items()} == {
+        "all": "score.onnx",  # every signal: --all-signals, evaluate
+        "patch": "score_patch.onnx",  # the 'dash' profile: no discriminator, no `local`
+        "lean": "score_lean.onnx",  # the fleet profile: no costly signal
+    }
+    assert "disc" not in manifest["graphs"]["patch"]["outputs"] and "patch" in manifest["graphs"]["patch"]["outputs"]
+    assert sorted(p.name for p in exported.glob("*.onnx")) == ["score.onnx", "score_lean.onnx", "score_patch.onnx"]
 
 
 @pytest.mark.parametrize("damage", ["missing", "altered"])

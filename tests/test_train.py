@@ -45,6 +45,7 @@ def test_split_holds_out_the_tail_of_each_source():
     data = TrainingData.split([a, b], 0.25)
     assert list(data.train[:, 0, 0, 0]) == [*range(0, 6), *range(100, 115)]
     assert list(data.holdout[:, 0, 0, 0]) == [6, 7, *range(115, 120)]
+    assert list(data.train_groups) == [0] * 6 + [1] * 15 and list(data.holdout_groups) == [0] * 2 + [1] * 5
 
 
 def test_split_keeps_short_sources_for_training():
@@ -52,6 +53,7 @@ def test_split_keeps_short_sources_for_training():
     data = TrainingData.split([short, long], 0.25)
     assert list(data.train[:, 0, 0, 0]) == [0, 1, 2, *range(50, 59)]
     assert list(data.holdout[:, 0, 0, 0]) == [59, 60, 61]
+    assert list(data.train_groups) == [-1] * 3 + [0] * 9  # the short source is never left out
 
 
 def test_split_with_nothing_to_hold_out_raises():

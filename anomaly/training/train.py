@@ -51,6 +51,8 @@ class TrainingData:
     holdout: np.ndarray
     holdout_sources: tuple[str, ...] = ()  # names of the sources the held-out frames come from
     holdout_groups: np.ndarray | None = None  # per held-out frame, its index in holdout_sources
+    # per training frame, its source's index in holdout_sources (-1: a source too short to hold any out)
+    train_groups: np.ndarray | None = None
 
     @classmethod
     def split(
@@ -58,13 +60,15 @@ class TrainingData:
     ) -> TrainingData:
         """Hold out the last `holdout_fraction` of each source, so calibration frames are unseen scenery."""
         names = names or [f"source {i + 1}" for i in range(len(per_source))]
-        train, holdout, held_names, groups = [], [], [], []
+        train, holdout, held_names, groups, train_groups = [], [], [], [], []
         for name, frames in zip(names, per_source, strict=True):
             n_hold = int(round(len(frames) * holdout_fraction))
             if len(frames) < 4 or n_hold < 1:
                 train.append(frames)
+                train_groups.append(np.full(len(frames), -1))
                 continue
             train.append(frames[:-n_hold])
+            train_groups.append(np.full(len(frames) - n_hold, len(held_names)))
             holdout.append(frames[-n_hold:])
             groups.append(np.full(n_hold, len(held_names)))
             held_names.append(name)
@@ -75,6 +79,7 @@ class TrainingData:
             holdout=np.concatenate(holdout),
             holdout_sources=tuple(held_names),
             holdout_groups=np.concatenate(groups),
+            train_groups=np.concatenate(train_groups),
         )
 
 
@@ -247,9 +252,12 @@ def train_detector(
         f"threshold {calibration.threshold:.3f} for a {calibration.target_false_alarm_rate:.1%} false-alarm rate"
         + (f"; final losses {', '.join(f'{k} {v:.4f}' for k, v in losses.items())}" if losses else "")
     )
-    if calibration.holdout_false_alarms:
+    rates = calibration.holdout_false_alarms
+    if len(rates) > 1:
         log(
-            "held-out false alarms per source (threshold set on the other sources' held-out frames): "
-            + ", ".join(f"{name} {rate:.1%}" for name, rate in calibration.holdout_false_alarms.items())
+            "held-out false alarms per source, each scored as a drive never seen (statistics and threshold "
+            "fitted without it): " + ", ".join(f"{name} {rate:.1%}" for name, rate in rates.items())
         )
+    elif rates:
+        log(f"held-out false alarms of the one source (a later stretch of it): {next(iter(rates.values())):.1%}")
     return detector

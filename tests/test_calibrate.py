@@ -1,0 +1,50 @@
+"""Scales and threshold of a drive never seen: held-out frames scored without their own source's statistics."""
+
+import numpy as np
+import torch
+
+from anomaly.calibrate import calibration_from_signals, signals_of_unseen_sources
+from anomaly.calibration import fit_normal_stats
+from anomaly.config import CalibrationConfig
+from anomaly.scoring import RawSignals, signal_values
+
+CONFIG = CalibrationConfig(signals=("spatial", "latent"), memory_size=50, latent_components=2)
+
+
+def drives(n: int, centres: list[float], seed: int) -> tuple[RawSignals, np.ndarray]:
+    """Raw signals of frames from drives whose features sit around different centres (one per drive)."""
+    gen = torch.Generator().manual_seed(seed)
+    parts, groups = [], []
+    for g, c in enumerate(centres):
+        parts.append(c + 0.3 * torch.randn(n, 6, generator=gen))
+        groups.append(np.full(n, g))
+    features = torch.cat(parts)
+    m = len(features)
+    raw = RawSignals(
+        recon=torch.rand(m, generator=gen),
+        error_cells=1.0 + 0.1 * torch.rand(m, 3, 4, generator=gen),
+        features=features,
+        disc=torch.rand(m, generator=gen),
+    )
+    return raw, np.concatenate(groups)
+
+
+def test_a_held_out_drive_is_scored_without_its_own_statistics():
+    seen, seen_groups = drives(40, [0.0, 3.0, 6.0], seed=0)
+    held, held_groups = drives(10, [0.0, 3.0, 6.0], seed=1)
+    stats = fit_normal_stats(seen.error_cells, seen.features, components=2, memory_size=50)
+    unseen = signals_of_unseen_sources(stats, seen, seen_groups, held, held_groups, CONFIG, seed=0)
+    known, _ = signal_values(held, stats, CONFIG)
+    assert unseen is not None and set(unseen) >= {"spatial", "latent", "knn"}
+    # a drive the memory never held is far from it; the same drive's later frames are close
+    assert np.median(unseen["knn"]) > 3 * float(known["knn"].median())
+    cal = calibration_from_signals(stats, unseen, CONFIG, held_groups, ("a", "b", "c"))
+    same = calibration_from_signals(stats, {k: v.numpy().astype(np.float64) for k, v in known.items()}, CONFIG)
+    assert cal.scale["knn"] > same.scale["knn"] and set(cal.holdout_false_alarms) == {"a", "b", "c"}
+
+
+def test_one_drive_has_nothing_to_leave_out():
+    seen, seen_groups = drives(40, [0.0], seed=0)
+    held, held_groups = drives(10, [0.0], seed=1)
+    stats = fit_normal_stats(seen.error_cells, seen.features, components=2, memory_size=50)
+    assert signals_of_unseen_sources(stats, seen, seen_groups, held, held_groups, CONFIG, seed=0) is None
