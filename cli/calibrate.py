@@ -103,7 +103,11 @@ def calibrate(
         + (f"; cross-fitted false alarms {sum(rates.values()) / len(rates):.1%}" if rates else "")
     )
     if rates:
-        typer.echo("per time block (threshold set without it): " + ", ".join(f"{k} {v:.1%}" for k, v in rates.items()))
+        held = "source, scored as a drive never seen" if len(named) > 1 else "time block of the source"
+        typer.echo(
+            f"false alarms per {held} (statistics and threshold fitted without it): "
+            + ", ".join(f"{k} {v:.1%}" for k, v in rates.items())
+        )
     typer.echo(f"profiles in {out}: fleet, {', '.join(sorted(detector.profiles))}")
 
 

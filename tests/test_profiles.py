@@ -39,9 +39,11 @@ def test_a_calibrated_camera_gets_its_own_threshold(tiny_trained, make_frames, p
     assert cam.profile == "cam1" and cam.threshold == pytest.approx(profile.threshold)
     assert cam.threshold != pytest.approx(det.threshold)
     assert withcam.for_camera(None).threshold == pytest.approx(det.threshold)
-    # blocks reported by name, each a rate
-    assert profile.holdout_false_alarms and all(0.0 <= v <= 1.0 for v in profile.holdout_false_alarms.values())
-    assert any(k.startswith("a block") for k in profile.holdout_false_alarms)
+    # two sources: each held out whole and reported by name, each a rate
+    assert sorted(profile.holdout_false_alarms) == ["a", "b"]
+    assert all(0.0 <= v <= 1.0 for v in profile.holdout_false_alarms.values())
+    one = fit_camera_profile(det, [frames], names=["a"])  # one source: its time blocks
+    assert sorted(one.holdout_false_alarms) == [f"a block {i}/4" for i in range(1, 5)]
     # the camera's own memory frames join the fleet's
     fleet_memory = len(det.calibrated.stats.memory_features)
     assert len(profile.stats.memory_features) > fleet_memory
@@ -112,7 +114,7 @@ def test_calibrate_command_end_to_end(tmp_path, tiny_trained):
         ["calibrate", str(tiny_trained.path), str(cam_video), "--camera", "van7", "--out", str(out), "--device", "cpu"],
     )
     assert result.exit_code == 0, result.output
-    assert "added camera profile 'van7'" in result.output and "per time block" in result.output
+    assert "added camera profile 'van7'" in result.output and "per time block of the source" in result.output
     assert sorted(load_detector(out, CPU).profiles) == ["van7"]
     for camera, expect in (("van7", "own profile"), ("van8", "using the fleet profile")):
         csv_path = tmp_path / f"{camera}.csv"
