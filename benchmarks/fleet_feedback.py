@@ -75,6 +75,9 @@ def main() -> None:
         stretches += [prepared[e.start_frame : e.end_frame + 1] for e in events]
     print(f"reviewed halves: {sum(len(v) for v in reviewed.values())} frames, {len(stretches)} false-alarm events "
           f"({sum(len(s) for s in stretches)} frames) marked normal: {n_events}")  # fmt: skip
+    if not stretches:
+        print("nothing to fold: the model raised no false alarm on the reviewed halves")
+        return
     result = fold_feedback(detector, stretches)
     folded = detector.with_calibration(result.calibration)
     print(f"changed: {result.widened}; unchanged: {result.unchanged}; reviewed false alarms still raised: "

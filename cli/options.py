@@ -38,7 +38,7 @@ SignalsOpt = Annotated[
     str | None,
     typer.Option(
         help="signals the score combines, comma-separated, from spatial, latent, patch, local, knn, disc_patch, recon, "
-        "disc (default spatial,latent; patch,latent measured better on real fleet footage, worse on the demo)"
+        "disc (default spatial,latent,patch; see the README's fleet benchmark)"
     ),
 ]
 CameraOpt = Annotated[
