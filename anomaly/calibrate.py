@@ -71,13 +71,10 @@ def collect_raw_sharded(detector: Detector, frames: np.ndarray, context: Distrib
 
 
 def evenly_index(n: int, limit: int) -> np.ndarray:
+    """At most `limit` indices of `n` items, spread evenly from the first to the last."""
     if n <= limit:
         return np.arange(n)
     return np.linspace(0, n - 1, limit).round().astype(int)
-
-
-def evenly(frames: np.ndarray, limit: int) -> np.ndarray:
-    return frames if len(frames) <= limit else frames[evenly_index(len(frames), limit)]
 
 
 def fit_stats(raw: RawSignals, cfg: CalibrationConfig, seed: int = 0) -> NormalStats:
@@ -300,9 +297,10 @@ def fit_camera_profile(
     signals = {name: np.concatenate(v) for name, v in pooled.items()}
     groups = np.concatenate(order)
     source_names = list(names) if names else [f"source {i + 1}" for i in range(len(per_source))]
-    block_names = [] if not whole else source_names
-    for i, n in enumerate(lengths if not whole else []):
-        k = max(1, min(cfg.camera_blocks, n // 2))
-        block_names += [f"{source_names[i]} block {j + 1}/{k}" for j in range(k)]
+    if whole:
+        block_names = source_names
+    else:
+        k = max(1, min(cfg.camera_blocks, lengths[0] // 2))  # as `time_blocks` cuts the one source
+        block_names = [f"{source_names[0]} block {j + 1}/{k}" for j in range(k)]
     # groups are block ids; report each block under its name
     return calibration_from_signals(final, signals, cfg, groups, tuple(block_names))

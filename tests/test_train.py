@@ -3,7 +3,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from anomaly.calibrate import evenly
+from anomaly.calibrate import evenly_index
 from anomaly.checkpoint import CheckpointError, load_detector
 from anomaly.config import ModelConfig
 from anomaly.model import AutoencoderGAN
@@ -119,11 +119,9 @@ def test_random_shift():
     assert torch.equal(a, b)
 
 
-def test_evenly():
-    frames = np.arange(10)
-    assert list(evenly(frames, 20)) == list(range(10))
-    picked = evenly(frames, 4)
-    assert list(picked) == [0, 3, 6, 9]
+def test_evenly_index():
+    assert list(evenly_index(10, 20)) == list(range(10))
+    assert list(evenly_index(10, 4)) == [0, 3, 6, 9]
 
 
 def test_shift_beyond_reflect_padding_is_refused_and_the_largest_allowed_one_trains(
