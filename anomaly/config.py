@@ -21,8 +21,12 @@ DISCRIMINATOR_SIGNALS = frozenset({"disc", "disc_patch"})
 
 
 def costly_signals_computed(signals: tuple[str, ...] | list[str], all_signals: bool) -> frozenset[str]:
-    """The costly signals a scorer computes: those the score uses, or all of them when asked for every signal."""
-    return COSTLY_SIGNALS if all_signals else COSTLY_SIGNALS & frozenset(signals)
+    """The costly signals a scorer computes: those the score uses, or all of them when asked for every
+    signal. The discriminator's two come together: once it runs for one, the other costs nothing."""
+    if all_signals:
+        return COSTLY_SIGNALS
+    chosen = COSTLY_SIGNALS & frozenset(signals)
+    return chosen | DISCRIMINATOR_SIGNALS if chosen & DISCRIMINATOR_SIGNALS else chosen
 
 
 class _Frozen(BaseModel):
@@ -114,7 +118,9 @@ class CalibrationConfig(_Frozen):
     )
     latent_components: int = Field(8, ge=1, le=256, description="principal components of the latent distance")
     signals: tuple[str, ...] = Field(
-        ("spatial", "latent", "patch"), min_length=1, description="signals whose calibrated z-scores are combined"
+        ("spatial", "latent", "patch", "disc_patch"),
+        min_length=1,
+        description="signals whose calibrated z-scores are combined",
     )
     memory_size: int = Field(
         1000, ge=1, le=100_000, description="normal frames kept in the memory (a greedy k-centre coreset)"

@@ -13,7 +13,7 @@ Written into the output folder, everything plain files (nothing that unpickles):
 
 - `score.onnx`: every signal; and for each set of costly signals (`COSTLY_SIGNALS`, the
   discriminator's among them) that a profile's score uses, a graph with only those and the cheap
-  ones, `score_<names>.onnx` (`score_lean.onnx` for none): the choice `anomaly score` makes for a
+  ones, `score_<names joined by +>.onnx` (`score_lean.onnx` for none): the choice `anomaly score` makes for a
   torch model, so that neither computes what the score does not read;
 - `profiles/<name>.npz`: each profile's statistics (`numpy.load(..., allow_pickle=False)`);
 - `detector.json`: format version, the detector's config, each profile's signal scales, signals and
@@ -162,7 +162,7 @@ def export_detector(detector: Detector, out_dir: Path, fmt: Format = "onnx", *, 
         graphs, outputs = {}, {}
         for costly in sorted(wanted, key=lambda c: (-len(c), sorted(c))):  # "all" first
             key = graph_key(costly)
-            graphs[key] = "score.onnx" if key == "all" else f"score_{key.replace('+', '_')}.onnx"
+            graphs[key] = "score.onnx" if key == "all" else f"score_{key}.onnx"
             outputs[key] = (*(n for n in SIGNAL_NAMES if n not in COSTLY_SIGNALS or n in costly), HEAT_CELLS)
         with torch.no_grad():
             for key, name in graphs.items():

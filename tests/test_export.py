@@ -72,8 +72,8 @@ def test_exported_scores_match_the_torch_path(with_camera, exported, frames, cam
         if a is not None:
             np.testing.assert_allclose(b, a, rtol=RTOL, atol=ATOL, err_msg=name)
     # each profile's graph leaves out the costly signals its score does not use
-    assert (got.patch_score is None) is not (all_signals or camera == "dash")
-    assert (got.local_score is None) is (got.disc_score is None) is not all_signals
+    assert (got.patch_score is None) is (got.disc_score is None) is not (all_signals or camera == "dash")
+    assert (got.local_score is None) is not all_signals
     near = np.abs(want.score - want.threshold) < ATOL + RTOL * np.abs(want.score)
     assert (want.is_anomaly == got.is_anomaly)[~near].all() and got.threshold == pytest.approx(want.threshold)
     assert want.is_anomaly.any() and not want.is_anomaly.all()  # the comparison covers both answers
@@ -115,11 +115,16 @@ def test_the_folder_holds_a_graph_for_every_signal_and_one_per_profile_need(expo
     manifest = json.loads((exported / "detector.json").read_text())
     assert {k: g["file"] for k, g in manifest["graphs"].items()} == {
         "all": "score.onnx",  # every signal: --all-signals, evaluate
-        "patch": "score_patch.onnx",  # the 'dash' profile: no discriminator, no `local`
+        "disc+disc_patch+patch": "score_disc+disc_patch+patch.onnx",  # the 'dash' profile's: no `local`
         "lean": "score_lean.onnx",  # the fleet profile: no costly signal
     }
-    assert "disc" not in manifest["graphs"]["patch"]["outputs"] and "patch" in manifest["graphs"]["patch"]["outputs"]
-    assert sorted(p.name for p in exported.glob("*.onnx")) == ["score.onnx", "score_lean.onnx", "score_patch.onnx"]
+    dash = manifest["graphs"]["disc+disc_patch+patch"]["outputs"]
+    assert "local" not in dash and {"patch", "disc_patch", "disc"} <= set(dash)
+    assert sorted(p.name for p in exported.glob("*.onnx")) == [
+        "score.onnx",
+        "score_disc+disc_patch+patch.onnx",
+        "score_lean.onnx",
+    ]
 
 
 @pytest.mark.parametrize("damage", ["missing", "altered"])

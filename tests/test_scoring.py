@@ -6,7 +6,7 @@ import torch
 from factories import road_frames
 
 from anomaly.calibration import NormalStats
-from anomaly.config import COSTLY_SIGNALS
+from anomaly.config import COSTLY_SIGNALS, costly_signals_computed
 from anomaly.detector import Detector
 from anomaly.frame_scores import FrameScores, combine
 from anomaly.scoring import (
@@ -216,3 +216,10 @@ def test_costly_signals_are_computed_only_when_the_score_uses_them_or_all_are_as
         got = score_frames(uses, list(source_frames))
         np.testing.assert_array_equal(getattr(got, f"{chosen[0]}_score"), getattr(full, f"{chosen[0]}_score"))
     assert detector.with_all_signals().with_threshold(1.0).all_signals  # copies keep the choice
+
+
+def test_the_costly_signals_computed_are_those_the_score_uses_and_the_discriminator_s_come_together():
+    assert costly_signals_computed(("spatial", "latent"), False) == frozenset()
+    assert costly_signals_computed(("spatial", "patch"), False) == {"patch"}
+    assert costly_signals_computed(("latent", "disc_patch"), False) == {"disc", "disc_patch"}  # disc is free then
+    assert costly_signals_computed(("latent",), True) == COSTLY_SIGNALS
