@@ -38,7 +38,7 @@ SignalsOpt = Annotated[
     str | None,
     typer.Option(
         help="signals the score combines, comma-separated, from spatial, latent, patch, local, knn, disc_patch, recon, "
-        "disc (default spatial,latent,patch; see the README's fleet benchmark)"
+        "disc (default spatial,latent,patch,disc_patch; see the README's fleet benchmark)"
     ),
 ]
 CameraOpt = Annotated[

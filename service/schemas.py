@@ -322,7 +322,7 @@ class ModelInfo(_Schema):
                         "threshold": 3.05,
                         "target_false_alarm_rate": 0.01,
                         "calibration_frames": 525,
-                        "signals": ["spatial", "latent", "patch"],
+                        "signals": ["spatial", "latent", "patch", "disc_patch"],
                         "score_quantiles": {"p50": 0.1, "p90": 1.7, "p99": 3.0, "max": 4.2},
                     },
                     "events": {"window": 1, "hysteresis": 0.0, "min_duration_s": 0.0, "merge_gap_s": 0.0},
