@@ -43,6 +43,7 @@ class StreamStats:
     latency: dict[int, float] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
     slow_downs: int = 0
+    drift_messages: int = 0  # `camera_drift` messages (the load's frames can move a camera's score)
 
 
 def encoded_frames(clip: Path, n: int, quality: int) -> list[bytes]:
@@ -115,6 +116,9 @@ async def ws_stream(
                 now = time.perf_counter()
                 if msg["type"] == "slow_down":
                     stats.slow_downs += 1
+                    continue
+                if msg["type"] == "camera_drift":  # about the camera, not an answer to a frame
+                    stats.drift_messages += 1
                     continue
                 answered += 1
                 if msg["type"] == "result":
@@ -238,6 +242,7 @@ def main() -> None:
     print(f"errors             : {len(errors)}" + (f"  e.g. {errors[:3]}" if errors else ""))
     print(f"unanswered         : {missing}")
     print(f"slow_down messages : {sum(s.slow_downs for s in stats)}")
+    print(f"camera_drift msgs  : {sum(s.drift_messages for s in stats)}")
     print(f"latency (ms), after {args.warmup:g} s warm-up, {len(latencies)} frames:")
     print(
         f"  p50 {p50:7.1f}   p95 {p95:7.1f}   p99 {p99:7.1f}   max {latencies.max() if len(latencies) else np.nan:7.1f}"
