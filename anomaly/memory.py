@@ -160,11 +160,11 @@ def patch_distances(query: torch.Tensor, neighbour_maps: torch.Tensor, shift: in
     dot = torch.bmm(bank, moved)  # (N h w) x K x shifts, every shift in one product
     d = bank.pow(2).sum(-1, keepdim=True) + moved.pow(2).sum(1, keepdim=True) - 2.0 * dot
     d = d.amin(1).view(n, h, w, len(offsets))  # the nearest of the K neighbours, on the neighbours' grid
-    inside = torch.ones_like(query[:1, 0])  # 1 x h x w
     best: torch.Tensor | None = None
     for i, (dy, dx) in enumerate(offsets):
-        di = torch.where(shifted(inside, -dy, -dx, 0.0) > 0, d[..., i], torch.full_like(d[..., i], float("inf")))
-        back = shifted(di, dy, dx, float("inf"))  # at the query's own position p
+        # back at the query's own position p; a neighbour position whose p falls off the map (where
+        # `moved` holds padding) never comes back, and p + (dy, dx) off the map counts as no patch
+        back = shifted(d[..., i], dy, dx, float("inf"))
         best = back if best is None else torch.minimum(best, back)
     assert best is not None
     return best.clamp_min(0.0)
