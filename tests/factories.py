@@ -70,6 +70,13 @@ DISTRIBUTIONS = {
 }
 
 
+def video_with_square(path: Path, frames: int, seed: int, anomalous: slice) -> Path:
+    """A drive of road-like frames with a square (an obstacle) in the `anomalous` ones, encoded at `path`."""
+    source = road_frames(frames, seed=seed)
+    source[anomalous] = [with_square(f) for f in source[anomalous]]
+    return write_video(path, source)
+
+
 def frame_score(score: float, threshold: float = 1.0) -> FrameScore:
     """One frame's scores with only the combined score set (a 4x4 heat map of ones), for stream and event logic."""
     return FrameScore(

@@ -9,7 +9,7 @@ import av
 import cv2
 import numpy as np
 import pytest
-from factories import TINY, road_frames, with_square, write_video
+from factories import TINY, road_frames, video_with_square, write_video
 from typer.testing import CliRunner
 
 from anomaly.config import SIGNAL_NAMES
@@ -142,9 +142,7 @@ def test_frames_are_downscaled_to_an_even_size_at_most_640_wide(tmp_path):
 
 @pytest.fixture(scope="module")
 def drive(tmp_path_factory):
-    frames = road_frames(30, seed=1)
-    frames[10:15] = [with_square(f) for f in frames[10:15]]
-    return write_video(tmp_path_factory.mktemp("drive") / "van7.mp4", frames)
+    return video_with_square(tmp_path_factory.mktemp("drive") / "van7.mp4", 30, seed=1, anomalous=slice(10, 15))
 
 
 def test_scoring_writes_clips_that_the_events_json_points_at(tiny_trained, drive, tmp_path):

@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 import pytest
-from factories import road_frames, with_square, write_video
+from factories import road_frames, video_with_square, with_square
 from typer.testing import CliRunner
 
 from anomaly.calibrate import fit_camera_profile
@@ -158,9 +158,7 @@ def test_a_memory_smaller_than_the_neighbour_counts_is_refused(tiny_trained):
 
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory):
-    source = road_frames(30, seed=8)
-    source[10:16] = [with_square(f) for f in source[10:16]]
-    return write_video(tmp_path_factory.mktemp("clip") / "drive.mp4", source)
+    return video_with_square(tmp_path_factory.mktemp("clip") / "drive.mp4", 30, seed=8, anomalous=slice(10, 16))
 
 
 def test_cli_export_then_score_gives_the_torch_csv(with_camera, tmp_path, clip):
