@@ -41,9 +41,9 @@ from torch import nn
 
 from anomaly import __version__
 from anomaly.calibration import Calibration, NormalStats
-from anomaly.config import COSTLY_SIGNALS, SIGNAL_NAMES, CalibrationConfig, PreprocessConfig, costly_signals_computed
+from anomaly.config import COSTLY_SIGNALS, SIGNAL_NAMES, CalibrationConfig, PreprocessConfig
 from anomaly.detector import Detector
-from anomaly.exported import EXPORT_FORMAT, EXPORT_KIND, HEAT_CELLS, graph_key
+from anomaly.exported import EXPORT_FORMAT, EXPORT_KIND, HEAT_CELLS, needed_graphs
 from anomaly.model import AutoencoderGAN
 from anomaly.model_files import file_sha256
 from anomaly.preprocess import normalise
@@ -158,10 +158,8 @@ def export_detector(detector: Detector, out_dir: Path, fmt: Format = "onnx", *, 
         example_frames = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (2, h, w, 3), dtype=np.uint8))
         fleet_arrays = stats_arrays(profiles_in[FLEET].stats, layout)
         example = (example_frames, *(torch.from_numpy(a) for a in fleet_arrays.values()))
-        wanted = {COSTLY_SIGNALS, *(costly_signals_computed(p.signals, False) for p in profiles_in.values())}
         graphs, outputs = {}, {}
-        for costly in sorted(wanted, key=lambda c: (-len(c), sorted(c))):  # "all" first
-            key = graph_key(costly)
+        for key, costly in needed_graphs(p.signals for p in profiles_in.values()).items():
             graphs[key] = "score.onnx" if key == "all" else f"score_{key}.onnx"
             outputs[key] = (*(n for n in SIGNAL_NAMES if n not in COSTLY_SIGNALS or n in costly), HEAT_CELLS)
         with torch.no_grad():

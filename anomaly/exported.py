@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +44,13 @@ def graph_key(costly: frozenset[str]) -> str:
     if costly == COSTLY_SIGNALS:
         return "all"
     return "+".join(sorted(costly)) or "lean"
+
+
+def needed_graphs(profile_signals: Iterable[Sequence[str]]) -> dict[str, frozenset[str]]:
+    """The graphs a folder holds for profiles scoring these signals, by key: every signal ("all", for
+    `--all-signals`) and each profile's own costly signals; each key with the costly signals it computes."""
+    wanted = {COSTLY_SIGNALS, *(costly_signals_computed(tuple(signals), False) for signals in profile_signals)}
+    return {graph_key(c): c for c in sorted(wanted, key=lambda c: (-len(c), sorted(c)))}  # "all" first
 
 
 def is_exported_model(path: Path) -> bool:
@@ -232,7 +239,7 @@ def load_exported(folder: Path, threads: int | None = None) -> ExportedDetector:
     except (KeyError, TypeError, ValueError) as exc:
         reason = f"{type(exc).__name__}: {exc}"[:160]
         raise ExportedModelError(f"{folder}/detector.json is incomplete or damaged ({reason})") from None
-    needed = {"all", *(graph_key(costly_signals_computed(p.signals, False)) for p in profiles.values())}
+    needed = set(needed_graphs(p.signals for p in profiles.values()))
     if not needed <= set(graphs):
         missing = ", ".join(sorted(needed - set(graphs)))
         raise ExportedModelError(f"{folder}/detector.json lacks the graphs its profiles need ({missing})")
