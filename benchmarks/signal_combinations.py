@@ -1,0 +1,107 @@
+"""Which signals, combined how, would have scored a fleet benchmark run best: offline, on its CSV.
+
+    python benchmarks/signal_combinations.py runs/fleet [--top 12] [--max-size 4]
+
+Reads a finished `benchmarks/fleet_eval.py` run folder (its `model.pt` and `scores.csv`, whose rows
+hold every signal of the same networks) and, without scoring anything again, turns each signal into
+the model's own calibrated z-score (the checkpoint's `loc`/`scale`, fitted on held-out frames scored
+as drives never seen). It then prints the frame-level AUROC (later-footage normal frames against each
+kind, as fleet_eval does) of
+
+- the model's signals combined by other rules than the product's maximum (sum of positive parts,
+  their Euclidean norm, the mean, the sum of the two largest, log-sum-exp), and
+- the maximum over every subset of the signals, best first.
+
+Why: it tells whether a gap of the benchmark is in how the signals are combined (a rule or a subset
+would close it) or in the signals themselves (none does), before a run of training is spent on it.
+AUROC does not depend on the threshold, so no recalibration is needed; the false-alarm rates of a
+different combination are not shown, because its threshold would have to be fitted again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import itertools
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.metrics import roc_auc_score
+
+KINDS = ("small_object", "lens_mud", "glare", "torn_frame", "night")
+NORMAL = "later"
+
+
+def load(run: Path) -> tuple[dict[str, np.ndarray], np.ndarray, list[str]]:
+    """Each signal's calibrated z-scores, each row's kind (the frames folder it came from), the model's signals."""
+    cal = torch.load(run / "model.pt", weights_only=True, map_location="cpu")["calibration"]
+    with (run / "scores.csv").open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    kinds = np.array([Path(r["source"]).parent.name for r in rows])
+    z = {}
+    for name in sorted(cal["loc"]):
+        column = f"{name}_score"
+        if rows and column in rows[0] and all(r[column] != "" for r in rows):
+            raw = np.array([float(r[column]) for r in rows])
+            z[name] = (raw - cal["loc"][name]) / cal["scale"][name]
+    return z, kinds, list(cal["combine"])
+
+
+def aurocs(score: np.ndarray, kinds: np.ndarray) -> tuple[float, list[float]]:
+    """AUROC over all kinds together, and per kind, of later-footage frames against anomalous ones."""
+    normal = score[kinds == NORMAL]
+
+    def auc(anomalous: np.ndarray) -> float:
+        labels = np.r_[np.zeros(len(normal)), np.ones(len(anomalous))]
+        return float(roc_auc_score(labels, np.r_[normal, anomalous]))
+
+    return auc(score[np.isin(kinds, KINDS)]), [auc(score[kinds == k]) for k in KINDS]
+
+
+def rules(z: np.ndarray) -> dict[str, np.ndarray]:
+    """Ways to make one score of N x signals z-scores; `max` is the product's."""
+    positive = np.maximum(z, 0.0)
+    return {
+        "max": z.max(1),
+        "sum of positive": positive.sum(1),
+        "norm of positive": np.sqrt((positive**2).sum(1)),
+        "mean": z.mean(1),
+        "two largest": np.sort(z, 1)[:, -2:].sum(1) if z.shape[1] > 1 else z[:, 0],
+        "log-sum-exp": np.log(np.exp(np.clip(z, -30.0, 60.0)).sum(1)),
+    }
+
+
+def row(label: str, total: float, per_kind: list[float]) -> str:
+    return f"| {label} | {total:.3f} | {min(per_kind):.3f} | " + " | ".join(f"{a:.3f}" for a in per_kind) + " |"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run", type=Path, help="a fleet_eval.py --out folder")
+    parser.add_argument("--top", type=int, default=12, help="subsets to print")
+    parser.add_argument("--max-size", type=int, default=4, help="largest subset of signals tried")
+    args = parser.parse_args()
+    z, kinds, chosen = load(args.run)
+    missing = [s for s in chosen if s not in z]
+    if missing or NORMAL not in kinds:
+        raise SystemExit(f"{args.run}: not a fleet_eval run with every signal of its model ({missing or NORMAL})")
+    header = "| {} | all | worst kind | " + " | ".join(KINDS) + " |\n|" + "---|" * (len(KINDS) + 3)
+    print(f"Rules over the model's signals ({', '.join(chosen)}):\n")
+    print(header.format("rule"))
+    for name, score in rules(np.stack([z[s] for s in chosen], 1)).items():
+        print(row(name, *aurocs(score, kinds)))
+    results = []
+    for size in range(1, args.max_size + 1):
+        for subset in itertools.combinations(sorted(z), size):
+            total, per_kind = aurocs(np.max([z[s] for s in subset], 0), kinds)
+            results.append((total, per_kind, subset))
+    results.sort(key=lambda r: -r[0])
+    print(f"\nMaximum over subsets of {', '.join(sorted(z))} (best {args.top} of {len(results)}):\n")
+    print(header.format("signals"))
+    for total, per_kind, subset in results[: args.top]:
+        print(row(",".join(subset), total, per_kind))
+
+
+if __name__ == "__main__":
+    main()
