@@ -21,13 +21,19 @@ different combination are not shown, because its threshold would have to be fitt
 from __future__ import annotations
 
 import argparse
-import csv
 import itertools
+import sys
 from pathlib import Path
 
 import numpy as np
-import torch
-from sklearn.metrics import roc_auc_score
+
+from anomaly.calibration import Calibration
+from anomaly.checkpoint import KIND_MODEL, read_checkpoint
+from anomaly.frame_scores import z_scores
+from footage.scores_csv import read_scores_csv
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fleet_eval import auroc  # noqa: E402
 
 KINDS = ("small_object", "lens_mud", "glare", "torn_frame", "night")
 NORMAL = "later"
@@ -35,28 +41,18 @@ NORMAL = "later"
 
 def load(run: Path) -> tuple[dict[str, np.ndarray], np.ndarray, list[str]]:
     """Each signal's calibrated z-scores, each row's kind (the frames folder it came from), the model's signals."""
-    cal = torch.load(run / "model.pt", weights_only=True, map_location="cpu")["calibration"]
-    with (run / "scores.csv").open(newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    kinds = np.array([Path(r["source"]).parent.name for r in rows])
-    z = {}
-    for name in sorted(cal["loc"]):
-        column = f"{name}_score"
-        if rows and column in rows[0] and all(r[column] != "" for r in rows):
-            raw = np.array([float(r[column]) for r in rows])
-            z[name] = (raw - cal["loc"][name]) / cal["scale"][name]
-    return z, kinds, list(cal["combine"])
+    cal = Calibration.from_state(read_checkpoint(run / "model.pt", KIND_MODEL)["calibration"])
+    cols = read_scores_csv(run / "scores.csv")  # a signal left empty in any row is absent
+    kinds = np.array([Path(s).parent.name for s in cols["source"]])
+    signals = {name: cols[f"{name}_score"] for name in sorted(cal.loc) if f"{name}_score" in cols}
+    z = dict(zip(signals, z_scores(signals, cal.loc, cal.scale, list(signals)), strict=True))
+    return z, kinds, list(cal.signals)
 
 
 def aurocs(score: np.ndarray, kinds: np.ndarray) -> tuple[float, list[float]]:
     """AUROC over all kinds together, and per kind, of later-footage frames against anomalous ones."""
     normal = score[kinds == NORMAL]
-
-    def auc(anomalous: np.ndarray) -> float:
-        labels = np.r_[np.zeros(len(normal)), np.ones(len(anomalous))]
-        return float(roc_auc_score(labels, np.r_[normal, anomalous]))
-
-    return auc(score[np.isin(kinds, KINDS)]), [auc(score[kinds == k]) for k in KINDS]
+    return auroc(normal, score[np.isin(kinds, KINDS)]), [auroc(normal, score[kinds == k]) for k in KINDS]
 
 
 def rules(z: np.ndarray) -> dict[str, np.ndarray]:

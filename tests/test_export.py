@@ -24,7 +24,7 @@ pytestmark = pytest.mark.slow  # exporting traces the networks and the scoring (
 runner = CliRunner()
 # What ONNX Runtime may differ by (float32, other kernels): absolute near 0, relative for the large z-scores
 # of frames far from normal. The patch distances come from |a|^2 - 2ab + |b|^2 in float32, whose cancellation
-# gives up to 3.2e-5 relative on an AMD EPYC with AVX-512 (1e-5 held on the Intel CPU it was first tested on).
+# gives up to 3.2e-5 relative on an AMD EPYC with AVX-512 (1e-5 held on the CPU it was first tested on).
 ATOL, RTOL = 1e-4, 1e-4
 COLUMNS = (*SCORE_FIELDS, *EXTRA_SCORE_FIELDS, "heatmap")
 
