@@ -93,8 +93,13 @@ class TrainConfig(_Frozen):
         0.0,
         ge=0.0,
         le=1.0,
-        description="share of each batch given generic synthetic defects: the autoencoder learns to restore them, "
-        "the discriminator to find them",
+        description="share of each batch given generic synthetic defects: the discriminator learns to find them "
+        "(and with restore_defects the autoencoder to restore them)",
+    )
+    restore_defects: bool = Field(
+        True,
+        description="train the autoencoder to restore the synthetic defects (DRAEM); False: it sees only clean "
+        "frames and only the discriminator learns the defects",
     )
     device: Device = "auto"
     loss: LossConfig = LossConfig()

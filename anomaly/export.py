@@ -1,4 +1,4 @@
-"""Exporting a trained detector for runtimes without torch: ONNX graphs, its calibration beside them.
+"""Exporting a trained detector for runtimes without torch: ONNX graphs (or OpenVINO IR), its calibration beside them.
 
 What an exported model computes is `anomaly.scoring.frame_signals`, traced: the same torch code, not
 a second implementation. One graph takes a batch of prepared frames (N x H x W x 3 uint8 RGB, the
@@ -14,9 +14,11 @@ Written into the output folder, everything plain files (nothing that unpickles):
 - `score.onnx`: every signal; and for each set of costly signals (`COSTLY_SIGNALS`, the
   discriminator's among them) that a profile's score uses, a graph with only those and the cheap
   ones, `score_<names joined by +>.onnx` (`score_lean.onnx` for none): the choice `anomaly score` makes for a
-  torch model, so that neither computes what the score does not read;
+  torch model, so that neither computes what the score does not read; for OpenVINO (`--format openvino`)
+  each graph is converted by OpenVINO's own converter to its IR (`score.xml` and `score.bin`, float32);
 - `profiles/<name>.npz`: each profile's statistics (`numpy.load(..., allow_pickle=False)`);
-- `detector.json`: format version, the detector's config, each profile's signal scales, signals and
+- `detector.json`: format version, runtime (name and version exported with), the detector's config,
+  each profile's signal scales, signals and
   threshold, the graphs' input and output names, and the SHA-256 of every file above.
 
 `anomaly.exported` loads and runs it.
@@ -33,7 +35,7 @@ import tempfile
 import warnings
 from dataclasses import fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -48,10 +50,10 @@ from anomaly.model import AutoencoderGAN
 from anomaly.model_files import file_sha256
 from anomaly.preprocess import normalise
 from anomaly.profiles import FLEET
+from anomaly.runtimes import GRAPH_SUFFIX, RUNTIME_NAMES, RUNTIMES, Runtime, runtime_version
 from anomaly.scoring import frame_signals
 
 OPSET = 18
-Format = Literal["onnx"]
 
 
 class ExportError(ValueError):
@@ -139,10 +141,24 @@ def _export_graph(graph: ScoringGraph, example: tuple[torch.Tensor, ...], path: 
         )
 
 
-def export_detector(detector: Detector, out_dir: Path, fmt: Format = "onnx", *, source_sha256: str = "") -> Path:
-    """Write `detector` as an exported model into `out_dir` (replaced whole, atomically); returns its JSON."""
-    if fmt != "onnx":
-        raise ExportError(f"unknown export format {fmt!r}: choose onnx")
+def to_openvino(onnx_path: Path) -> list[Path]:
+    """An exported ONNX graph as OpenVINO IR beside it (`.xml` and `.bin`, weights kept in float32), the
+    ONNX file removed; returns the IR's files."""
+    try:
+        import openvino as ov
+    except ImportError:
+        raise ExportError("exporting for OpenVINO needs it installed: pip install 'anomaly[openvino]'") from None
+    xml = onnx_path.with_suffix(".xml")
+    ov.save_model(ov.convert_model(str(onnx_path)), str(xml), compress_to_fp16=False)
+    onnx_path.unlink()
+    return [xml, xml.with_suffix(".bin")]
+
+
+def export_detector(detector: Detector, out_dir: Path, fmt: Runtime = "onnx", *, source_sha256: str = "") -> Path:
+    """Write `detector` as an exported model for the runtime `fmt` into `out_dir` (replaced whole,
+    atomically); returns its JSON. OpenVINO's folder holds the same graphs, converted to its IR."""
+    if fmt not in RUNTIMES:
+        raise ExportError(f"unknown export format {fmt!r}: choose {' or '.join(RUNTIMES)}")
     config = detector.config
     profiles_in = checked_profiles(detector)
     layout = present_fields(profiles_in[FLEET].stats)
@@ -158,14 +174,17 @@ def export_detector(detector: Detector, out_dir: Path, fmt: Format = "onnx", *, 
         example_frames = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (2, h, w, 3), dtype=np.uint8))
         fleet_arrays = stats_arrays(profiles_in[FLEET].stats, layout)
         example = (example_frames, *(torch.from_numpy(a) for a in fleet_arrays.values()))
-        graphs, outputs = {}, {}
+        graphs, outputs, graph_files = {}, {}, []
         for key, costly in needed_graphs(p.signals for p in profiles_in.values()).items():
-            graphs[key] = "score.onnx" if key == "all" else f"score_{key}.onnx"
+            graphs[key] = "score" if key == "all" else f"score_{key}"
             outputs[key] = (*(n for n in SIGNAL_NAMES if n not in COSTLY_SIGNALS or n in costly), HEAT_CELLS)
         with torch.no_grad():
-            for key, name in graphs.items():
+            for key, stem in graphs.items():
                 graph = ScoringGraph(model, config.preprocess, config.calibration, layout, outputs[key]).eval()
-                _export_graph(graph, example, tmp / name, floor)
+                path = tmp / f"{stem}.onnx"
+                _export_graph(graph, example, path, floor)
+                graph_files += to_openvino(path) if fmt == "openvino" else [path]
+                graphs[key] = f"{stem}{GRAPH_SUFFIX[fmt]}"
         (tmp / "profiles").mkdir()
         profiles: dict[str, Any] = {}
         for i, (name, cal) in enumerate(profiles_in.items()):
@@ -180,12 +199,13 @@ def export_detector(detector: Detector, out_dir: Path, fmt: Format = "onnx", *, 
                 "target_false_alarm_rate": cal.target_false_alarm_rate,
                 "summary": cal.summary(),
             }
-        files = [*graphs.values(), *(p["stats"] for p in profiles.values())]
+        files = [*(p.name for p in graph_files), *(p["stats"] for p in profiles.values())]
         manifest = {
             "kind": EXPORT_KIND,
             "format_version": EXPORT_FORMAT,
             "anomaly_version": __version__,
             "format": fmt,
+            "runtime": {"name": RUNTIME_NAMES[fmt], "version": runtime_version(fmt)},
             "opset": OPSET,
             "exported_from_sha256": source_sha256,
             "config": config.model_dump(mode="json"),

@@ -1,7 +1,7 @@
-"""Scoring with an exported model (`anomaly export`) in ONNX Runtime, without torch.
+"""Scoring with an exported model (`anomaly export`) in ONNX Runtime or OpenVINO, without torch.
 
-This module and what it imports (numpy, OpenCV for preprocessing, pydantic for the config,
-onnxruntime) never import torch: on a gateway or in a vehicle the exported folder and these few
+This module and what it imports (numpy, OpenCV for preprocessing, pydantic for the config, the
+folder's runtime: `anomaly.runtimes`) never import torch: on a gateway or in a vehicle the exported folder and these few
 packages are all that runs. `ExportedDetector` offers what the scorers use of a torch `Detector`
 (preprocessing, camera profiles, threshold, `score_prepared`), so `anomaly score` and the batch
 scorer take either. The graphs compute every signal and the heat map (`anomaly.export`); the
@@ -27,6 +27,7 @@ from anomaly.heat import HeatLayout
 from anomaly.model_files import default_threads, file_sha256
 from anomaly.preprocess import Preprocessor
 from anomaly.profiles import FLEET, profile_for, profile_note
+from anomaly.runtimes import RUNTIME_NAMES, RUNTIMES, CompiledGraph, GraphLoadError, Runtime, load_graph
 
 EXPORT_KIND = "anomaly-exported-detector"
 HEAT_CELLS = "heat_cells"  # the graphs' output besides the signals (`anomaly.heat` makes pixels of it)
@@ -129,26 +130,18 @@ def _profiles(folder: Path, manifest: dict[str, Any], inputs: list[str]) -> dict
 
 
 class _Sessions:
-    """The folder's ONNX Runtime sessions, each created on first use and shared by every copy of a detector."""
+    """The folder's compiled graphs, each loaded on first use and shared by every copy of a detector."""
 
-    def __init__(self, folder: Path, graphs: dict[str, Any], threads: int) -> None:
-        self.folder, self.graphs, self.threads = folder, graphs, threads
-        self._open: dict[str, Any] = {}
+    def __init__(self, folder: Path, graphs: dict[str, Any], threads: int, runtime: Runtime = "onnx") -> None:
+        self.folder, self.graphs, self.threads, self.runtime = folder, graphs, threads, runtime
+        self._open: dict[str, CompiledGraph] = {}
 
-    def get(self, key: str) -> tuple[Any, list[str]]:
+    def get(self, key: str) -> tuple[CompiledGraph, list[str]]:
         if key not in self._open:
-            import onnxruntime as ort  # imported when a model is first run: listing a model needs no runtime
-
-            options = ort.SessionOptions()
-            options.intra_op_num_threads = self.threads
-            options.inter_op_num_threads = 1
-            options.log_severity_level = 3
-            path = self.folder / self.graphs[key]["file"]
             try:
-                self._open[key] = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-            except Exception as exc:  # onnxruntime raises its own exception types for bad graphs
-                first = next((ln for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
-                raise ExportedModelError(f"{path} cannot be loaded by ONNX Runtime: {first[:200]}") from None
+                self._open[key] = load_graph(self.runtime, self.folder / self.graphs[key]["file"], self.threads)
+            except GraphLoadError as exc:
+                raise ExportedModelError(str(exc)) from None
         return self._open[key], list(self.graphs[key]["outputs"])
 
 
@@ -170,7 +163,7 @@ class ExportedDetector:
 
     @property
     def device(self) -> str:
-        return "cpu (onnxruntime)"
+        return f"cpu ({RUNTIME_NAMES[self.sessions.runtime]})"
 
     @property
     def profiles(self) -> dict[str, ExportedProfile]:
@@ -207,8 +200,8 @@ class ExportedDetector:
             raise ValueError(f"prepared frames must be {w}x{h} RGB uint8, got {batch.shape[1:]} {batch.dtype}")
         cal = self.calibrated
         # the graph without the costly signals this profile's score does not use, as the torch scorer skips them
-        session, outputs = self.sessions.get(graph_key(costly_signals_computed(cal.signals, self.all_signals)))
-        values = session.run(outputs, {"frames": batch, **cal.stats})
+        graph, outputs = self.sessions.get(graph_key(costly_signals_computed(cal.signals, self.all_signals)))
+        values = graph.run(outputs, {"frames": batch, **cal.stats})
         named = dict(zip(outputs, values, strict=True))
         heat_cells = named.pop(HEAT_CELLS)
         return frame_scores(
@@ -232,6 +225,7 @@ def load_exported(folder: Path, threads: int | None = None) -> ExportedDetector:
         inputs = list(manifest["inputs"])
         profiles = _profiles(folder, manifest, inputs)
         graphs = {k: {"file": str(g["file"]), "outputs": list(g["outputs"])} for k, g in manifest["graphs"].items()}
+        runtime = manifest["format"]
     except ValidationError as exc:
         err = exc.errors()[0]
         where = ".".join(str(x) for x in err["loc"]) or "config"
@@ -239,6 +233,10 @@ def load_exported(folder: Path, threads: int | None = None) -> ExportedDetector:
     except (KeyError, TypeError, ValueError) as exc:
         reason = f"{type(exc).__name__}: {exc}"[:160]
         raise ExportedModelError(f"{folder}/detector.json is incomplete or damaged ({reason})") from None
+    if runtime not in RUNTIMES:
+        raise ExportedModelError(
+            f"{folder}/detector.json is for the runtime {runtime!r}; this version runs {', '.join(RUNTIMES)}"
+        )
     needed = set(needed_graphs(p.signals for p in profiles.values()))
     if not needed <= set(graphs):
         missing = ", ".join(sorted(needed - set(graphs)))
@@ -247,5 +245,5 @@ def load_exported(folder: Path, threads: int | None = None) -> ExportedDetector:
         folder=folder,
         config=config,
         profiles_by_name=profiles,
-        sessions=_Sessions(folder, graphs, threads or default_threads()),
+        sessions=_Sessions(folder, graphs, threads or default_threads(), runtime),
     )

@@ -7,7 +7,8 @@ copied with PyAV, `pip install -e '.[bench]'`; without PyAV the loop is re-encod
 table says so), in one run and alternating, it times as separate processes:
 
 - decode-only: the project's own ingestion (`footage.ingest.iter_source_frames`), no model;
-- `python -m anomaly score FILE --model MODEL.pt` (PyTorch), and `--model DIR` of its export (ONNX Runtime);
+- `python -m anomaly score FILE --model MODEL.pt` (PyTorch), and `--model DIR` of its exports (ONNX
+  Runtime, OpenVINO: `pip install -e '.[openvino]'`);
 - with CUDA present, the PyTorch model with `--device cuda` too.
 
 Each figure is the median of `--repeats` runs: frames/s (frames over the process's whole wall time,
@@ -169,17 +170,20 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp_str:
         tmp = Path(tmp_str)
         model = args.model or quick_model(args.video, tmp / "bench_model.pt")
-        exported = tmp / "exported"
-        subprocess.run(
-            [sys.executable, "-m", "anomaly", "export", str(model), "--out", str(exported)],
-            cwd=ROOT, check=True, capture_output=True,
-        )  # fmt: skip
+        exports = {}
+        for fmt, runtime in (("onnx", "ONNX Runtime"), ("openvino", "OpenVINO")):
+            exports[runtime] = out = tmp / f"exported_{fmt}"
+            subprocess.run(
+                [sys.executable, "-m", "anomaly", "export", str(model), "--out", str(out), "--format", fmt],
+                cwd=ROOT, check=True, capture_output=True,
+            )  # fmt: skip
         import torch
 
         commands: dict[str, tuple[list[str], bool]] = {"decode only": ([sys.executable, "-c", DECODE], False)}
         score = [sys.executable, "-m", "anomaly", "score"]
-        for name, m, extra in (("score, PyTorch", model, []), ("score, ONNX Runtime", exported, [])):
-            commands[name] = ([*score, "--model", str(m), *extra], True)
+        commands["score, PyTorch"] = ([*score, "--model", str(model)], True)
+        for runtime, folder in exports.items():
+            commands[f"score, {runtime}"] = ([*score, "--model", str(folder)], True)
         if torch.cuda.is_available():
             commands[f"score, PyTorch on {torch.cuda.get_device_name()}"] = (
                 [*score, "--model", str(model), "--device", "cuda"],

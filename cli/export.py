@@ -1,11 +1,12 @@
-"""`anomaly export`: a trained model as ONNX graphs plus its calibration, for runtimes without torch."""
+"""`anomaly export`: a trained model as ONNX graphs (or OpenVINO IR) and its calibration, for runtimes without torch."""
 
 import time
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated
 
 import typer
 
+from anomaly.runtimes import Runtime
 from cli.options import friendly_errors
 
 
@@ -14,10 +15,15 @@ def export(
     model: Annotated[Path, typer.Argument(help="model file from `anomaly train` or `anomaly calibrate`")],
     out: Annotated[Path, typer.Option("--out", "-o", help="folder to write the exported model into (replaced)")],
     format: Annotated[  # noqa: A002 - the option is --format
-        Literal["onnx"], typer.Option("--format", help="onnx: ONNX graphs for ONNX Runtime (opset 18)")
+        Runtime,
+        typer.Option(
+            "--format",
+            help="onnx: ONNX graphs for ONNX Runtime (opset 18); openvino: the same graphs as OpenVINO IR "
+            "(needs pip install 'anomaly[openvino]')",
+        ),
     ] = "onnx",
 ) -> None:
-    """Export a model (networks, scoring, every camera profile) for ONNX Runtime: `anomaly score --model DIR`."""
+    """Export a model (networks, scoring, camera profiles) for ONNX Runtime or OpenVINO: `anomaly score --model DIR`."""
     import torch
 
     from anomaly.checkpoint import load_detector

@@ -57,6 +57,13 @@ def train(
             "found by the discriminator)",
         ),
     ] = _TRAIN["defect_fraction"].default,
+    restore_defects: Annotated[
+        bool,
+        typer.Option(
+            help="train the autoencoder to restore the --defects (DRAEM); --no-restore-defects: only the "
+            "discriminator learns them, the autoencoder sees clean frames"
+        ),
+    ] = _TRAIN["restore_defects"].default,
     resume: Annotated[bool, typer.Option(help="continue from the training state saved beside --out")] = False,
     device: DeviceOpt = "auto",
     progress: ProgressOpt = True,
@@ -83,6 +90,7 @@ def train(
             holdout_fraction=holdout,
             max_train_frames=max_train_frames,
             defect_fraction=defects,
+            restore_defects=restore_defects,
             device=device,  # type: ignore[arg-type]
             loss=default.train.loss.model_copy(update={"adversarial": adversarial_weight}),
         ),

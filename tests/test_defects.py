@@ -1,9 +1,11 @@
 """Generic synthetic defects for training (anomaly.training.defects) and training with them."""
 
 import torch
+from factories import TINY
 
+from anomaly.model import AutoencoderGAN
 from anomaly.training.defects import add_defects, noise_masks
-from anomaly.training.train import train_detector
+from anomaly.training.train import make_optimisers, train_detector, train_step
 
 
 def test_masks_cover_a_few_percent_and_are_reproducible():
@@ -32,3 +34,25 @@ def test_training_with_defects_is_reproducible(tmp_path, make_config, training_d
     b = train_detector(config, training_data, tmp_path / "b.pt", progress=False, log=lambda _: None)
     for (k, va), vb in zip(a.model.state_dict().items(), b.model.state_dict().values(), strict=True):
         assert torch.equal(va, vb), k
+
+
+def test_without_restoring_only_the_discriminator_learns_the_defects():
+    """`restore_defects=False`: the autoencoder reconstructs the clean frames (as without defects), and
+    the discriminator's loss still holds its term on the damaged frames."""
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, TINY.preprocess.height, TINY.preprocess.width, generator=torch.Generator().manual_seed(2))
+    damaged, masks = add_defects(x, 1.0, torch.Generator().manual_seed(3))
+    outcomes = {}
+    for case, extra in (("clean", {}), ("restore", {"restore": True}), ("find only", {"restore": False})):
+        torch.manual_seed(0)
+        model = AutoencoderGAN(TINY.model)
+        seen = []
+        reconstruct = model.reconstruct
+        model.reconstruct = lambda t, seen=seen, reconstruct=reconstruct: seen.append(t) or reconstruct(t)
+        args = (damaged, masks) if extra else ()
+        losses = train_step(model, x, *make_optimisers(model, TINY), TINY.train.loss, *args, **extra)
+        outcomes[case] = (seen[0], losses)
+    assert outcomes["restore"][0] is damaged and outcomes["find only"][0] is x and outcomes["clean"][0] is x
+    # the autoencoder's first step is the one it takes without defects; the discriminator's loss is not
+    assert outcomes["find only"][1]["mse"] == outcomes["clean"][1]["mse"]
+    assert outcomes["find only"][1]["d"] > outcomes["clean"][1]["d"]

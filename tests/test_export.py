@@ -1,4 +1,4 @@
-"""`anomaly export` and scoring exported models with ONNX Runtime (anomaly.export, anomaly.exported)."""
+"""`anomaly export` and scoring exported models with ONNX Runtime and OpenVINO (anomaly.export, anomaly.exported)."""
 
 import dataclasses
 import json
@@ -17,6 +17,7 @@ from anomaly.config import CalibrationConfig
 from anomaly.export import ExportError, export_detector
 from anomaly.exported import EXPORT_FORMAT, ExportedModelError, load_exported
 from anomaly.frame_scores import EXTRA_SCORE_FIELDS, SCORE_FIELDS
+from anomaly.runtimes import GRAPH_SUFFIX, RUNTIME_NAMES, RUNTIMES
 from cli.main import app
 from footage.scores_csv import read_scores_csv
 
@@ -47,10 +48,23 @@ def with_camera(tiny_trained):
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory, with_camera):
-    out = tmp_path_factory.mktemp("exported") / "model"
-    export_detector(with_camera, out)
-    return out
+def exports(tmp_path_factory, with_camera):
+    """The detector exported for a runtime, once per runtime, on first use."""
+    made = {}
+
+    def export_for(fmt: str):
+        if fmt not in made:
+            made[fmt] = tmp_path_factory.mktemp(f"exported-{fmt}") / "model"
+            export_detector(with_camera, made[fmt], fmt)
+        return made[fmt]
+
+    return export_for
+
+
+@pytest.fixture(scope="module")
+def exported(exports):
+    """The ONNX export, for what does not depend on the runtime (refusals, manifest checks)."""
+    return exports("onnx")
 
 
 @pytest.fixture(scope="module")
@@ -60,11 +74,13 @@ def frames(tiny_trained):
     return prepared(tiny_trained.detector, source)
 
 
+@pytest.mark.parametrize("fmt", RUNTIMES)
 @pytest.mark.parametrize("camera", [None, "dash"])
 @pytest.mark.parametrize("all_signals", [False, True])
-def test_exported_scores_match_the_torch_path(with_camera, exported, frames, camera, all_signals):
+def test_exported_scores_match_the_torch_path(with_camera, exports, frames, camera, all_signals, fmt):
     torch_side = with_camera.for_camera(camera).with_all_signals(all_signals)
-    onnx_side = load_exported(exported, threads=1).for_camera(camera).with_all_signals(all_signals)
+    onnx_side = load_exported(exports(fmt), threads=1).for_camera(camera).with_all_signals(all_signals)
+    assert onnx_side.device == f"cpu ({RUNTIME_NAMES[fmt]})"
     assert onnx_side.profile == torch_side.profile == (camera or "fleet")
     want, got = torch_side.score_prepared(frames), onnx_side.score_prepared(frames)
     for name in COLUMNS:
@@ -112,20 +128,41 @@ def test_another_format_version_is_refused_naming_both(exported, tmp_path):
         load_exported(folder)
 
 
-def test_the_folder_holds_a_graph_for_every_signal_and_one_per_profile_need(exported):
-    manifest = json.loads((exported / "detector.json").read_text())
+@pytest.mark.parametrize("fmt", RUNTIMES)
+def test_the_folder_holds_a_graph_for_every_signal_and_one_per_profile_need(exports, fmt):
+    folder = exports(fmt)
+    manifest = json.loads((folder / "detector.json").read_text())
+    suffix = GRAPH_SUFFIX[fmt]
     assert {k: g["file"] for k, g in manifest["graphs"].items()} == {
-        "all": "score.onnx",  # every signal: --all-signals, evaluate
-        "disc+disc_patch+patch": "score_disc+disc_patch+patch.onnx",  # the 'dash' profile's: no `local`
-        "lean": "score_lean.onnx",  # the fleet profile: no costly signal
+        "all": f"score{suffix}",  # every signal: --all-signals, evaluate
+        "disc+disc_patch+patch": f"score_disc+disc_patch+patch{suffix}",  # the 'dash' profile's: no `local`
+        "lean": f"score_lean{suffix}",  # the fleet profile: no costly signal
     }
     dash = manifest["graphs"]["disc+disc_patch+patch"]["outputs"]
     assert "local" not in dash and {"patch", "disc_patch", "disc"} <= set(dash)
-    assert sorted(p.name for p in exported.glob("*.onnx")) == [
-        "score.onnx",
-        "score_disc+disc_patch+patch.onnx",
-        "score_lean.onnx",
-    ]
+    stems = ["score", "score_disc+disc_patch+patch", "score_lean"]
+    # OpenVINO IR: each graph is an .xml and its weights' .bin, both checksummed; no ONNX file left behind
+    files = [f"{stem}{ext}" for stem in stems for ext in ((".bin", ".xml") if fmt == "openvino" else (".onnx",))]
+    assert sorted(p.name for p in folder.iterdir() if p.is_file() and p.name != "detector.json") == sorted(files)
+    assert set(files) <= set(manifest["files"])
+    assert manifest["format"] == fmt and manifest["runtime"]["name"] == RUNTIME_NAMES[fmt]
+    assert manifest["runtime"]["version"]
+
+
+def test_an_openvino_model_without_openvino_installed_is_refused_saying_how_to_install_it(exports, frames, monkeypatch):
+    detector = load_exported(exports("openvino"))  # reading the folder needs no runtime
+    monkeypatch.setitem(sys.modules, "openvino", None)  # what `import openvino` meets where it is not installed
+    with pytest.raises(ExportedModelError, match=r"OpenVINO is not installed: pip install 'anomaly\[openvino\]'"):
+        detector.score_prepared(frames)
+
+
+def test_a_folder_for_an_unknown_runtime_is_refused(exported, tmp_path):
+    folder = copy_of(exported, tmp_path)
+    manifest = json.loads((folder / "detector.json").read_text())
+    manifest["format"] = "tensorrt"
+    (folder / "detector.json").write_text(json.dumps(manifest))
+    with pytest.raises(ExportedModelError, match="for the runtime 'tensorrt'; this version runs onnx, openvino"):
+        load_exported(folder)
 
 
 @pytest.mark.parametrize("damage", ["missing", "altered"])
@@ -162,20 +199,21 @@ def clip(tmp_path_factory):
     return video_with_square(tmp_path_factory.mktemp("clip") / "drive.mp4", 30, seed=8, anomalous=slice(10, 16))
 
 
-def test_cli_export_then_score_gives_the_torch_csv(with_camera, tmp_path, clip):
+@pytest.mark.parametrize("fmt", RUNTIMES)
+def test_cli_export_then_score_gives_the_torch_csv(with_camera, tmp_path, clip, fmt):
     model = tmp_path / "model.pt"
     save_detector(with_camera, model)
-    result = runner.invoke(app, ["export", str(model), "--out", str(tmp_path / "onnx")])
+    result = runner.invoke(app, ["export", str(model), "--out", str(tmp_path / fmt), "--format", fmt])
     assert result.exit_code == 0, result.output
-    assert "camera profiles: dash" in result.output
+    assert "camera profiles: dash" in result.output and f"as {fmt} to" in result.output
     csvs = {}
-    for name, path in (("torch", model), ("onnx", tmp_path / "onnx")):
+    for name, path in (("torch", model), ("exported", tmp_path / fmt)):
         csvs[name] = tmp_path / f"{name}.csv"
         args = ["score", str(clip), "--model", str(path), "--out", str(csvs[name]), "--camera", "dash"]
         result = runner.invoke(app, [*args, "--no-progress", "--all-signals"])
         assert result.exit_code == 0, result.output
         assert "camera 'dash': using its own profile" in result.output
-    want, got = read_scores_csv(csvs["torch"]), read_scores_csv(csvs["onnx"])
+    want, got = read_scores_csv(csvs["torch"]), read_scores_csv(csvs["exported"])
     assert set(want) == set(got) and len(got["score"]) == 30
     for name in (*SCORE_FIELDS, *EXTRA_SCORE_FIELDS):
         np.testing.assert_allclose(got[name], want[name], rtol=RTOL, atol=ATOL, err_msg=name)
@@ -189,7 +227,9 @@ def test_score_with_an_exported_model_on_cuda_is_refused(exported, tmp_path, cli
     assert result.exit_code == 2 and "runs on the CPU" in result.output
 
 
-def test_scoring_an_exported_model_never_imports_torch(exported, tmp_path, clip):
+@pytest.mark.parametrize("fmt", RUNTIMES)
+def test_scoring_an_exported_model_never_imports_torch(exports, tmp_path, clip, fmt):
+    exported = exports(fmt)
     out = tmp_path / "s.csv"
     code = (
         "import sys\n"
@@ -206,7 +246,8 @@ def test_scoring_an_exported_model_never_imports_torch(exported, tmp_path, clip)
     assert len(read_scores_csv(out)["score"]) == 30
 
 
-def test_the_service_serves_an_exported_model_with_its_camera_profiles(with_camera, exported, clip):
+@pytest.mark.parametrize("fmt", RUNTIMES)
+def test_the_service_serves_an_exported_model_with_its_camera_profiles(with_camera, exports, clip, fmt):
     import httpx
     from servers import Model, png, serving, settings_for
     from websockets.sync.client import connect
@@ -214,6 +255,7 @@ def test_the_service_serves_an_exported_model_with_its_camera_profiles(with_came
     source = road_frames(6, seed=21)
     source[3] = with_square(source[3])
     want = {cam: with_camera.for_camera(cam).score_prepared(prepared(with_camera, source)) for cam in (None, "dash")}
+    exported = exports(fmt)
     with serving(settings_for(Model(with_camera, exported))) as srv:
         info = httpx.get(f"{srv.url}/v1/model").json()
         single = [httpx.post(f"{srv.url}/v1/score", content=png(f)).json() for f in source]
@@ -225,7 +267,8 @@ def test_the_service_serves_an_exported_model_with_its_camera_profiles(with_came
     manifest = (exported / "detector.json").read_bytes()
     import hashlib
 
-    assert info["version"] == hashlib.sha256(manifest).hexdigest()[:12] and info["device"] == "cpu (onnxruntime)"
+    assert info["version"] == hashlib.sha256(manifest).hexdigest()[:12]
+    assert info["device"] == f"cpu ({RUNTIME_NAMES[fmt]})"
     assert info["calibration"]["signals"] == list(with_camera.calibrated.signals)
     for cam, answers in ((None, single), ("dash", streamed)):
         got = np.array([a["score"] for a in answers])

@@ -95,15 +95,17 @@ def train_step(
     loss: LossConfig,
     damaged: torch.Tensor | None = None,
     masks: torch.Tensor | None = None,
+    restore: bool = True,
 ) -> dict[str, float]:
     """One discriminator update, then one autoencoder update (non-saturating GAN loss).
 
-    With `damaged` frames (synthetic defects under `masks`, see `anomaly.training.defects`) the autoencoder
-    reconstructs the clean `x` from them, and the discriminator also learns to mark their defective
-    patches as not real.
+    With `damaged` frames (synthetic defects under `masks`, see `anomaly.training.defects`) the
+    discriminator also learns to mark their defective patches as not real, and with `restore` the
+    autoencoder reconstructs the clean `x` from them (else it reconstructs `x` from `x`, as without
+    defects, and only the discriminator ever sees one).
     """
     disc = model.discriminator
-    recon = model.reconstruct(x if damaged is None else damaged)
+    recon = model.reconstruct(x if damaged is None or not restore else damaged)
 
     disc.requires_grad_(True)
     real_logits, fake_logits = disc(x), disc(recon.detach())
@@ -230,7 +232,13 @@ def train_detector(
         if tc.defect_fraction > 0:
             damaged, masks = add_defects(x, tc.defect_fraction, g)
             losses = train_step(
-                nets, shard(x, context), *opts, config.train.loss, shard(damaged, context), shard(masks, context)
+                nets,
+                shard(x, context),
+                *opts,
+                config.train.loss,
+                shard(damaged, context),
+                shard(masks, context),
+                restore=tc.restore_defects,
             )
         else:
             losses = train_step(nets, shard(x, context), *opts, config.train.loss)
