@@ -145,6 +145,8 @@ def test_to_tensor_shape_dtype_and_normalisation():
     torch.testing.assert_close(x[0], torch.full((3, 24, 32), (0.0 - 0.45) / 0.25))
     torch.testing.assert_close(x[1], torch.full((3, 24, 32), (1.0 - 0.45) / 0.25))
     torch.testing.assert_close(x[2], torch.full((3, 24, 32), (115 / 255 - 0.45) / 0.25))
+    # NCHW in memory too, not a channels-last view of the frames: scoring's tensors inherit the layout
+    assert x.is_contiguous()
 
 
 def test_to_tensor_uses_per_channel_mean_and_std_in_rgb_order():
