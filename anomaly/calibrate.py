@@ -88,6 +88,7 @@ def fit_stats(raw: RawSignals, cfg: CalibrationConfig, seed: int = 0) -> NormalS
         disc_map=raw.disc_map,
         memory_size=cfg.memory_size,
         patch_maps=raw.patch_features,
+        image_cells=raw.image_cells,
         seed=seed,
     )
 
@@ -247,6 +248,11 @@ def with_fleet_memory(stats: NormalStats, fleet: NormalStats, limit: int, seed: 
         stats.memory_patches = torch.cat([fleet.memory_patches.cpu().float(), own_patches])
     else:  # rows of the patch memory must match the merged memory's: without both, no patch memory
         stats.memory_patches = stats.patch_channel_center = stats.patch_channel_scale = None
+    if fleet.has_image_memory and stats.has_image_memory:
+        assert fleet.memory_image is not None and stats.memory_image is not None
+        stats.memory_image = torch.cat([fleet.memory_image.cpu(), stats.memory_image[keep]])
+    else:  # as for the patch memory: its rows must match the merged memory's
+        stats.memory_image = stats.image_floor = None
     stats.memory_features = torch.cat([fleet.memory_features.cpu(), own[keep]])
     stats.memory_cells = torch.cat([fleet.memory_cells.cpu(), stats.memory_cells[keep]])
     stats.feature_center, stats.feature_scale = fleet.feature_center, fleet.feature_scale

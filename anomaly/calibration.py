@@ -51,6 +51,8 @@ class NormalStats:
     memory_patches: torch.Tensor | None = None  # M x C x h'' x w'' the memory frames' standardised feature maps
     patch_center: torch.Tensor | None = None  # h'' x w'', median patch distance per position on held-out frames
     patch_spread: torch.Tensor | None = None  # h'' x w'', its upper quantile minus median (floored)
+    memory_image: torch.Tensor | None = None  # M x S x h x w the memory frames' own statistics per cell (`image`)
+    image_floor: torch.Tensor | None = None  # S x h x w, the least spread each statistic's cell counts in
 
     FIELDS: ClassVar[tuple[str, ...]] = ("cell_center", "cell_spread", "feature_mean", "feature_whitening")
 
@@ -63,6 +65,10 @@ class NormalStats:
     @property
     def has_patch_memory(self) -> bool:
         return self.has_memory and self.memory_patches is not None and self.patch_channel_scale is not None
+
+    @property
+    def has_image_memory(self) -> bool:
+        return self.has_memory and self.memory_image is not None and self.image_floor is not None
 
     @property
     def has_patch_range(self) -> bool:
@@ -148,6 +154,7 @@ def fit_normal_stats(
     disc_map: torch.Tensor | None = None,
     memory_size: int | None = None,
     patch_maps: torch.Tensor | None = None,
+    image_cells: torch.Tensor | None = None,
     seed: int = 0,
 ) -> NormalStats:
     """Per-cell error range and the principal axes of features, from normal frames.
@@ -193,7 +200,19 @@ def fit_normal_stats(
             scale = maps.std(dim=(0, 2, 3)) if len(maps) > 1 else torch.ones(maps.shape[1], dtype=maps.dtype)
             stats.patch_channel_scale = torch.clamp(scale, min=1e-3 * float(scale.median()) + 1e-6).float()
             stats.memory_patches = stored_patches(standard_patches(patch_maps[keep], stats))
+        if image_cells is not None:
+            stats.memory_image = image_cells[keep].float()
+            stats.image_floor = image_floor(image_cells)
     return stats
+
+
+def image_floor(image_cells: torch.Tensor) -> torch.Tensor:
+    """Per statistic and cell, half the normal frames' own inter-decile half-range: the least spread a
+    cell's value counts in, so that neighbours which happen to agree exactly (a flat sky) do not turn a
+    tiny change into a huge `image` score."""
+    flat = image_cells.double().flatten(1)
+    upper, lower = torch.quantile(flat, 0.9, dim=0), torch.quantile(flat, 0.1, dim=0)
+    return (0.25 * (upper - lower) + 1e-6).float().view_as(image_cells[0])
 
 
 def stored_patches(patches: torch.Tensor) -> torch.Tensor:

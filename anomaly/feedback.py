@@ -40,7 +40,7 @@ from anomaly.profiles import FLEET
 from anomaly.scoring import RawSignals
 
 WIDENED = ("spatial", "disc_patch", "latent")  # signals whose statistics feedback widens
-REMEMBERED = ("knn", "local", "patch")  # signals that read the memory the frames join
+REMEMBERED = ("knn", "local", "patch", "image")  # signals that read the memory the frames join
 UNCHANGED = ("recon", "disc")  # one value per frame against one range: nothing local to change
 MAX_REMEMBERED = 500  # confirmed-normal frames added to the memory (a coreset of them beyond this)
 PROTECT = 1.05  # a confirmed anomaly's strongest cell or frame is kept 5% above the threshold
@@ -191,6 +191,11 @@ def remember(stats: NormalStats, raw: RawSignals, seed: int) -> int:
         assert stats.memory_patches is not None
         patches = stored_patches(standard_patches(raw.patch_features[keep].float(), stats))
         stats.memory_patches = torch.cat([stats.memory_patches.float(), patches.float()])
+    if stats.has_image_memory:
+        if raw.image_cells is None:  # as for the patch memory
+            return 0
+        assert stats.memory_image is not None
+        stats.memory_image = torch.cat([stats.memory_image, raw.image_cells[keep].float()])
     stats.memory_features = torch.cat([stats.memory_features, standard[keep]])
     stats.memory_cells = torch.cat([stats.memory_cells, raw.error_cells[keep].float()])
     return len(keep)

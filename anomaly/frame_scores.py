@@ -30,7 +30,7 @@ OPTIONAL_SCORE_FIELDS = ("disc_score",)
 # (checkpoint format 4; a format-3 model scores them 0, and so does a format-4 model for `patch` when
 # it was calibrated before that signal existed); in the CSV after `is_anomaly`, so older readers keep
 # working, and empty there only when a scorer gives none (None).
-EXTRA_SCORE_FIELDS = ("knn_score", "local_score", "disc_patch_score", "patch_score")
+EXTRA_SCORE_FIELDS = ("knn_score", "local_score", "disc_patch_score", "patch_score", "image_score")
 # The field that carries each raw signal.
 SIGNAL_FIELDS = dict(
     zip(
@@ -44,6 +44,7 @@ SIGNAL_FIELDS = dict(
             "local_score",
             "disc_patch_score",
             "patch_score",
+            "image_score",
         ),
         strict=True,
     )
@@ -67,6 +68,7 @@ class FrameScore:
     local_score: float | None = None
     disc_patch_score: float | None = None
     patch_score: float | None = None
+    image_score: float | None = None
     profile: str = "fleet"  # the camera profile whose statistics and threshold scored the frame
 
     @property
@@ -92,6 +94,7 @@ class FrameScores:
     local_score: np.ndarray | None = None
     disc_patch_score: np.ndarray | None = None
     patch_score: np.ndarray | None = None
+    image_score: np.ndarray | None = None
     profile: str = "fleet"  # the camera profile whose statistics and threshold scored these frames
 
     def __len__(self) -> int:

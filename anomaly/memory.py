@@ -111,6 +111,24 @@ def neighbour_cell_scores(
     return (cells.float() - center) / spread
 
 
+def neighbour_deviations(
+    cells: torch.Tensor, neighbour_cells: torch.Tensor, spread_floor: torch.Tensor
+) -> torch.Tensor:
+    """How far each of `cells` (N x h x w) lies from its neighbours' mean (N x K x h x w), either way,
+    in units of their standard deviation floored per cell by `spread_floor` (h x w).
+
+    Either way: a smear lowers a cell's contrast, a glare raises its brightness. Mean and standard
+    deviation rather than `neighbour_cell_scores`' median and quantile, which need a sort of the K
+    values of every cell: on the fleet benchmark both gave the same AUROC (0.829 beside the score,
+    `benchmarks/cell_statistics_probe.py`), and the sort of five statistics per cell cost more than
+    the networks' pass.
+    """
+    theirs = neighbour_cells.float()
+    center = theirs.mean(dim=1)
+    spread = torch.maximum(theirs.std(dim=1), spread_floor.to(theirs.dtype))
+    return (cells.float() - center).abs() / spread
+
+
 def sorted_quantile(ordered: torch.Tensor, q: float, lower: bool = False) -> torch.Tensor:
     """The `q` quantile along the last dim of values already sorted along it: `torch.quantile`'s
     linear rule, or with `lower` the lower of the two middle values (`torch.median`'s rule).

@@ -19,14 +19,20 @@ Per frame, one pass through the networks gives four raw signals:
 - `patch`   the encoder's deepest feature map, patch by patch, against the same patches (or one
             step beside) of the frame's nearest memory frames, in units of that position's normal
             range: an object the autoencoder reconstructs well but no similar normal frame showed.
+- `image`   the frame's own statistics per heat-map cell (mean colour, contrast, edge energy: no
+            network), against the same cells of its nearest memory frames, above or below their
+            range: a smear dulls a region's edges, glare brightens it and flattens its contrast, an
+            object or a torn block puts edges where similar normal frames had none, whatever the
+            autoencoder makes of them.
 
 Each signal becomes a z-score against held-out normal frames, and the anomaly score is the largest
 z-score among the signals the calibration selected. `is_anomaly` is score > threshold.
 
 `patch` costs about as much as the networks' pass, the discriminator (`disc`, `disc_patch`) a fifth
-of it and `local` a tenth; scoring computes them (`COSTLY_SIGNALS`) only when the score uses them or
-the detector was asked for every signal (`Detector.with_all_signals`: `anomaly score --all-signals`,
-`anomaly evaluate`, the demo), and otherwise leaves their columns empty.
+of it, `local` a tenth and `image` nearly as much as `patch`; scoring computes them (`COSTLY_SIGNALS`)
+only when the score uses them or the detector was asked for every signal
+(`Detector.with_all_signals`: `anomaly score --all-signals`, `anomaly evaluate`, the demo), and
+otherwise leaves their columns empty.
 
 The heat map leaves scoring as cells (`FrameScores.heat_cells`); the per-pixel map is made from them
 (`anomaly.heat.cells_to_pixels`) only when something draws it, which a CSV does not.
@@ -47,7 +53,7 @@ from anomaly.config import COSTLY_SIGNALS, DISCRIMINATOR_SIGNALS, CalibrationCon
 from anomaly.detector import Detector
 from anomaly.frame_scores import FrameScores, frame_scores
 from anomaly.heat import HeatLayout, cell_sizes
-from anomaly.memory import mean_distance, nearest, neighbour_cell_scores, patch_distances
+from anomaly.memory import mean_distance, nearest, neighbour_cell_scores, neighbour_deviations, patch_distances
 from anomaly.model import AutoencoderGAN
 
 
@@ -59,12 +65,36 @@ class RawSignals:
     disc: torch.Tensor | None = None  # N (None: the discriminator was not run)
     disc_map: torch.Tensor | None = None  # N x h' x w': the discriminator's "not real" logit per patch
     patch_features: torch.Tensor | None = None  # N x C x h'' x w'': the encoder's deepest feature map
+    image_cells: torch.Tensor | None = None  # N x S x h x w: the frame's own statistics per heat-map cell
+
+
+# The statistics of `image_cells`, in their order (of the normalised frame, whose channels are RGB).
+IMAGE_STATISTICS = ("red", "green", "blue", "contrast", "edges")
+LUMINANCE = (0.299, 0.587, 0.114)  # ITU-R BT.601 weights of R, G, B
 
 
 def pool_errors(error_map: torch.Tensor, cell: int, stride: int) -> torch.Tensor:
     """N x H x W squared error -> N x h x w mean over overlapping cells."""
     kernel = cell_sizes(*error_map.shape[-2:], cell)
     return F.avg_pool2d(error_map.unsqueeze(1), kernel_size=kernel, stride=stride).squeeze(1)
+
+
+def image_cell_statistics(x: torch.Tensor, cell: int, stride: int) -> torch.Tensor:
+    """N x 3 x H x W normalised frames -> N x 5 x h x w: per heat-map cell (the error cells' grid), the
+    mean of each channel, the standard deviation of luminance and the mean absolute Laplacian of it."""
+    kh, kw = cell_sizes(*x.shape[-2:], cell)
+
+    def cells(t: torch.Tensor) -> torch.Tensor:  # a box average is separable: rows, then columns (10x cheaper)
+        rows = F.avg_pool2d(t, kernel_size=(kh, 1), stride=(stride, 1))
+        return F.avg_pool2d(rows, kernel_size=(1, kw), stride=(1, stride))
+
+    weights = torch.tensor(LUMINANCE, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    luminance = (x * weights).sum(dim=1, keepdim=True)
+    laplacian = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]], dtype=x.dtype, device=x.device)
+    edges = F.conv2d(F.pad(luminance, [1, 1, 1, 1], mode="replicate"), laplacian.view(1, 1, 3, 3)).abs()
+    mean_luminance = cells(luminance)
+    contrast = (cells(luminance.pow(2)) - mean_luminance.pow(2)).clamp_min(0).sqrt()
+    return torch.cat([cells(x), contrast, cells(edges)], dim=1)
 
 
 def summary_features(stage_features: Sequence[torch.Tensor], latent: torch.Tensor) -> torch.Tensor:
@@ -99,10 +129,10 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
 
 @torch.inference_mode()
 def raw_signals(
-    model: AutoencoderGAN, x: torch.Tensor, config: CalibrationConfig, discriminate: bool = True
+    model: AutoencoderGAN, x: torch.Tensor, config: CalibrationConfig, discriminate: bool = True, image: bool = True
 ) -> RawSignals:
-    """One pass through the networks (the discriminator's only with `discriminate`); the heat map
-    compares frame and reconstruction after a light blur.
+    """One pass through the networks (the discriminator's only with `discriminate`), and the frames' own
+    cell statistics (only with `image`); the heat map compares frame and reconstruction after a light blur.
 
     The autoencoder never reproduces foliage texture, sensor noise or the exact sub-pixel edge of a
     lane marking, and those pixel-level misses dominate the raw error of normal frames. Blurring
@@ -122,6 +152,7 @@ def raw_signals(
         disc=None if out.disc_logits is None else 1.0 - torch.sigmoid(out.disc_logits).mean(dim=(1, 2, 3)),
         disc_map=None if out.disc_logits is None else -out.disc_logits[:, 0],
         patch_features=out.stage_features[-1],
+        image_cells=image_cell_statistics(x, config.error_pool, config.error_stride) if image else None,
     )
 
 
@@ -152,6 +183,12 @@ def patch_signal(maps: torch.Tensor, stats: NormalStats) -> torch.Tensor:
     return ((maps - stats.patch_center) / stats.patch_spread).flatten(1).amax(dim=1)
 
 
+def image_signal(cells: torch.Tensor, neighbour_cells: torch.Tensor, floor: torch.Tensor) -> torch.Tensor:
+    """The worst cell and statistic of `image_cells` (N x S x h x w) against the same of the frame's
+    nearest memory frames (N x K x S x h x w), above or below them (`neighbour_deviations`)."""
+    return neighbour_deviations(cells, neighbour_cells, floor).flatten(1).amax(dim=1)
+
+
 def signal_values(
     raw: RawSignals,
     stats: NormalStats,
@@ -180,6 +217,7 @@ def signal_values(
         "local": zero,
         "disc_patch": zero,
         "patch": zero,
+        "image": zero,
     }
     if raw.disc is None:
         skip = skip | DISCRIMINATOR_SIGNALS
@@ -188,7 +226,7 @@ def signal_values(
     if stats.has_memory and raw.features.shape[0] > 0:
         assert stats.memory_features is not None and stats.memory_cells is not None  # for the type checker
         standard = (raw.features - stats.feature_center) / stats.feature_scale
-        wanted = {"local": config.local_neighbours, "patch": config.patch_neighbours}
+        wanted = {"local": config.local_neighbours, "patch": config.patch_neighbours, "image": config.local_neighbours}
         most = max([config.knn_k, *(k for name, k in wanted.items() if name not in skip)])
         distances, neighbours = nearest(standard, stats.memory_features, most)
         signals["knn"] = mean_distance(distances[:, : config.knn_k], standard.shape[1])
@@ -200,6 +238,10 @@ def signal_values(
                 spread_floor=config.local_floor * stats.cell_spread,
             )
             signals["local"] = heat.flatten(1).amax(dim=1)
+        if "image" not in skip and stats.has_image_memory and raw.image_cells is not None:
+            assert stats.memory_image is not None and stats.image_floor is not None  # for the type checker
+            theirs = stats.memory_image[neighbours[:, : config.local_neighbours]]
+            signals["image"] = image_signal(raw.image_cells, theirs, stats.image_floor)
     else:
         neighbours = None
     for name in skip:
@@ -221,7 +263,7 @@ def frame_signals(
     """Every signal of a normalised batch but those in `skip`, and its heat-map cells: all that scoring
     computes with torch (what `anomaly.export` puts in an exported model's graph). The discriminator
     runs only when one of its signals is wanted."""
-    raw = raw_signals(model, x, config, discriminate=not skip >= DISCRIMINATOR_SIGNALS)
+    raw = raw_signals(model, x, config, discriminate=not skip >= DISCRIMINATOR_SIGNALS, image="image" not in skip)
     return signal_values(raw, stats, config, skip)
 
 

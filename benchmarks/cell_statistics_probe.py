@@ -92,7 +92,7 @@ def main() -> None:
     with torch.no_grad():
         for name, frames in sets.items():
             x = detector.preprocessor.to_tensor(frames, "cpu")
-            features[name] = raw_signals(detector.model, x, cal, discriminate=False).features
+            features[name] = raw_signals(detector.model, x, cal, discriminate=False, image=False).features
             stats[name] = cell_statistics(frames, cal.error_pool, cal.error_stride)
     center, scale = features["memory"].mean(0), features["memory"].std(0).clamp_min(1e-6)
     memory_standard = (features["memory"] - center) / scale

@@ -8,8 +8,16 @@ from sklearn.metrics import roc_auc_score
 from anomaly.calibrate import fit_patch_range
 from anomaly.calibration import NormalStats, fit_normal_stats
 from anomaly.config import CalibrationConfig
-from anomaly.memory import coreset_indices, mean_distance, nearest, patch_distances, standardiser
-from anomaly.scoring import RawSignals, signal_values
+from anomaly.memory import (
+    coreset_indices,
+    mean_distance,
+    nearest,
+    neighbour_cell_scores,
+    neighbour_deviations,
+    patch_distances,
+    standardiser,
+)
+from anomaly.scoring import IMAGE_STATISTICS, RawSignals, image_cell_statistics, signal_values
 
 
 @pytest.mark.parametrize(("n", "size"), [(50, 1), (50, 10), (50, 49), (50, 50), (50, 500), (1, 3)])
@@ -175,3 +183,74 @@ def test_patch_memory_round_trips_in_half_precision_and_older_statistics_score_p
     torch.testing.assert_close(s_back, signal_values(raw(f, c, m), stats, cfg)[0]["patch"], atol=0.05, rtol=0.01)
     older = {k: v for k, v in state.items() if "patch" not in k}  # a format-4 model from before the signal
     assert (signal_values(raw(f, c, m), NormalStats.from_state(older), cfg)[0]["patch"] == 0).all()
+
+
+def test_neighbour_deviations_count_a_drop_as_much_as_a_rise():
+    neighbours = torch.tensor([4.0, 6.0] * 5).view(1, 10, 1, 1).expand(4, 10, 1, 1)  # mean 5
+    spread = float(neighbours[0].std())
+    cells = torch.tensor([5.0 + spread, 5.0 - spread, 5.0, 5.0 + 3 * spread]).view(4, 1, 1)
+    z = neighbour_deviations(cells, neighbours, torch.zeros(1, 1))
+    torch.testing.assert_close(z.flatten(), torch.tensor([1.0, 1.0, 0.0, 3.0]))
+    # a drop is what one-sided scores miss: they read it as normal (negative)
+    one_sided = neighbour_cell_scores(cells, neighbours, quantile=0.9, spread_floor=torch.zeros(1, 1))
+    assert one_sided.flatten()[1] < 0
+    # neighbours that agree exactly: the floor sets the unit
+    floored = neighbour_deviations(cells, torch.full((4, 10, 1, 1), 5.0), torch.full((1, 1), 2.0))
+    torch.testing.assert_close(floored.flatten(), (cells.flatten() - 5.0).abs() / 2.0)
+
+
+def test_image_cell_statistics_measure_colour_contrast_and_edges_per_cell():
+    x = torch.zeros(2, 3, 16, 16)
+    x[1, :, :, 8:] = torch.tensor([1.0, 0.0, 0.0]).view(3, 1, 1)  # frame 1: its right half red
+    x[1, :, ::2, 8:] += 0.5  # and striped there
+    stats = image_cell_statistics(x, cell=8, stride=8)
+    assert stats.shape == (2, len(IMAGE_STATISTICS), 2, 2)
+    assert torch.all(stats[0] == 0)  # a flat frame: no colour, contrast or edges anywhere
+    left, right = stats[1, :, :, 0], stats[1, :, :, 1]
+    assert torch.all(left[:4] == 0)
+    red, green, contrast, edges = (IMAGE_STATISTICS.index(k) for k in ("red", "green", "contrast", "edges"))
+    assert torch.all(right[red] > right[green]) and torch.all(right[contrast] > 0) and torch.all(right[edges] > 0)
+
+
+def test_the_image_signal_finds_a_smear_that_pooled_statistics_and_the_error_map_cannot():
+    """Camera A's right cell is always textured, camera B's always flat; a smear that flattens A's right
+    cell looks like B to any pooled range and leaves no reconstruction error, but not to A's own frames."""
+    cfg = CalibrationConfig(memory_size=300, local_neighbours=20)
+
+    def frames(n: int, seed: int, smear: bool = False):
+        g = torch.Generator().manual_seed(seed)
+        feats, cells = two_cameras(n, seed)
+        image = torch.rand(n, len(IMAGE_STATISTICS), 1, 2, generator=g) * 0.1
+        image[: n // 2, :, 0, 1] += 1.0  # camera A (the first half): texture in the right cell
+        if smear:
+            image[:, :, 0, 1] = torch.rand(n, len(IMAGE_STATISTICS), generator=g) * 0.1
+        return RawSignals(
+            recon=torch.zeros(n), error_cells=cells * 0, features=feats, disc=torch.zeros(n), image_cells=image
+        )
+
+    train = frames(400, 0)
+    stats = fit_normal_stats(
+        train.error_cells, train.features, components=2, memory_size=cfg.memory_size, image_cells=train.image_cells
+    )
+    assert stats.has_image_memory and stats.memory_image.shape == (300, len(IMAGE_STATISTICS), 1, 2)
+    normal, smeared = frames(100, 1), frames(100, 2, smear=True)
+    a = slice(0, 50)  # the smear on camera A's frames only
+    s_normal, _ = signal_values(normal, stats, cfg)
+    s_smeared, _ = signal_values(smeared, stats, cfg)
+
+    def auc(n, m):
+        return roc_auc_score(np.r_[np.zeros(len(n)), np.ones(len(m))], np.r_[n, m])
+
+    assert auc(s_normal["image"], s_smeared["image"][a]) > 0.99
+    # what pooled per-cell ranges of the statistics would say: within the fleet's range (camera B's), unseen
+    pooled_low = train.image_cells[:, :, 0, 1].amin(0)
+    assert torch.all(smeared.image_cells[a, :, 0, 1] >= pooled_low)
+    assert auc(s_normal["spatial"], s_smeared["spatial"][a]) < 0.7  # no reconstruction error to see
+
+
+def test_old_statistics_without_an_image_memory_read_zero():
+    feats, cells = two_cameras(40, 0)
+    stats = fit_normal_stats(cells, feats, components=2, memory_size=20)  # as calibrated before `image`
+    assert not stats.has_image_memory
+    values, _ = signal_values(raw(feats, cells), stats, CalibrationConfig(local_neighbours=5, knn_k=3))
+    assert torch.all(values["image"] == 0)
