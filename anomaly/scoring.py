@@ -21,7 +21,7 @@ Per frame, one pass through the networks gives four raw signals:
             range: an object the autoencoder reconstructs well but no similar normal frame showed.
 - `image`   the frame's own statistics per heat-map cell (mean colour, contrast, edge energy: no
             network), against the same cells of its nearest memory frames, above or below their
-            range: a smear dulls a region's edges, glare brightens it and flattens its contrast, an
+            mean in units of their spread: a smear dulls a region's edges, glare brightens it and flattens its contrast, an
             object or a torn block puts edges where similar normal frames had none, whatever the
             autoencoder makes of them.
 
@@ -84,7 +84,7 @@ def image_cell_statistics(x: torch.Tensor, cell: int, stride: int) -> torch.Tens
     mean of each channel, the standard deviation of luminance and the mean absolute Laplacian of it."""
     kh, kw = cell_sizes(*x.shape[-2:], cell)
 
-    def cells(t: torch.Tensor) -> torch.Tensor:  # a box average is separable: rows, then columns (10x cheaper)
+    def cells(t: torch.Tensor) -> torch.Tensor:  # a box average is separable: rows, then columns (2k sums, not k^2)
         rows = F.avg_pool2d(t, kernel_size=(kh, 1), stride=(stride, 1))
         return F.avg_pool2d(rows, kernel_size=(1, kw), stride=(1, stride))
 
