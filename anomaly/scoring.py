@@ -21,9 +21,9 @@ Per frame, one pass through the networks gives four raw signals:
             range: an object the autoencoder reconstructs well but no similar normal frame showed.
 - `image`   the frame's own statistics per heat-map cell (mean colour, contrast, edge energy: no
             network), against the same cells of its nearest memory frames, above or below their
-            mean in units of their spread: a smear dulls a region's edges, glare brightens it and flattens its contrast, an
-            object or a torn block puts edges where similar normal frames had none, whatever the
-            autoencoder makes of them.
+            mean in units of their spread: a smear dulls a region's edges, glare brightens it and
+            flattens its contrast, an object or a torn block puts edges where similar normal frames
+            had none, whatever the autoencoder makes of them.
 
 Each signal becomes a z-score against held-out normal frames, and the anomaly score is the largest
 z-score among the signals the calibration selected. `is_anomaly` is score > threshold.
