@@ -91,7 +91,7 @@ def load_graph(runtime: Runtime, path: Path, threads: int) -> CompiledGraph:
 
 
 def runtime_version(runtime: Runtime) -> str:
-    """The installed version of a runtime, for the manifest and `/v1/model` ("" when not installed)."""
+    """The installed version of a runtime, for the manifest ("" when not installed)."""
     from importlib.metadata import PackageNotFoundError, version
 
     try:
