@@ -12,6 +12,7 @@ from anomaly.calibrate import fit_camera_profile, time_blocks
 from anomaly.checkpoint import KIND_MODEL, load_detector, read_checkpoint, save_detector
 from anomaly.profiles import FLEET
 from anomaly.scoring import score_prepared
+from cli.calibrate import poorly_described
 from cli.main import app
 from footage.scores_csv import read_scores_csv
 
@@ -153,3 +154,25 @@ def test_calibrate_refuses_too_little_footage(tmp_path, tiny_trained):
         + ["--device", "cpu"],
     )
     assert result.exit_code == 2 and "at least 8" in result.output
+
+
+def test_poorly_described_sources_are_those_far_above_the_target():
+    rates = {"wait_a": 0.0, "wait_b": 0.02, "drive": 1.0, "edge": 0.10}
+    assert poorly_described(rates, 0.01) == ["drive", "edge"]
+    assert poorly_described(rates, 0.05) == ["drive"]  # ten times a 5% target is 50%
+    assert poorly_described({}, 0.01) == []
+
+
+def test_calibrate_warns_when_one_source_is_not_described_by_the_others(tmp_path, tiny_trained):
+    road = write_video(tmp_path / "road.mp4", road_frames(30, seed=5))
+    noise = np.random.default_rng(3).integers(0, 256, size=(30, 72, 128, 3), dtype=np.uint8)
+    static = write_video(tmp_path / "static.mp4", noise)
+    out = tmp_path / "with_cam.pt"
+    result = runner.invoke(
+        app,
+        ["calibrate", str(tiny_trained.path), str(road), str(static), "--camera", "van9", "--out", str(out)]
+        + ["--device", "cpu"],
+    )
+    assert result.exit_code == 0, result.output
+    assert "scored far above the rest of the footage" in result.output, result.output
+    assert "calibrate on more of this camera's normal driving" in result.output
