@@ -122,8 +122,9 @@ def calibrate(
 def poorly_described(rates: dict[str, float], target: float) -> list[str]:
     """The held-out sources (or time blocks) flagged at ten times the target rate or more, and at least 10%.
 
-    On real footage a camera calibrated on two waits at a light and two seconds of driving flagged the
-    driving 100% when held out, and the 1% threshold then landed among those scores, 11x the fleet's.
+    On real footage a camera calibrated on two waits (in an alley, at a light) and two seconds of driving
+    flagged the driving 100% when held out, and the 1% threshold then landed among those scores, 11x the
+    fleet's.
     """
     return [name for name, rate in rates.items() if rate >= max(10 * target, 0.10)]
 
