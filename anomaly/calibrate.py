@@ -35,6 +35,7 @@ from anomaly.calibration import (
     NormalStats,
     fit_normal_stats,
     fit_scaling,
+    image_floor,
     position_stats,
     score_quantiles,
     standard_patches,
@@ -168,6 +169,8 @@ def calibrate(detector: Detector, data: TrainingData, context: DistributedContex
     signals = None
     if groups is not None and data.train_groups is not None:
         signals = signals_of_unseen_sources(stats, seen, data.train_groups[seen_at], held, groups, cfg, seed)
+    if signals is not None and held.image_cells is not None and stats.has_image_memory:
+        stats.image_floor = image_floor(held.image_cells)  # as each fold's: from held-out frames (see there)
     if signals is None:
         values, _ = signal_values(held, stats, cfg)
         signals = {name: v.numpy().astype(np.float64) for name, v in values.items()}
@@ -201,6 +204,8 @@ def signals_of_unseen_sources(
         fold = fit_stats(select(seen, seen_groups != g), cfg, seed=seed)
         fold.patch_center, fold.patch_spread = stats.patch_center, stats.patch_spread
         mine = held_groups == g
+        if held.image_cells is not None and fold.has_image_memory:
+            fold.image_floor = image_floor(held.image_cells[torch.from_numpy(~mine)])
         values, _ = signal_values(select(held, mine), fold, cfg)
         for name, v in values.items():
             out.setdefault(name, np.zeros(len(held_groups)))[mine] = v.numpy()

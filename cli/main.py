@@ -9,6 +9,7 @@ import shutil
 import typer
 
 from cli import calibrate, evaluate, export, review, samples, score, serve, train
+from cli.allocator import keep_freed_memory
 
 app = typer.Typer(
     help="Find unusual frames in dashcam footage.",
@@ -31,4 +32,6 @@ app.command("generate-samples")(samples.generate_samples)
 
 
 def main() -> None:  # pragma: no cover - console entry point
+    """`anomaly` and `python -m anomaly`: the process-wide settings of a scoring process, then the command."""
+    keep_freed_memory()
     app(prog_name="anomaly")

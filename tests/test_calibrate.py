@@ -48,3 +48,26 @@ def test_one_drive_has_nothing_to_leave_out():
     held, held_groups = drives(10, [0.0], seed=1)
     stats = fit_normal_stats(seen.error_cells, seen.features, components=2, memory_size=50)
     assert signals_of_unseen_sources(stats, seen, seen_groups, held, held_groups, CONFIG, seed=0) is None
+
+
+def test_the_image_floor_of_a_held_out_drive_comes_from_the_other_drives_held_out_frames():
+    """Training frames that agree exactly on a cell (a flat sky) give a floor of nearly zero; a held-out
+    drive measured with it would score enormous `image` values on tiny changes. Each fold's floor
+    comes from the other sources' held-out frames instead, which vary as new footage does."""
+    seen, seen_groups = drives(40, [0.0, 3.0, 6.0], seed=0)
+    held, held_groups = drives(10, [0.0, 3.0, 6.0], seed=1)
+    gen = torch.Generator().manual_seed(2)
+    seen.image_cells = torch.full((len(seen.features), 2, 3, 4), 0.5)
+    seen.image_cells[:, :, 0, 0] += 0.01 * torch.randn(len(seen.features), 2, generator=gen)  # one cell varies
+    held.image_cells = 0.5 + 0.05 * torch.randn(len(held.features), 2, 3, 4, generator=gen)
+    config = CalibrationConfig(signals=("spatial", "image"), memory_size=50, latent_components=2)
+    stats = fit_normal_stats(
+        seen.error_cells, seen.features, components=2, memory_size=50, image_cells=seen.image_cells
+    )
+    unseen = signals_of_unseen_sources(stats, seen, seen_groups, held, held_groups, config, seed=0)
+    known, _ = signal_values(held, stats, config)
+    assert unseen is not None
+    # the training-frame floor turns the held-out frames' ordinary spread into thousands of units
+    assert float(known["image"].median()) > 1000
+    # theirs: a few units, as the spread of the other drives' held-out frames says
+    assert 0.5 < np.median(unseen["image"]) < 20
