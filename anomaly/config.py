@@ -124,7 +124,7 @@ class CalibrationConfig(_Frozen):
     )
     latent_components: int = Field(8, ge=1, le=256, description="principal components of the latent distance")
     signals: tuple[str, ...] = Field(
-        ("spatial", "latent", "patch", "disc_patch"),
+        ("spatial", "latent", "patch", "disc_patch", "image"),
         min_length=1,
         description="signals whose calibrated z-scores are combined",
     )

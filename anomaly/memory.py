@@ -124,9 +124,12 @@ def neighbour_deviations(
     sort of five statistics per cell cost more than the networks' pass.
     """
     theirs = neighbour_cells.float()
-    center = theirs.mean(dim=1)
-    spread = torch.maximum(theirs.std(dim=1), spread_floor.to(theirs.dtype))
-    return (cells.float() - center).abs() / spread
+    center = theirs.mean(dim=1, keepdim=True)
+    # the unbiased standard deviation in two explicit passes: torch.std over the K dimension of
+    # this layout took 0.5-0.7 ms a frame, this 0.1 (equal to 1e-7)
+    std = ((theirs - center).pow(2).sum(dim=1) / max(theirs.shape[1] - 1, 1)).sqrt()
+    spread = torch.maximum(std, spread_floor.to(theirs.dtype))
+    return (cells.float() - center[:, 0]).abs() / spread
 
 
 def sorted_quantile(ordered: torch.Tensor, q: float, lower: bool = False) -> torch.Tensor:

@@ -37,8 +37,8 @@ BatchSizeOpt = Annotated[int, typer.Option(min=1, help="frames per model pass")]
 SignalsOpt = Annotated[
     str | None,
     typer.Option(
-        help="signals the score combines, comma-separated, from spatial, latent, patch, local, knn, disc_patch, recon, "
-        "disc (default spatial,latent,patch,disc_patch; see the README's fleet benchmark)"
+        help="signals the score combines, comma-separated, from spatial, latent, patch, local, knn, disc_patch, "
+        "image, recon, disc (default spatial,latent,patch,disc_patch,image; see the README's fleet benchmark)"
     ),
 ]
 CameraOpt = Annotated[

@@ -135,12 +135,12 @@ def test_the_folder_holds_a_graph_for_every_signal_and_one_per_profile_need(expo
     suffix = GRAPH_SUFFIX[fmt]
     assert {k: g["file"] for k, g in manifest["graphs"].items()} == {
         "all": f"score{suffix}",  # every signal: --all-signals, evaluate
-        "disc+disc_patch+patch": f"score_disc+disc_patch+patch{suffix}",  # the 'dash' profile's: no `local`
+        "disc+disc_patch+image+patch": f"score_disc+disc_patch+image+patch{suffix}",  # the 'dash' profile's: no `local`
         "lean": f"score_lean{suffix}",  # the fleet profile: no costly signal
     }
-    dash = manifest["graphs"]["disc+disc_patch+patch"]["outputs"]
-    assert "local" not in dash and {"patch", "disc_patch", "disc"} <= set(dash)
-    stems = ["score", "score_disc+disc_patch+patch", "score_lean"]
+    dash = manifest["graphs"]["disc+disc_patch+image+patch"]["outputs"]
+    assert "local" not in dash and {"patch", "disc_patch", "disc", "image"} <= set(dash)
+    stems = ["score", "score_disc+disc_patch+image+patch", "score_lean"]
     # OpenVINO IR: each graph is an .xml and its weights' .bin, both checksummed; no ONNX file left behind
     files = [f"{stem}{ext}" for stem in stems for ext in ((".bin", ".xml") if fmt == "openvino" else (".onnx",))]
     assert sorted(p.name for p in folder.iterdir() if p.is_file() and p.name != "detector.json") == sorted(files)
