@@ -73,28 +73,35 @@ IMAGE_STATISTICS = ("red", "green", "blue", "contrast", "edges")
 LUMINANCE = (0.299, 0.587, 0.114)  # ITU-R BT.601 weights of R, G, B
 
 
+def box_mean(t: torch.Tensor, kernel: tuple[int, int], stride: int) -> torch.Tensor:
+    """N x C x H x W -> N x C x h x w: the mean over each kh x kw cell, cells `stride` apart.
+
+    A box average is separable (rows, then columns: 2k sums, not k^2), and written as two
+    convolutions with a constant kernel because torch's CPU `avg_pool2d` took five times as long
+    (5.3 against 1.0 ms for a batch of 16 three-channel 128x72 frames); ONNX exports it as `Conv`.
+    """
+    (kh, kw), (n, c, h, w) = kernel, t.shape
+    rows = F.conv2d(t.reshape(n * c, 1, h, w), t.new_full((1, 1, kh, 1), 1.0 / kh), stride=(stride, 1))
+    cells = F.conv2d(rows, t.new_full((1, 1, 1, kw), 1.0 / kw), stride=(1, stride))
+    return cells.reshape(n, c, cells.shape[-2], cells.shape[-1])
+
+
 def pool_errors(error_map: torch.Tensor, cell: int, stride: int) -> torch.Tensor:
     """N x H x W squared error -> N x h x w mean over overlapping cells."""
-    kernel = cell_sizes(*error_map.shape[-2:], cell)
-    return F.avg_pool2d(error_map.unsqueeze(1), kernel_size=kernel, stride=stride).squeeze(1)
+    return box_mean(error_map.unsqueeze(1), cell_sizes(*error_map.shape[-2:], cell), stride).squeeze(1)
 
 
 def image_cell_statistics(x: torch.Tensor, cell: int, stride: int) -> torch.Tensor:
     """N x 3 x H x W normalised frames -> N x 5 x h x w: per heat-map cell (the error cells' grid), the
     mean of each channel, the standard deviation of luminance and the mean absolute Laplacian of it."""
-    kh, kw = cell_sizes(*x.shape[-2:], cell)
-
-    def cells(t: torch.Tensor) -> torch.Tensor:  # a box average is separable: rows, then columns (2k sums, not k^2)
-        rows = F.avg_pool2d(t, kernel_size=(kh, 1), stride=(stride, 1))
-        return F.avg_pool2d(rows, kernel_size=(1, kw), stride=(1, stride))
-
+    kernel = cell_sizes(*x.shape[-2:], cell)
     weights = torch.tensor(LUMINANCE, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
     luminance = (x * weights).sum(dim=1, keepdim=True)
     laplacian = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]], dtype=x.dtype, device=x.device)
     edges = F.conv2d(F.pad(luminance, [1, 1, 1, 1], mode="replicate"), laplacian.view(1, 1, 3, 3)).abs()
-    mean_luminance = cells(luminance)
-    contrast = (cells(luminance.pow(2)) - mean_luminance.pow(2)).clamp_min(0).sqrt()
-    return torch.cat([cells(x), contrast, cells(edges)], dim=1)
+    mean_luminance = box_mean(luminance, kernel, stride)
+    contrast = (box_mean(luminance.pow(2), kernel, stride) - mean_luminance.pow(2)).clamp_min(0).sqrt()
+    return torch.cat([box_mean(x, kernel, stride), contrast, box_mean(edges, kernel, stride)], dim=1)
 
 
 def summary_features(stage_features: Sequence[torch.Tensor], latent: torch.Tensor) -> torch.Tensor:
