@@ -29,7 +29,7 @@ Each signal becomes a z-score against held-out normal frames, and the anomaly sc
 z-score among the signals the calibration selected. `is_anomaly` is score > threshold.
 
 `patch` costs about as much as the networks' pass, the discriminator (`disc`, `disc_patch`) a fifth
-of it, `local` a tenth and `image` nearly as much as `patch`; scoring computes them (`COSTLY_SIGNALS`)
+of it, `local` a tenth and `image` about half as much as `patch`; scoring computes them (`COSTLY_SIGNALS`)
 only when the score uses them or the detector was asked for every signal
 (`Detector.with_all_signals`: `anomaly score --all-signals`, `anomaly evaluate`, the demo), and
 otherwise leaves their columns empty.

@@ -4,7 +4,7 @@ Every batch allocates the same few dozen tensors of 1-5 MiB (network activations
 the frame's neighbours, decoded 960x540 frames). glibc's malloc serves blocks that large with fresh
 `mmap`s, or trims them off the top of its heap when they are freed, so the next batch faults every
 page in again: on the fleet model that was a third of the time `score_prepared` takes in PyTorch
-(3.7-4.2 against 2.2-2.9 ms a frame, in-process, alternating). Raising the mmap threshold and the trim
+(3.2-4.2 against 2.2-2.9 ms a frame, in-process, alternating). Raising the mmap threshold and the trim
 threshold keeps those pages mapped between batches; the process's peak memory is what it already
 needed for one batch, plus at most the trim threshold kept at the top of the heap.
 
