@@ -15,7 +15,6 @@ library is not glibc (musl, macOS, Windows).
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 
 # mallopt(3) parameters of glibc's malloc.h
 M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
@@ -26,13 +25,9 @@ TOP_PAD = 64 << 20
 
 def keep_freed_memory() -> bool:
     """Tune glibc's malloc as above; True when it took effect."""
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return False
-    try:
-        libc = ctypes.CDLL(name)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
+    try:  # the process's own symbols, libc's among them: no `find_library`, which runs `ldconfig` to look
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, TypeError, AttributeError):  # no mallopt (not glibc), or no such handle (Windows)
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     settings = ((M_MMAP_THRESHOLD, MMAP_THRESHOLD), (M_TRIM_THRESHOLD, TRIM_THRESHOLD), (M_TOP_PAD, TOP_PAD))
