@@ -54,13 +54,19 @@ if TYPE_CHECKING:
 
 
 def collect_raw(detector: Detector, frames: np.ndarray, batch_size: int = 128) -> RawSignals:
-    """Raw signals for many prepared frames, gathered on the CPU."""
+    """Raw signals for many prepared frames, gathered on the CPU (a signal's network that the model
+    lacks, the defect finder of a format-4 model, stays None)."""
     parts = []
     for i in range(0, len(frames), batch_size):
         x = detector.preprocessor.to_tensor(frames[i : i + batch_size], detector.device)
         r = raw_signals(detector.model, x, detector.config.calibration)
-        parts.append(RawSignals(**{f.name: getattr(r, f.name).cpu() for f in fields(RawSignals)}))
-    return RawSignals(**{f.name: torch.cat([getattr(p, f.name) for p in parts]) for f in fields(RawSignals)})
+        parts.append({f.name: getattr(r, f.name) for f in fields(RawSignals)})
+    return RawSignals(
+        **{
+            name: None if parts[0][name] is None else torch.cat([p[name].cpu() for p in parts])
+            for name in parts[0]
+        }
+    )
 
 
 def collect_raw_sharded(detector: Detector, frames: np.ndarray, context: DistributedContext) -> RawSignals:
@@ -68,7 +74,12 @@ def collect_raw_sharded(detector: Detector, frames: np.ndarray, context: Distrib
     if len(frames) < context.world_size:  # too few to split: every rank computes them all
         return collect_raw(detector, frames)
     raw = collect_raw(detector, shard(frames, context))
-    return RawSignals(**{f.name: all_gather_rows(getattr(raw, f.name), context) for f in fields(RawSignals)})
+    return RawSignals(
+        **{
+            f.name: None if getattr(raw, f.name) is None else all_gather_rows(getattr(raw, f.name), context)
+            for f in fields(RawSignals)
+        }
+    )
 
 
 def evenly_index(n: int, limit: int) -> np.ndarray:

@@ -22,9 +22,10 @@ from anomaly.detector import Detector
 from anomaly.model import AutoencoderGAN
 
 # 2: per-cell quantile spreads and PCA latent distance; 3: blurred heat map;
-# 4: memory of normal frames, discriminator patch statistics, camera profiles (format 3 still loads)
-FORMAT_VERSION = 4
-READABLE_VERSIONS = (3, 4)
+# 4: memory of normal frames, discriminator patch statistics, camera profiles;
+# 5: the defect finder (formats 3 and 4 still load, without one)
+FORMAT_VERSION = 5
+READABLE_VERSIONS = (3, 4, 5)
 KIND_MODEL = "anomaly-detector"
 KIND_TRAINING_STATE = "anomaly-training-state"
 
@@ -115,8 +116,13 @@ def save_detector(detector: Detector, path: Path) -> None:
 def parse_config(state: dict[str, Any], path: Path) -> DetectorConfig:
     if "config" not in state:
         raise CheckpointError(f"{path} holds no config; it was not written by `anomaly train`")
+    config = state["config"]
+    if state.get("format_version", FORMAT_VERSION) < 5 and isinstance(config, dict):
+        # written before the defect finder: its config has no finder, and the default would add one
+        model = config.get("model")
+        config = {**config, "model": {**model, "finder_widths": None} if isinstance(model, dict) else model}
     try:
-        return DetectorConfig.model_validate(state["config"])
+        return DetectorConfig.model_validate(config)
     except ValidationError as exc:
         err = exc.errors()[0]
         where = ".".join(str(x) for x in err["loc"]) or "config"

@@ -12,11 +12,12 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 Device = Literal["auto", "cpu", "cuda"]
 # The raw signals one pass through the networks gives (see anomaly.scoring); each has a score field.
-SIGNAL_NAMES = ("spatial", "latent", "recon", "disc", "knn", "local", "disc_patch", "patch", "image")
+SIGNAL_NAMES = ("spatial", "latent", "recon", "disc", "knn", "local", "disc_patch", "patch", "image", "defect")
 # Signals too costly to compute for every frame when the score does not use them (see anomaly.scoring):
 # `patch` costs about as much as the networks' pass, the discriminator's two a fifth of it, `local` a tenth,
-# `image` nearly as much as `patch` (in torch on one thread: 1.3 and 1.4 ms a frame, `local` 0.2).
-COSTLY_SIGNALS = frozenset({"patch", "local", "disc", "disc_patch", "image"})
+# `image` nearly as much as `patch` (in torch on one thread: 1.3 and 1.4 ms a frame, `local` 0.2), `defect`
+# (the defect finder's pass) about as much as the discriminator's.
+COSTLY_SIGNALS = frozenset({"patch", "local", "disc", "disc_patch", "image", "defect"})
 # The signals that need the discriminator's pass.
 DISCRIMINATOR_SIGNALS = frozenset({"disc", "disc_patch"})
 
@@ -64,6 +65,11 @@ class ModelConfig(_Frozen):
     widths: tuple[int, int, int] = (16, 32, 64)
     latent_channels: int = Field(8, ge=1, le=512)
     disc_widths: tuple[int, int, int] = (16, 32, 64)
+    finder_widths: tuple[int, int, int] | None = Field(
+        (16, 32, 64),
+        description="widths of the defect finder (anomaly.model.DefectFinder); None: no finder (models of "
+        "checkpoint format 4 and older, which had none)",
+    )
 
 
 class LossConfig(_Frozen):
@@ -102,6 +108,13 @@ class TrainConfig(_Frozen):
         description="train the autoencoder to restore the synthetic defects (DRAEM); False: it sees only clean "
         "frames and only the discriminator learns the defects",
     )
+    finder_defect_fraction: float = Field(
+        0.5,
+        ge=0.0,
+        le=1.0,
+        description="share of each batch the defect finder sees with generic synthetic defects (the rest clean)",
+    )
+    finder_lr: float = Field(1e-3, gt=0, description="learning rate of the defect finder")
     device: Device = "auto"
     loss: LossConfig = LossConfig()
 
@@ -124,7 +137,7 @@ class CalibrationConfig(_Frozen):
     )
     latent_components: int = Field(8, ge=1, le=256, description="principal components of the latent distance")
     signals: tuple[str, ...] = Field(
-        ("spatial", "latent", "patch", "disc_patch", "image"),
+        ("spatial", "latent", "patch", "image", "defect"),
         min_length=1,
         description="signals whose calibrated z-scores are combined",
     )

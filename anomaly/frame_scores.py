@@ -26,11 +26,12 @@ SCORE_FIELDS = ("score", "recon_error", "disc_score", "spatial_score", "latent_s
 # Of those, the one a scorer leaves out (None, an empty CSV cell) unless the score uses it or every
 # signal was asked for: the discriminator's pass is skipped then (`anomaly.config.COSTLY_SIGNALS`).
 OPTIONAL_SCORE_FIELDS = ("disc_score",)
-# Signals of the memory of normal frames and of the patches of the discriminator and of the encoder
+# Signals of the memory of normal frames, of the patches of the discriminator and of the encoder
 # (checkpoint format 4; a format-3 model scores them 0, and so does a format-4 model for `patch` when
-# it was calibrated before that signal existed); in the CSV after `is_anomaly`, so older readers keep
-# working, and empty there only when a scorer gives none (None).
-EXTRA_SCORE_FIELDS = ("knn_score", "local_score", "disc_patch_score", "patch_score", "image_score")
+# it was calibrated before that signal existed), and of the defect finder (format 5; 0 without one);
+# in the CSV after `is_anomaly`, so older readers keep working, and empty there only when a scorer
+# gives none (None).
+EXTRA_SCORE_FIELDS = ("knn_score", "local_score", "disc_patch_score", "patch_score", "image_score", "defect_score")
 # The field that carries each raw signal.
 SIGNAL_FIELDS = dict(
     zip(
@@ -45,6 +46,7 @@ SIGNAL_FIELDS = dict(
             "disc_patch_score",
             "patch_score",
             "image_score",
+            "defect_score",
         ),
         strict=True,
     )
@@ -69,6 +71,7 @@ class FrameScore:
     disc_patch_score: float | None = None
     patch_score: float | None = None
     image_score: float | None = None
+    defect_score: float | None = None
     profile: str = "fleet"  # the camera profile whose statistics and threshold scored the frame
 
     @property
@@ -95,6 +98,7 @@ class FrameScores:
     disc_patch_score: np.ndarray | None = None
     patch_score: np.ndarray | None = None
     image_score: np.ndarray | None = None
+    defect_score: np.ndarray | None = None
     profile: str = "fleet"  # the camera profile whose statistics and threshold scored these frames
 
     def __len__(self) -> int:

@@ -1,9 +1,12 @@
-"""The networks, top to bottom: encoder, decoder, patch discriminator, and the pair that holds them.
+"""The networks, top to bottom: encoder, decoder, patch discriminator, defect finder, and the model that holds them.
 
 The autoencoder learns to reconstruct normal driving; what it cannot reconstruct is unusual. The
 discriminator is trained to tell real frames from reconstructions, which pushes reconstructions
 towards sharp, realistic frames (plain squared error alone gives blurry ones whose error is high
-everywhere) and gives a second, independent opinion about each frame.
+everywhere) and gives a second, independent opinion about each frame. The defect finder is trained
+apart from that pair, only to mark where generic synthetic defects (`anomaly.training.defects`) were
+pasted into normal frames: a segmenter of foreign content, as DRAEM's discriminative network, that
+sees a soft smear or a pasted object the reconstruction hides.
 
 Input: normalised RGB, N x 3 x H x W with H and W multiples of 8. Nothing here knows about files,
 calibration or thresholds: see `anomaly.scoring` for how a frame's score is computed.
@@ -90,16 +93,41 @@ class Discriminator(nn.Module):
         return self.net(x)
 
 
+class DefectFinder(nn.Module):
+    """Three halvings and one doubling with a skip from the second stage: a defect logit per H/4 x W/4 cell.
+
+    Its own network, not a head of the discriminator: trained on the defects, the discriminator's
+    changed judgement reached the autoencoder through the adversarial loss and cost it small objects
+    and torn frames (README, the `--defects` table); the finder's training touches nothing else.
+    """
+
+    def __init__(self, widths: tuple[int, int, int]) -> None:
+        super().__init__()
+        w1, w2, w3 = widths
+        self.stages = nn.ModuleList([down(3, w1), down(w1, w2), down(w2, w3)])
+        self.middle = nn.Sequential(nn.Conv2d(w3, w3, 3, padding=1, bias=False), nn.BatchNorm2d(w3), nn.LeakyReLU(0.2))
+        self.up = up(w3, w2)
+        self.head = nn.Conv2d(2 * w2, 1, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits, N x 1 x H/4 x W/4; high means 'something was put here that does not belong'."""
+        quarter = self.stages[1](self.stages[0](x))
+        eighth = self.middle(self.stages[2](quarter))
+        return self.head(torch.cat([self.up(eighth), quarter], dim=1))
+
+
 @dataclass
 class ModelOutput:
     recon: torch.Tensor  # N x 3 x H x W, same normalisation as the input
     latent: torch.Tensor  # N x latent x H/8 x W/8
     stage_features: list[torch.Tensor]  # each encoder stage's activations, fine to coarse
     disc_logits: torch.Tensor | None  # N x 1 x H/8 x W/8, the discriminator's view of the *input* (when asked)
+    defect_logits: torch.Tensor | None = None  # N x 1 x H/4 x W/4, the defect finder's (when asked and present)
 
 
 class AutoencoderGAN(nn.Module):
-    """The trained pair. `forward` is everything scoring needs from the networks in one pass."""
+    """The trained pair, and the defect finder beside it (None in models trained before it).
+    `forward` is everything scoring needs from the networks in one pass."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -107,17 +135,20 @@ class AutoencoderGAN(nn.Module):
         self.encoder = Encoder(cfg)
         self.decoder = Decoder(cfg)
         self.discriminator = Discriminator(cfg)
+        self.finder = DefectFinder(cfg.finder_widths) if cfg.finder_widths is not None else None
 
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         latent, _ = self.encoder(x)
         return self.decoder(latent)
 
-    def forward(self, x: torch.Tensor, discriminate: bool = True) -> ModelOutput:
-        """`discriminate=False` skips the discriminator (about a fifth of the pass) when no signal needs it."""
+    def forward(self, x: torch.Tensor, discriminate: bool = True, find_defects: bool = True) -> ModelOutput:
+        """`discriminate=False` skips the discriminator (about a fifth of the pass) and `find_defects=False`
+        the defect finder (about as much) when no signal needs them."""
         latent, feats = self.encoder(x)
         return ModelOutput(
             recon=self.decoder(latent),
             latent=latent,
             stage_features=feats,
             disc_logits=self.discriminator(x) if discriminate else None,
+            defect_logits=self.finder(x) if find_defects and self.finder is not None else None,
         )

@@ -24,13 +24,19 @@ Per frame, one pass through the networks gives four raw signals:
             mean in units of their spread: a smear dulls a region's edges, glare brightens it and
             flattens its contrast, an object or a torn block puts edges where similar normal frames
             had none, whatever the autoencoder makes of them.
+- `defect`  the defect finder's most defective cell (its largest logit): a network trained apart from
+            the pair, only to find generic synthetic defects pasted into normal frames (foreign
+            content under noise-shaped masks, `anomaly.training.defects`), so it marks what does
+            not belong in a frame, a soft brown smear as much as a pasted block, whatever the
+            autoencoder makes of it.
 
 Each signal becomes a z-score against held-out normal frames, and the anomaly score is the largest
 z-score among the signals the calibration selected. `is_anomaly` is score > threshold.
 
 `patch` costs about as much as the networks' pass, the discriminator (`disc`, `disc_patch`) a fifth
-of it, `local` a tenth and `image` about half as much as `patch`; scoring computes them (`COSTLY_SIGNALS`)
-only when the score uses them or the detector was asked for every signal
+of it, the defect finder (`defect`) about as much, `local` a tenth and `image` about half as much as
+`patch`; scoring computes them (`COSTLY_SIGNALS`) only when the score uses them or the detector was
+asked for every signal
 (`Detector.with_all_signals`: `anomaly score --all-signals`, `anomaly evaluate`, the demo), and
 otherwise leaves their columns empty.
 
@@ -66,6 +72,7 @@ class RawSignals:
     disc_map: torch.Tensor | None = None  # N x h' x w': the discriminator's "not real" logit per patch
     patch_features: torch.Tensor | None = None  # N x C x h'' x w'': the encoder's deepest feature map
     image_cells: torch.Tensor | None = None  # N x S x h x w: the frame's own statistics per heat-map cell
+    defect_map: torch.Tensor | None = None  # N x H/4 x W/4: the defect finder's logit per cell (None: not run)
 
 
 # The statistics of `image_cells`, in their order (of the normalised frame, whose channels are RGB).
@@ -136,16 +143,22 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
 
 @torch.inference_mode()
 def raw_signals(
-    model: AutoencoderGAN, x: torch.Tensor, config: CalibrationConfig, discriminate: bool = True, image: bool = True
+    model: AutoencoderGAN,
+    x: torch.Tensor,
+    config: CalibrationConfig,
+    discriminate: bool = True,
+    image: bool = True,
+    find_defects: bool = True,
 ) -> RawSignals:
-    """One pass through the networks (the discriminator's only with `discriminate`), and the frames' own
-    cell statistics (only with `image`); the heat map compares frame and reconstruction after a light blur.
+    """One pass through the networks (the discriminator's only with `discriminate`, the defect finder's
+    only with `find_defects`), and the frames' own cell statistics (only with `image`); the heat map
+    compares frame and reconstruction after a light blur.
 
     The autoencoder never reproduces foliage texture, sensor noise or the exact sub-pixel edge of a
     lane marking, and those pixel-level misses dominate the raw error of normal frames. Blurring
     both images by about a pixel first leaves the errors an object, a smear or a torn block makes.
     """
-    out = model(x, discriminate=discriminate)
+    out = model(x, discriminate=discriminate, find_defects=find_defects)
     difference = x - out.recon
     error_map = difference.pow(2).mean(dim=1)
     # blurring is linear: blur(x) - blur(recon) is blur(x - recon), at half the cost
@@ -160,6 +173,7 @@ def raw_signals(
         disc_map=None if out.disc_logits is None else -out.disc_logits[:, 0],
         patch_features=out.stage_features[-1],
         image_cells=image_cell_statistics(x, config.error_pool, config.error_stride) if image else None,
+        defect_map=None if out.defect_logits is None else out.defect_logits[:, 0],
     )
 
 
@@ -206,7 +220,8 @@ def signal_values(
 
     The heat map is the `local` one (cells against the frame's nearest memory frames) when the
     statistics hold a memory and `local` is computed, else the pooled one (what `spatial` reads).
-    Signals whose statistics are missing (a checkpoint of format 3) read 0; signals in `skip` (of
+    Signals whose statistics or network are missing (a checkpoint of format 3; `defect` of a model
+    without a defect finder, format 4) read 0; signals in `skip` (of
     `COSTLY_SIGNALS`), and the discriminator's when it was not run, are left out. The memory's
     nearest frames are found once, for the largest neighbour count among the signals computed, and
     each signal takes its share of them.
@@ -225,6 +240,7 @@ def signal_values(
         "disc_patch": zero,
         "patch": zero,
         "image": zero,
+        "defect": zero if raw.defect_map is None else raw.defect_map.flatten(1).amax(dim=1),
     }
     if raw.disc is None:
         skip = skip | DISCRIMINATOR_SIGNALS
@@ -269,8 +285,15 @@ def frame_signals(
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Every signal of a normalised batch but those in `skip`, and its heat-map cells: all that scoring
     computes with torch (what `anomaly.export` puts in an exported model's graph). The discriminator
-    runs only when one of its signals is wanted."""
-    raw = raw_signals(model, x, config, discriminate=not skip >= DISCRIMINATOR_SIGNALS, image="image" not in skip)
+    runs only when one of its signals is wanted, the defect finder only for `defect`."""
+    raw = raw_signals(
+        model,
+        x,
+        config,
+        discriminate=not skip >= DISCRIMINATOR_SIGNALS,
+        image="image" not in skip,
+        find_defects="defect" not in skip,
+    )
     return signal_values(raw, stats, config, skip)
 
 

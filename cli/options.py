@@ -38,7 +38,7 @@ SignalsOpt = Annotated[
     str | None,
     typer.Option(
         help="signals the score combines, comma-separated, from spatial, latent, patch, local, knn, disc_patch, "
-        "image, recon, disc (default spatial,latent,patch,disc_patch,image; see the README's fleet benchmark)"
+        "image, defect, recon, disc (default spatial,latent,patch,image,defect; see the README's fleet benchmark)"
     ),
 ]
 CameraOpt = Annotated[

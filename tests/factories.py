@@ -16,7 +16,7 @@ from anomaly.heat import HeatLayout
 # to be steady on the suite's few frames; tests of `patch` and of the default choose it themselves.
 TINY = DetectorConfig(
     preprocess=PreprocessConfig(width=32, height=24),
-    model=ModelConfig(widths=(8, 8, 8), latent_channels=4, disc_widths=(8, 8, 8)),
+    model=ModelConfig(widths=(8, 8, 8), latent_channels=4, disc_widths=(8, 8, 8), finder_widths=(8, 8, 8)),
     train=TrainConfig(steps=20, batch_size=8, checkpoint_every=10, device="cpu"),
     calibration=CalibrationConfig(error_pool=4, error_stride=2, signals=("spatial", "latent")),
 )

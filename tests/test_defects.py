@@ -3,9 +3,12 @@
 import torch
 from factories import TINY
 
-from anomaly.model import AutoencoderGAN
+from sklearn.metrics import roc_auc_score
+
+from anomaly.model import AutoencoderGAN, DefectFinder
+from anomaly.preprocess import Preprocessor
 from anomaly.training.defects import add_defects, noise_masks
-from anomaly.training.train import make_optimisers, train_detector, train_step
+from anomaly.training.train import finder_step, make_optimisers, train_detector, train_step
 
 
 def test_masks_cover_a_few_percent_and_are_reproducible():
@@ -26,6 +29,42 @@ def test_defects_change_only_the_chosen_frames_under_their_masks():
     assert torch.equal(damaged[outside], x[outside])
     same, _ = add_defects(x, 0.0, torch.Generator().manual_seed(1))
     assert torch.equal(same, x)
+
+
+def test_the_defect_finder_learns_to_find_defects_in_frames_it_did_not_train_on(make_frames, prepare_all):
+    """A few dozen steps on synthetic defects, then its largest logit tells damaged held-out frames from clean."""
+    to_tensor = Preprocessor(TINY.preprocess).to_tensor
+    train, test = (to_tensor(prepare_all(TINY, make_frames(24, seed=s))) for s in (1, 2))
+    torch.manual_seed(0)
+    finder = DefectFinder((8, 8, 8)).train()
+    opt = torch.optim.Adam(finder.parameters(), lr=3e-3)
+    losses = []
+    for step in range(150):
+        g = torch.Generator().manual_seed(step)
+        x = train[torch.randint(len(train), (8,), generator=g)]
+        losses.append(finder_step(finder, *add_defects(x, 0.5, g), opt))
+    assert sum(losses[-10:]) < 0.7 * sum(losses[:10])
+    damaged, _ = add_defects(test, 1.0, torch.Generator().manual_seed(99))
+    with torch.no_grad():
+        finder.eval()
+        clean, broken = (finder(t).flatten(1).amax(1) for t in (test, damaged))
+    labels = [0] * len(test) + [1] * len(damaged)
+    assert roc_auc_score(labels, torch.cat([clean, broken]).numpy()) > 0.9
+
+
+def test_the_defect_finder_trains_apart_from_the_pair(tmp_path, make_config, training_data):
+    """Its training draws its own defects and updates only its own weights: the autoencoder and the
+    discriminator come out of training exactly as they do without a finder."""
+    with_finder = make_config(steps=4)
+    without = with_finder.model_copy(update={"model": with_finder.model.model_copy(update={"finder_widths": None})})
+    a = train_detector(with_finder, training_data, tmp_path / "a.pt", progress=False, log=lambda _: None)
+    b = train_detector(without, training_data, tmp_path / "b.pt", progress=False, log=lambda _: None)
+    pair = b.model.state_dict()
+    assert a.model.finder is not None and b.model.finder is None
+    assert {k for k in a.model.state_dict() if not k.startswith("finder.")} == set(pair)
+    for k, v in a.model.state_dict().items():
+        if not k.startswith("finder."):
+            assert torch.equal(v, pair[k]), k
 
 
 def test_training_with_defects_is_reproducible(tmp_path, make_config, training_data):
@@ -50,7 +89,8 @@ def test_without_restoring_only_the_discriminator_learns_the_defects():
         reconstruct = model.reconstruct
         model.reconstruct = lambda t, seen=seen, reconstruct=reconstruct: seen.append(t) or reconstruct(t)
         args = (damaged, masks) if extra else ()
-        losses = train_step(model, x, *make_optimisers(model, TINY), TINY.train.loss, *args, **extra)
+        opt_g, opt_d = make_optimisers(model, TINY)[:2]
+        losses = train_step(model, x, opt_g, opt_d, TINY.train.loss, *args, **extra)
         outcomes[case] = (seen[0], losses)
     assert outcomes["restore"][0] is damaged and outcomes["find only"][0] is x and outcomes["clean"][0] is x
     # the autoencoder's first step is the one it takes without defects; the discriminator's loss is not

@@ -22,11 +22,21 @@ def test_forward_shapes(model, n, h, w):
     assert out.recon.shape == (n, 3, h, w)
     assert out.latent.shape == (n, 4, h // 8, w // 8)
     assert out.disc_logits.shape == (n, 1, h // 8, w // 8)
+    assert out.defect_logits.shape == (n, 1, h // 4, w // 4)
     assert [tuple(f.shape) for f in out.stage_features] == [
         (n, 8, h // 2, w // 2),
         (n, 12, h // 4, w // 4),
         (n, 16, h // 8, w // 8),
     ]
+
+
+def test_a_model_without_a_defect_finder_skips_it_and_so_can_one_with_it(model):
+    x = torch.randn(2, 3, 24, 32)
+    old = AutoencoderGAN(CFG.model_copy(update={"finder_widths": None})).eval()
+    with torch.no_grad():
+        assert old.finder is None and old(x).defect_logits is None
+        assert model(x, find_defects=False).defect_logits is None
+    assert not any(k.startswith("finder.") for k in old.state_dict())
 
 
 def test_reconstruct_matches_forward(model):

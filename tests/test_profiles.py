@@ -82,11 +82,39 @@ def test_checkpoint_round_trip_with_several_profiles(tmp_path, tiny_trained, mak
         assert got.threshold == pytest.approx(want.threshold)
 
 
+def without_finder(state: dict) -> dict:
+    """A checkpoint state as formats 3 and 4 wrote it: no defect finder in the weights or the config."""
+    state["state_dict"] = {k: v for k, v in state["state_dict"].items() if not k.startswith("finder.")}
+    state["config"]["model"].pop("finder_widths", None)
+    for cal in (state["calibration"], *state.get("cameras", {}).values()):
+        cal["combine"] = [s for s in cal["combine"] if s != "defect"] or ["spatial"]
+        for table in ("loc", "scale"):
+            cal[table].pop("defect", None)
+    return state
+
+
+def test_format_4_checkpoint_without_a_defect_finder_still_loads_and_scores(tmp_path, tiny_trained):
+    path = tmp_path / "format4.pt"
+    state = without_finder(read_checkpoint(tiny_trained.path, KIND_MODEL))
+    state["format_version"] = 4
+    torch.save(state, path)
+    old = load_detector(path, CPU)
+    assert old.model.finder is None and old.config.model.finder_widths is None
+    assert "defect" not in old.calibrated.signals
+    x = np.stack([np.zeros((24, 32, 3), np.uint8) + 90, np.zeros((24, 32, 3), np.uint8) + 140])
+    s = score_prepared(old.with_all_signals(), x)
+    assert np.isfinite(s.score).all() and (s.defect_score == 0).all()
+    # its scores are the new model's on every signal it has: the finder adds a column, changes none
+    new = score_prepared(tiny_trained.detector.with_all_signals(), x)
+    for column in ("spatial_score", "latent_score", "patch_score", "image_score", "disc_patch_score"):
+        np.testing.assert_allclose(getattr(s, column), getattr(new, column), rtol=1e-5, atol=1e-6)
+
+
 def test_format_3_checkpoint_still_loads_and_scores_as_before(tmp_path, tiny_trained):
     """A checkpoint from before the memory (format 3): pooled signals only, new ones read 0."""
     path = tmp_path / "old.pt"
     shutil.copy(tiny_trained.path, path)
-    state = read_checkpoint(path, KIND_MODEL)
+    state = without_finder(read_checkpoint(path, KIND_MODEL))
     state["format_version"] = 3
     state.pop("cameras", None)
     stats = state["calibration"]["stats"]

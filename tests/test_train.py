@@ -79,8 +79,8 @@ def test_a_few_steps_lower_the_reconstruction_loss(make_config, make_frames, pre
     x = Preprocessor(config.preprocess).to_tensor(prepare_all(config, make_frames(8, seed=3)))
     torch.manual_seed(0)
     model = AutoencoderGAN(config.model).train()
-    opts = make_optimisers(model, config)
-    losses = [train_step(model, x, *opts, config.train.loss) for _ in range(31)]
+    opt_g, opt_d = make_optimisers(model, config)[:2]
+    losses = [train_step(model, x, opt_g, opt_d, config.train.loss) for _ in range(31)]
     assert set(losses[0]) == {"mse", "adv", "d"}
     assert losses[30]["mse"] < 0.5 * losses[0]["mse"]
     assert all(np.isfinite(v) for step in losses for v in step.values())
@@ -93,7 +93,7 @@ def test_generator_update_leaves_discriminator_alone(make_config):
     config = make_config()
     torch.manual_seed(0)
     model = AutoencoderGAN(config.model).train()
-    opt_g, _ = make_optimisers(model, config)
+    opt_g = make_optimisers(model, config)[0]
     opt_d = torch.optim.SGD(model.discriminator.parameters(), lr=0.0)
     before = {k: v.clone() for k, v in model.discriminator.state_dict().items()}
     train_step(model, torch.randn(4, 3, 24, 32), opt_g, opt_d, config.train.loss)

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from anomaly.calibrate import calibrate
 from anomaly.checkpoint import (
@@ -134,11 +135,26 @@ def train_step(
     return {"mse": mse.item(), "adv": adv.detach().item(), "d": loss_d.detach().item()}
 
 
-def make_optimisers(model: AutoencoderGAN, config: DetectorConfig) -> tuple[torch.optim.Adam, torch.optim.Adam]:
+def finder_step(finder: nn.Module, damaged: torch.Tensor, masks: torch.Tensor, opt: torch.optim.Optimizer) -> float:
+    """One update of the defect finder on frames given generic synthetic defects under `masks`: a cell
+    half covered or more is all "defect", less is partly (the discriminator's rule, the other way up)."""
+    logits = finder(damaged)
+    covered = F.adaptive_avg_pool2d(masks, logits.shape[-2:])
+    loss = F.binary_cross_entropy_with_logits(logits, (2.0 * covered).clamp(0, 1))
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss.detach().item()
+
+
+def make_optimisers(model: AutoencoderGAN, config: DetectorConfig) -> tuple[torch.optim.Adam, ...]:
+    """The autoencoder's, the discriminator's and (when the model has one) the defect finder's."""
     ae_params = list(model.encoder.parameters()) + list(model.decoder.parameters())
     opt_g = torch.optim.Adam(ae_params, lr=config.train.lr, betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(model.discriminator.parameters(), lr=config.train.disc_lr, betas=(0.5, 0.999))
-    return opt_g, opt_d
+    if model.finder is None:
+        return opt_g, opt_d
+    return opt_g, opt_d, torch.optim.Adam(model.finder.parameters(), lr=config.train.finder_lr)
 
 
 def save_training_state(path: Path, config: DetectorConfig, model: AutoencoderGAN, opts: tuple, step: int) -> None:
@@ -151,6 +167,7 @@ def save_training_state(path: Path, config: DetectorConfig, model: AutoencoderGA
             "state_dict": model.state_dict(),
             "opt_g": opts[0].state_dict(),
             "opt_d": opts[1].state_dict(),
+            **({"opt_f": opts[2].state_dict()} if len(opts) > 2 else {}),
         },
         path,
     )
@@ -168,6 +185,8 @@ def restore_training_state(path: Path, config: DetectorConfig, model: Autoencode
     model.load_state_dict(state["state_dict"])
     opts[0].load_state_dict(state["opt_g"])
     opts[1].load_state_dict(state["opt_d"])
+    if len(opts) > 2:
+        opts[2].load_state_dict(state["opt_f"])
     return int(state["step"])
 
 
@@ -229,19 +248,26 @@ def train_detector(
         g = step_generator(tc.seed, step)
         idx = torch.randint(len(data.train), (tc.batch_size,), generator=g).numpy()
         x = random_shift(detector.preprocessor.to_tensor(data.train[idx], device), tc.shift_pixels, g)
+        finder_loss = None
+        if nets.finder is not None:  # first, so its defects do not depend on the pair's options
+            damaged, masks = add_defects(x, tc.finder_defect_fraction, g)
+            finder_loss = finder_step(nets.finder, shard(damaged, context), shard(masks, context), opts[2])
         if tc.defect_fraction > 0:
             damaged, masks = add_defects(x, tc.defect_fraction, g)
             losses = train_step(
                 nets,
                 shard(x, context),
-                *opts,
+                opts[0],
+                opts[1],
                 config.train.loss,
                 shard(damaged, context),
                 shard(masks, context),
                 restore=tc.restore_defects,
             )
         else:
-            losses = train_step(nets, shard(x, context), *opts, config.train.loss)
+            losses = train_step(nets, shard(x, context), opts[0], opts[1], config.train.loss)
+        if finder_loss is not None:
+            losses["finder"] = finder_loss
         bar.set_postfix({k: f"{v:.4f}" for k, v in losses.items()}, refresh=False)
         if (step + 1) % tc.checkpoint_every == 0 and step + 1 < tc.steps and context.is_main:
             save_training_state(state_path, config, model, opts, step + 1)
