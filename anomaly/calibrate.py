@@ -158,6 +158,15 @@ def calibration_from_signals(
     )
 
 
+def check_signals_available(detector: Detector) -> None:
+    """Refuse a score that reads a signal whose network the model lacks (it would read 0 on every frame)."""
+    if "defect" in detector.config.calibration.signals and detector.model.finder is None:
+        raise ValueError(
+            "the defect signal needs a defect finder, which this model has not got (trained without one, or "
+            "before it existed): choose --signals without defect, or retrain"
+        )
+
+
 def calibrate(detector: Detector, data: TrainingData, context: DistributedContext = SINGLE_PROCESS) -> Calibration:
     """Normal statistics from training frames; signal scales and threshold from held-out frames.
 
@@ -167,6 +176,7 @@ def calibrate(detector: Detector, data: TrainingData, context: DistributedContex
     has never seen and the false-alarm rate carries over to new drives. With one source, by the
     statistics kept (a later stretch of the one drive).
     """
+    check_signals_available(detector)
     cfg = detector.config.calibration
     seed = detector.config.train.seed
     detector.model.eval()
@@ -279,6 +289,7 @@ def fit_camera_profile(
     detector: Detector, per_source: Sequence[np.ndarray], *, names: Sequence[str] | None = None
 ) -> Calibration:
     """A calibration for one camera from its normal footage (prepared frames per source, in time order)."""
+    check_signals_available(detector)
     cfg = detector.config.calibration
     seed = detector.config.train.seed
     fleet = detector.for_camera(None).calibrated.stats

@@ -31,6 +31,16 @@ def costly_signals_computed(signals: tuple[str, ...] | list[str], all_signals: b
     return chosen | DISCRIMINATOR_SIGNALS if chosen & DISCRIMINATOR_SIGNALS else chosen
 
 
+# The default score's signals, and those of a model trained without a defect finder (`disc_patch`,
+# the discriminator's patch map, where the finder's `defect` would be): see the README's fleet figures.
+DEFAULT_SIGNALS = ("spatial", "latent", "patch", "image", "defect")
+SIGNALS_WITHOUT_FINDER = ("spatial", "latent", "patch", "disc_patch", "image")
+
+
+def default_signals(finder: bool) -> tuple[str, ...]:
+    return DEFAULT_SIGNALS if finder else SIGNALS_WITHOUT_FINDER
+
+
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -137,7 +147,7 @@ class CalibrationConfig(_Frozen):
     )
     latent_components: int = Field(8, ge=1, le=256, description="principal components of the latent distance")
     signals: tuple[str, ...] = Field(
-        ("spatial", "latent", "patch", "image", "defect"),
+        DEFAULT_SIGNALS,
         min_length=1,
         description="signals whose calibrated z-scores are combined",
     )

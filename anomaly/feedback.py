@@ -13,8 +13,8 @@ margin below the threshold, and nothing else moves:
   to the target (found by bisection): the other directions keep their range.
 - the memory (`knn`, `local`, `patch`): the frames join it, so frames like them find a close neighbour.
 
-`recon` and `disc` are one number per frame against one range, so there is no local change to make:
-they are left alone and reported. The threshold stays what calibration set.
+`recon`, `disc` and `defect` (the defect finder's largest logit) are one number per frame against one
+range, so there is no local change to make: they are left alone and reported. The threshold stays what calibration set.
 
 Confirmed anomalies come first: a cell is never widened so far that the cell which lifted a
 confirmed anomaly's stretch above the threshold falls below it (5% margin), and the latent
@@ -41,7 +41,7 @@ from anomaly.scoring import RawSignals
 
 WIDENED = ("spatial", "disc_patch", "latent")  # signals whose statistics feedback widens
 REMEMBERED = ("knn", "local", "patch", "image")  # signals that read the memory the frames join
-UNCHANGED = ("recon", "disc")  # one value per frame against one range: nothing local to change
+UNCHANGED = ("recon", "disc", "defect")  # one value per frame against one range: nothing local to change
 MAX_REMEMBERED = 500  # confirmed-normal frames added to the memory (a coreset of them beyond this)
 PROTECT = 1.05  # a confirmed anomaly's strongest cell or frame is kept 5% above the threshold
 

@@ -6,7 +6,14 @@ from typing import Annotated
 
 import typer
 
-from anomaly.config import CalibrationConfig, DetectorConfig, ModelConfig, PreprocessConfig, TrainConfig
+from anomaly.config import (
+    CalibrationConfig,
+    DetectorConfig,
+    ModelConfig,
+    PreprocessConfig,
+    TrainConfig,
+    default_signals,
+)
 from cli.options import (
     DeviceOpt,
     ProgressOpt,
@@ -64,6 +71,13 @@ def train(
             "discriminator learns them, the autoencoder sees clean frames"
         ),
     ] = _TRAIN["restore_defects"].default,
+    finder: Annotated[
+        bool,
+        typer.Option(
+            help="train the defect finder beside the pair (its `defect` signal is in the default score); "
+            "--no-finder trains and scores faster, with `disc_patch` in its place (see the README's fleet figures)"
+        ),
+    ] = True,
     resume: Annotated[bool, typer.Option(help="continue from the training state saved beside --out")] = False,
     device: DeviceOpt = "auto",
     progress: ProgressOpt = True,
@@ -82,7 +96,11 @@ def train(
     default = DetectorConfig()
     config = DetectorConfig(
         preprocess=PreprocessConfig(width=width, height=height, roi=parse_roi(roi)),
-        model=ModelConfig(widths=default.model.widths, latent_channels=latent_channels),
+        model=ModelConfig(
+            widths=default.model.widths,
+            latent_channels=latent_channels,
+            finder_widths=default.model.finder_widths if finder else None,
+        ),
         train=TrainConfig(
             steps=steps,
             batch_size=batch_size,
@@ -96,7 +114,7 @@ def train(
         ),
         calibration=CalibrationConfig(
             target_false_alarm_rate=target_far,
-            **({"signals": parse_signals(signals)} if signals else {}),
+            signals=parse_signals(signals) if signals else default_signals(finder),
         ),
     )
     torch_device = resolve_device(device)  # fail before reading any video

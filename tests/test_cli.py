@@ -5,9 +5,12 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from factories import road_frames, with_square, write_video
 from typer.testing import CliRunner
 
+from anomaly.checkpoint import load_detector
+from anomaly.config import SIGNALS_WITHOUT_FINDER
 from cli.main import app
 from footage.scores_csv import CSV_COLUMNS, read_scores_csv
 
@@ -110,3 +113,18 @@ def test_python_dash_m_entry_point():
     out = subprocess.run([sys.executable, "-m", "anomaly", "--help"], capture_output=True, text=True, check=True)
     for command in ("train", "score", "evaluate", "demo", "generate-samples"):
         assert command in out.stdout
+
+
+def test_train_without_the_defect_finder_scores_disc_patch_in_its_place(trained, tmp_path):
+    """`--no-finder`: no finder in the model, the score of the release before it, and `defect` refused."""
+    src = str(trained["dir"] / "normal_a.mp4")
+    model = tmp_path / "lean.pt"
+    result = runner.invoke(app, ["train", src, "--out", str(model), "--no-finder", *TINY_TRAIN])
+    assert result.exit_code == 0, result.output
+    lean = load_detector(model, torch.device("cpu"))
+    assert lean.model.finder is None and lean.calibrated.signals == SIGNALS_WITHOUT_FINDER
+    asked = runner.invoke(
+        app, ["train", src, "--out", str(tmp_path / "x.pt"), "--no-finder", "--signals", "spatial,defect", *TINY_TRAIN]
+    )
+    assert asked.exit_code != 0 and "defect signal needs a defect finder" in asked.output
+    assert not (tmp_path / "x.pt").exists()

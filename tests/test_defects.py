@@ -2,7 +2,6 @@
 
 import torch
 from factories import TINY
-
 from sklearn.metrics import roc_auc_score
 
 from anomaly.model import AutoencoderGAN, DefectFinder
