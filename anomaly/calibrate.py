@@ -87,8 +87,9 @@ def evenly_index(n: int, limit: int) -> np.ndarray:
 
 
 def fit_stats(raw: RawSignals, cfg: CalibrationConfig, seed: int = 0) -> NormalStats:
-    """`fit_normal_stats` with the settings of `cfg`: pooled statistics, patch statistics and the memory."""
-    return fit_normal_stats(
+    """`fit_normal_stats` with the settings of `cfg`: pooled statistics, patch statistics and the memory;
+    and, with a defect finder, its cells' offsets (none yet: feedback raises them)."""
+    stats = fit_normal_stats(
         raw.error_cells,
         raw.features,
         cell_quantile=cfg.cell_quantile,
@@ -100,6 +101,9 @@ def fit_stats(raw: RawSignals, cfg: CalibrationConfig, seed: int = 0) -> NormalS
         image_cells=raw.image_cells,
         seed=seed,
     )
+    if raw.defect_map is not None:
+        stats.defect_offset = torch.zeros_like(raw.defect_map[0], dtype=torch.float32)
+    return stats
 
 
 def fit_patch_range(stats: NormalStats, held: RawSignals, cfg: CalibrationConfig) -> None:

@@ -53,6 +53,9 @@ class NormalStats:
     patch_spread: torch.Tensor | None = None  # h'' x w'', its upper quantile minus median (floored)
     memory_image: torch.Tensor | None = None  # M x S x h x w the memory frames' own statistics per cell (`image`)
     image_floor: torch.Tensor | None = None  # S x h x w, the least spread each statistic's cell counts in
+    # H/4 x W/4: what is taken off each cell of the defect finder's logits before their maximum; 0 from
+    # calibration, raised by feedback (`anomaly.feedback`) where a confirmed-normal frame's cell was high
+    defect_offset: torch.Tensor | None = None
 
     FIELDS: ClassVar[tuple[str, ...]] = ("cell_center", "cell_spread", "feature_mean", "feature_whitening")
 

@@ -13,8 +13,12 @@ margin below the threshold, and nothing else moves:
   to the target (found by bisection): the other directions keep their range.
 - the memory (`knn`, `local`, `patch`): the frames join it, so frames like them find a close neighbour.
 
-`recon`, `disc` and `defect` (the defect finder's largest logit) are one number per frame against one
-range, so there is no local change to make: they are left alone and reported. The threshold stays what calibration set.
+- `defect`: the defect finder's cells are lowered (an offset per cell, taken off its logits) where a
+  confirmed-normal frame went beyond the target, just enough: a sticker on the windscreen stops
+  counting in its own cells, a smear elsewhere still counts.
+
+`recon` and `disc` are one number per frame against one range, so there is no local change to make:
+they are left alone and reported. The threshold stays what calibration set.
 
 Confirmed anomalies come first: a cell is never widened so far that the cell which lifted a
 confirmed anomaly's stretch above the threshold falls below it (5% margin), and the latent
@@ -39,9 +43,9 @@ from anomaly.memory import coreset_indices
 from anomaly.profiles import FLEET
 from anomaly.scoring import RawSignals
 
-WIDENED = ("spatial", "disc_patch", "latent")  # signals whose statistics feedback widens
+WIDENED = ("spatial", "disc_patch", "latent", "defect")  # signals whose statistics feedback widens
 REMEMBERED = ("knn", "local", "patch", "image")  # signals that read the memory the frames join
-UNCHANGED = ("recon", "disc", "defect")  # one value per frame against one range: nothing local to change
+UNCHANGED = ("recon", "disc")  # one value per frame against one range: nothing local to change
 MAX_REMEMBERED = 500  # confirmed-normal frames added to the memory (a coreset of them beyond this)
 PROTECT = 1.05  # a confirmed anomaly's strongest cell or frame is kept 5% above the threshold
 
@@ -102,6 +106,31 @@ def widen_ranges(
         return spread
     widened = torch.maximum(spread, ((values - center) / target).amax(dim=0).to(spread.dtype))
     return widened if cap is None else torch.minimum(widened, torch.maximum(spread, cap))
+
+
+def raise_offsets(
+    values: torch.Tensor, offset: torch.Tensor, target: float, cap: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Offsets at least `offset`, large enough that values - offset <= target in every cell, but no larger
+    than `cap` where that is set (a cell a confirmed anomaly needs; never lower than before)."""
+    raised = torch.maximum(offset, (values - target).amax(dim=0).to(offset.dtype))
+    return raised if cap is None else torch.minimum(raised, torch.maximum(offset, cap))
+
+
+def protected_offsets(
+    anomalous: Sequence[torch.Tensor], offset: torch.Tensor, level: float, keep_at: float
+) -> torch.Tensor:
+    """Per cell, the largest offset that keeps each confirmed anomaly's strongest cell at `keep_at` (inf
+    elsewhere); only stretches this signal lifted above `level` (the threshold's raw value) count."""
+    cap = torch.full_like(offset, float("inf"))
+    for values in anomalous:
+        lowered = (values - offset).flatten(1)
+        if len(lowered) == 0 or float(lowered.max()) <= level:
+            continue
+        frame, cell = divmod(int(lowered.argmax()), lowered.shape[1])
+        flat = cap.view(-1)
+        flat[cell] = min(float(flat[cell]), float(values[frame].flatten()[cell]) - keep_at)
+    return cap
 
 
 def protected_ranges(
@@ -233,6 +262,13 @@ def folded_stats(
             levels["latent"],
         )
         changed["latent"] = int(not torch.equal(stats.feature_whitening, before))
+    if "defect" in targets and raw.defect_map is not None and stats.defect_offset is not None:
+        before = stats.defect_offset.clone()
+        maps = [a.defect_map.float() for a in anomalous if a.defect_map is not None]
+        keep_at = target_values(cal, PROTECT)["defect"]
+        cap = protected_offsets(maps, before, levels["defect"], keep_at)
+        stats.defect_offset = raise_offsets(raw.defect_map.float(), before, targets["defect"], cap)
+        changed["defect"] = int((stats.defect_offset != before).sum())
     rows = remember(stats, raw, seed)
     changed.update({name: rows for name in REMEMBERED if name in targets})
     return stats, changed

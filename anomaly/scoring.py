@@ -210,6 +210,11 @@ def image_signal(cells: torch.Tensor, neighbour_cells: torch.Tensor, floor: torc
     return neighbour_deviations(cells, neighbour_cells, floor).flatten(1).amax(dim=1)
 
 
+def defect_signal(maps: torch.Tensor, offset: torch.Tensor | None) -> torch.Tensor:
+    """The defect finder's largest logit, each cell lowered by its offset (none: as calibrated)."""
+    return (maps if offset is None else maps - offset).flatten(1).amax(dim=1)
+
+
 def signal_values(
     raw: RawSignals,
     stats: NormalStats,
@@ -240,7 +245,7 @@ def signal_values(
         "disc_patch": zero,
         "patch": zero,
         "image": zero,
-        "defect": zero if raw.defect_map is None else raw.defect_map.flatten(1).amax(dim=1),
+        "defect": zero if raw.defect_map is None else defect_signal(raw.defect_map, stats.defect_offset),
     }
     if raw.disc is None:
         skip = skip | DISCRIMINATOR_SIGNALS

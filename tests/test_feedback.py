@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 from factories import road_frames
 
-from anomaly.feedback import fold_feedback, widen_ranges, widen_whitening
+from anomaly.feedback import fold_feedback, raise_offsets, widen_ranges, widen_whitening
 
 
 def sign(frames: np.ndarray, corner: str) -> np.ndarray:
@@ -26,6 +28,17 @@ def test_widen_ranges_covers_the_frames_and_touches_only_the_cells_they_exceed()
     widened = widen_ranges(values, center, spread, target=2.0)
     assert float(widened[0, 0]) == 5.0 and int((widened != spread).sum()) == 1
     assert float(((values - center) / widened).amax()) <= 2.0
+
+
+def test_raise_offsets_lowers_only_the_cells_above_the_target_and_respects_the_cap() -> None:
+    offset = torch.zeros(3, 4)
+    values = torch.full((2, 3, 4), -1.0)
+    values[1, 0, 0], values[0, 2, 3] = 5.0, 4.0
+    cap = torch.full((3, 4), float("inf"))
+    cap[2, 3] = 1.0  # a confirmed anomaly needs that cell
+    raised = raise_offsets(values, offset, target=2.0, cap=cap)
+    assert float(raised[0, 0]) == 3.0 and float(raised[2, 3]) == 1.0 and int((raised != offset).sum()) == 2
+    assert float((values - raised)[:, 0, 0].max()) <= 2.0
 
 
 def test_widen_whitening_brings_the_frames_to_the_target_and_keeps_other_directions() -> None:
@@ -74,3 +87,27 @@ def test_a_confirmed_anomaly_in_the_same_cells_stays_caught(tiny_trained, prepar
     assert result.caught_after == 1 and not result.newly_missed
     kept = detector.with_calibration(result.calibration).score_prepared(confirmed).score.max()
     assert kept > detector.threshold
+
+
+def test_folding_lowers_the_defect_finders_cells_of_a_false_alarm_and_keeps_a_confirmed_one(
+    tiny_trained, prepare_all
+) -> None:
+    """A profile scored by `defect` alone: the board marked normal stops counting, the confirmed one stays caught."""
+    detector = tiny_trained.detector.with_all_signals()
+    config = tiny_trained.config
+    base = road_frames(30, seed=5)
+    board = prepare_all(config, sign(base[:15], "left"))
+    other = base[15:].copy()
+    other[:, -20:-4, 8:40] = np.random.default_rng(0).integers(0, 256, (15, 16, 32, 3), dtype=np.uint8)
+    confirmed = prepare_all(config, other)  # a noise block low in the frame: a confirmed anomaly
+    cal = detector.calibrated
+    peak = [float(detector.score_prepared(f).defect_score.max()) for f in (board, confirmed)]
+    z = [(p - cal.loc["defect"]) / cal.scale["defect"] for p in peak]
+    only = dataclasses.replace(cal, signals=("defect",), threshold=0.9 * min(z))
+    profiled = detector.with_calibration(only)
+    result = fold_feedback(profiled, [board], [confirmed])
+    assert result.false_alarms_before == 1 and result.false_alarms_after == 0
+    assert result.caught_before == result.caught_after == 1 and not result.newly_missed
+    assert "defect" not in result.unchanged and result.widened["defect"] > 0
+    offset = result.calibration.stats.defect_offset
+    assert offset is not None and (offset >= 0).all() and (offset > 0).sum() < offset.numel()
