@@ -11,11 +11,11 @@ margin below the threshold, and nothing else moves:
 - `latent`: the Gaussian over the principal axes gains variance along the directions the confirmed
   frames lie in (in whitened coordinates, C = I + beta * Z'Z / n), beta the smallest that brings them
   to the target (found by bisection): the other directions keep their range.
-- the memory (`knn`, `local`, `patch`): the frames join it, so frames like them find a close neighbour.
-
 - `defect`: the defect finder's cells are lowered (an offset per cell, taken off its logits) where a
   confirmed-normal frame went beyond the target, just enough: a sticker on the windscreen stops
   counting in its own cells, a smear elsewhere still counts.
+- the memory (`knn`, `local`, `patch`, `image`): the frames join it, so frames like them find a close
+  neighbour.
 
 `recon` and `disc` are one number per frame against one range, so there is no local change to make:
 they are left alone and reported. The threshold stays what calibration set.

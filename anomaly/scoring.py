@@ -1,6 +1,6 @@
 """Where a frame's anomaly score is computed. Batch scripts and the HTTP service both call this.
 
-Per frame, one pass through the networks gives four raw signals:
+Per frame, one pass through the networks (and the frame's own statistics) gives these raw signals:
 
 - `recon`   mean squared reconstruction error over the frame.
 - `spatial` the worst cell of the (lightly blurred) error map, in units of that cell's normal range (its 99th

@@ -82,7 +82,8 @@ def train(
     device: DeviceOpt = "auto",
     progress: ProgressOpt = True,
 ) -> None:
-    """Train the autoencoder/discriminator pair on normal driving and calibrate its threshold.
+    """Train the autoencoder/discriminator pair (and the defect finder beside it) on normal driving and
+    calibrate its threshold.
 
     Runs unchanged under `torchrun --nproc-per-node N`: DistributedDataParallel, one checkpoint from rank 0.
     """
