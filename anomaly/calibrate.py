@@ -33,6 +33,7 @@ import torch
 from anomaly.calibration import (
     Calibration,
     NormalStats,
+    defect_center,
     fit_normal_stats,
     fit_scaling,
     image_floor,
@@ -41,7 +42,7 @@ from anomaly.calibration import (
     standard_patches,
     stored_patches,
 )
-from anomaly.config import CalibrationConfig
+from anomaly.config import FINDER_SIGNALS, CalibrationConfig
 from anomaly.detector import Detector
 from anomaly.frame_scores import combine
 from anomaly.memory import coreset_indices
@@ -99,6 +100,7 @@ def fit_stats(raw: RawSignals, cfg: CalibrationConfig, seed: int = 0) -> NormalS
         memory_size=cfg.memory_size,
         patch_maps=raw.patch_features,
         image_cells=raw.image_cells,
+        defect_map=raw.defect_map,
         seed=seed,
     )
     if raw.defect_map is not None:
@@ -161,10 +163,12 @@ def calibration_from_signals(
 
 def check_signals_available(detector: Detector) -> None:
     """Refuse a score that reads a signal whose network the model lacks (it would read 0 on every frame)."""
-    if "defect" in detector.config.calibration.signals and detector.model.finder is None:
+    wanted = FINDER_SIGNALS & set(detector.config.calibration.signals)
+    if wanted and detector.model.finder is None:
         raise ValueError(
-            "the defect signal needs a defect finder, which this model has not got (trained without one, or "
-            "before it existed): choose --signals without defect, or retrain"
+            f"the {' and '.join(sorted(wanted))} signal needs a defect finder, which this model has not got "
+            f"(trained without one, or before it existed): choose --signals without {', '.join(sorted(wanted))}, "
+            "or retrain"
         )
 
 
@@ -193,6 +197,8 @@ def calibrate(detector: Detector, data: TrainingData, context: DistributedContex
         signals = signals_of_unseen_sources(stats, seen, data.train_groups[seen_at], held, groups, cfg, seed)
     if signals is not None and held.image_cells is not None and stats.has_image_memory:
         stats.image_floor = image_floor(held.image_cells)  # as each fold's: from held-out frames (see there)
+    if signals is not None and held.defect_map is not None and stats.has_defect_memory:
+        stats.defect_center = defect_center(held.defect_map)  # as the image floor
     if signals is None:
         values, _ = signal_values(held, stats, cfg)
         signals = {name: v.numpy().astype(np.float64) for name, v in values.items()}
@@ -216,7 +222,9 @@ def signals_of_unseen_sources(
     over later stretches of known ones (`spatial`), and by how much differs from signal to signal.
     Scales fitted on these values weigh each signal by how far its normal range carries to a new
     drive, so the one that carries worst (new scenery for `patch`, a wet road for `spatial`) no
-    longer makes the score alone. The per-position patch range stays the one fitted on all sources.
+    longer makes the score alone. The per-position patch range stays the one fitted on all sources;
+    the `image` floor and the defect finder's cell medians come from the *other* sources' held-out
+    frames, so no frame sets both its own floor and the threshold.
     """
     names = np.unique(held_groups)
     if len(names) < 2 or any(int((seen_groups != g).sum()) < 2 for g in names):
@@ -226,8 +234,11 @@ def signals_of_unseen_sources(
         fold = fit_stats(select(seen, seen_groups != g), cfg, seed=seed)
         fold.patch_center, fold.patch_spread = stats.patch_center, stats.patch_spread
         mine = held_groups == g
+        others = torch.from_numpy(~mine)
         if held.image_cells is not None and fold.has_image_memory:
-            fold.image_floor = image_floor(held.image_cells[torch.from_numpy(~mine)])
+            fold.image_floor = image_floor(held.image_cells[others])
+        if held.defect_map is not None and fold.has_defect_memory:
+            fold.defect_center = defect_center(held.defect_map[others])
         values, _ = signal_values(select(held, mine), fold, cfg)
         for name, v in values.items():
             out.setdefault(name, np.zeros(len(held_groups)))[mine] = v.numpy()
@@ -280,6 +291,11 @@ def with_fleet_memory(stats: NormalStats, fleet: NormalStats, limit: int, seed: 
         stats.memory_image = torch.cat([fleet.memory_image.cpu(), stats.memory_image[keep]])
     else:  # as for the patch memory: its rows must match the merged memory's
         stats.memory_image = stats.image_floor = None
+    if fleet.has_defect_memory and stats.has_defect_memory:
+        assert fleet.memory_defect is not None and stats.memory_defect is not None
+        stats.memory_defect = torch.cat([fleet.memory_defect.cpu(), stats.memory_defect[keep]])
+    else:  # as for the patch memory
+        stats.memory_defect = stats.defect_center = None
     stats.memory_features = torch.cat([fleet.memory_features.cpu(), own[keep]])
     stats.memory_cells = torch.cat([fleet.memory_cells.cpu(), stats.memory_cells[keep]])
     stats.feature_center, stats.feature_scale = fleet.feature_center, fleet.feature_scale

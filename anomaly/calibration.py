@@ -56,6 +56,8 @@ class NormalStats:
     # H/4 x W/4: what is taken off each cell of the defect finder's logits before their maximum; 0 from
     # calibration, raised by feedback (`anomaly.feedback`) where a confirmed-normal frame's cell was high
     defect_offset: torch.Tensor | None = None
+    memory_defect: torch.Tensor | None = None  # M x H/4 x W/4 the memory frames' defect-finder logits (`defect_local`)
+    defect_center: torch.Tensor | None = None  # H/4 x W/4, the median logit of each cell on normal frames
 
     FIELDS: ClassVar[tuple[str, ...]] = ("cell_center", "cell_spread", "feature_mean", "feature_whitening")
 
@@ -72,6 +74,10 @@ class NormalStats:
     @property
     def has_image_memory(self) -> bool:
         return self.has_memory and self.memory_image is not None and self.image_floor is not None
+
+    @property
+    def has_defect_memory(self) -> bool:
+        return self.has_memory and self.memory_defect is not None and self.defect_center is not None
 
     @property
     def has_patch_range(self) -> bool:
@@ -158,6 +164,7 @@ def fit_normal_stats(
     memory_size: int | None = None,
     patch_maps: torch.Tensor | None = None,
     image_cells: torch.Tensor | None = None,
+    defect_map: torch.Tensor | None = None,
     seed: int = 0,
 ) -> NormalStats:
     """Per-cell error range and the principal axes of features, from normal frames.
@@ -206,7 +213,19 @@ def fit_normal_stats(
         if image_cells is not None:
             stats.memory_image = image_cells[keep].float()
             stats.image_floor = image_floor(image_cells)
+        if defect_map is not None:
+            stats.memory_defect = defect_map[keep].float()
+            stats.defect_center = defect_center(defect_map)
     return stats
+
+
+def defect_center(defect_map: torch.Tensor) -> torch.Tensor:
+    """Each cell's median defect-finder logit over normal frames (N x h x w -> h x w): the least that
+    `defect_local` measures a cell against. After training it comes from held-out frames (see
+    `anomaly.calibrate.calibrate`): the finder was trained on the memory's frames and marks less on them
+    than on frames it never saw (offline on the fleet, small objects 0.79 with the training frames'
+    median against 0.83 with the held-out frames')."""
+    return defect_map.float().median(0).values
 
 
 def image_floor(image_cells: torch.Tensor) -> torch.Tensor:

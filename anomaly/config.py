@@ -12,14 +12,28 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 Device = Literal["auto", "cpu", "cuda"]
 # The raw signals one pass through the networks gives (see anomaly.scoring); each has a score field.
-SIGNAL_NAMES = ("spatial", "latent", "recon", "disc", "knn", "local", "disc_patch", "patch", "image", "defect")
+SIGNAL_NAMES = (
+    "spatial",
+    "latent",
+    "recon",
+    "disc",
+    "knn",
+    "local",
+    "disc_patch",
+    "patch",
+    "image",
+    "defect",
+    "defect_local",
+)
 # Signals too costly to compute for every frame when the score does not use them (see anomaly.scoring):
 # `patch` costs about as much as the networks' pass, the discriminator's two a fifth of it, `local` a tenth,
 # `image` nearly as much as `patch` (in torch on one thread: 1.3 and 1.4 ms a frame, `local` 0.2), `defect`
-# (the defect finder's pass) about as much as the discriminator's.
-COSTLY_SIGNALS = frozenset({"patch", "local", "disc", "disc_patch", "image", "defect"})
-# The signals that need the discriminator's pass.
+# (the defect finder's pass) about as much as the discriminator's, `defect_local` (its cells against the
+# memory's, once the finder has run) about as much as `local`.
+COSTLY_SIGNALS = frozenset({"patch", "local", "disc", "disc_patch", "image", "defect", "defect_local"})
+# The signals that need the discriminator's pass, and those that need the defect finder's.
 DISCRIMINATOR_SIGNALS = frozenset({"disc", "disc_patch"})
+FINDER_SIGNALS = frozenset({"defect", "defect_local"})
 
 
 def costly_signals_computed(signals: tuple[str, ...] | list[str], all_signals: bool) -> frozenset[str]:
@@ -32,8 +46,8 @@ def costly_signals_computed(signals: tuple[str, ...] | list[str], all_signals: b
 
 
 # The default score's signals, and those of a model trained without a defect finder (`disc_patch`,
-# the discriminator's patch map, where the finder's `defect` would be): see the README's fleet figures.
-DEFAULT_SIGNALS = ("spatial", "latent", "patch", "image", "defect")
+# the discriminator's patch map, where the finder's two would be): see the README's fleet figures.
+DEFAULT_SIGNALS = ("spatial", "latent", "patch", "image", "defect_local")
 SIGNALS_WITHOUT_FINDER = ("spatial", "latent", "patch", "disc_patch", "image")
 
 

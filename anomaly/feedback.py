@@ -44,7 +44,7 @@ from anomaly.profiles import FLEET
 from anomaly.scoring import RawSignals
 
 WIDENED = ("spatial", "disc_patch", "latent", "defect")  # signals whose statistics feedback widens
-REMEMBERED = ("knn", "local", "patch", "image")  # signals that read the memory the frames join
+REMEMBERED = ("knn", "local", "patch", "image", "defect_local")  # signals that read the memory the frames join
 UNCHANGED = ("recon", "disc")  # one value per frame against one range: nothing local to change
 MAX_REMEMBERED = 500  # confirmed-normal frames added to the memory (a coreset of them beyond this)
 PROTECT = 1.05  # a confirmed anomaly's strongest cell or frame is kept 5% above the threshold
@@ -225,6 +225,11 @@ def remember(stats: NormalStats, raw: RawSignals, seed: int) -> int:
             return 0
         assert stats.memory_image is not None
         stats.memory_image = torch.cat([stats.memory_image, raw.image_cells[keep].float()])
+    if stats.has_defect_memory:
+        if raw.defect_map is None:  # as for the patch memory
+            return 0
+        assert stats.memory_defect is not None
+        stats.memory_defect = torch.cat([stats.memory_defect, raw.defect_map[keep].float()])
     stats.memory_features = torch.cat([stats.memory_features, standard[keep]])
     stats.memory_cells = torch.cat([stats.memory_cells, raw.error_cells[keep].float()])
     return len(keep)

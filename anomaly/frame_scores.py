@@ -28,10 +28,19 @@ SCORE_FIELDS = ("score", "recon_error", "disc_score", "spatial_score", "latent_s
 OPTIONAL_SCORE_FIELDS = ("disc_score",)
 # Signals of the memory of normal frames, of the patches of the discriminator and of the encoder
 # (checkpoint format 4; a format-3 model scores them 0, and so does a format-4 model for `patch` when
-# it was calibrated before that signal existed), and of the defect finder (format 5; 0 without one);
+# it was calibrated before that signal existed), and of the defect finder (format 5; 0 without one, and
+# `defect_local` 0 for a model calibrated before it);
 # in the CSV after `is_anomaly`, so older readers keep working, and empty there only when a scorer
 # gives none (None).
-EXTRA_SCORE_FIELDS = ("knn_score", "local_score", "disc_patch_score", "patch_score", "image_score", "defect_score")
+EXTRA_SCORE_FIELDS = (
+    "knn_score",
+    "local_score",
+    "disc_patch_score",
+    "patch_score",
+    "image_score",
+    "defect_score",
+    "defect_local_score",
+)
 # The field that carries each raw signal.
 SIGNAL_FIELDS = dict(
     zip(
@@ -47,6 +56,7 @@ SIGNAL_FIELDS = dict(
             "patch_score",
             "image_score",
             "defect_score",
+            "defect_local_score",
         ),
         strict=True,
     )
@@ -72,6 +82,7 @@ class FrameScore:
     patch_score: float | None = None
     image_score: float | None = None
     defect_score: float | None = None
+    defect_local_score: float | None = None
     profile: str = "fleet"  # the camera profile whose statistics and threshold scored the frame
 
     @property
@@ -99,6 +110,7 @@ class FrameScores:
     patch_score: np.ndarray | None = None
     image_score: np.ndarray | None = None
     defect_score: np.ndarray | None = None
+    defect_local_score: np.ndarray | None = None
     profile: str = "fleet"  # the camera profile whose statistics and threshold scored these frames
 
     def __len__(self) -> int:

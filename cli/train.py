@@ -74,7 +74,7 @@ def train(
     finder: Annotated[
         bool,
         typer.Option(
-            help="train the defect finder beside the pair (its `defect` signal is in the default score); "
+            help="train the defect finder beside the pair (its `defect_local` signal is in the default score); "
             "--no-finder trains and scores faster, with `disc_patch` in its place (see the README's fleet figures)"
         ),
     ] = True,

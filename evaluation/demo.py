@@ -88,6 +88,10 @@ def _or_nan(value: float | None) -> float:
 
 def format_report(metrics: dict) -> str:
     """A short plain-text table of the demo's figures."""
+
+    def width(name: str) -> int:  # a column as wide as its name and a space, at least 11
+        return max(11, len(name) + 1)
+
     kinds = sorted(metrics["auroc_per_kind"])
     lines = [
         f"test frames: {metrics['frames']} "
@@ -96,13 +100,16 @@ def format_report(metrics: dict) -> str:
         f"at the calibrated threshold {metrics['threshold']:.3f}: false-alarm rate {metrics['false_alarm_rate']:.2%} "
         f"(target {metrics['target_false_alarm_rate']:.2%}), detection rate {metrics['detection_rate']:.2%}",
         "",
-        f"{'AUROC per kind':<16}{'combined':>10}" + "".join(f"{n:>11}" for n in metrics["signals"]),
+        f"{'AUROC per kind':<16}{'combined':>10}" + "".join(f"{n:>{width(n)}}" for n in metrics["signals"]),
     ]
     for kind in kinds:
         row = f"{kind:<16}{metrics['auroc_per_kind'][kind]:>10.3f}"
-        row += "".join(f"{_or_nan(s['auroc_per_kind'].get(kind)):>11.3f}" for s in metrics["signals"].values())
+        row += "".join(
+            f"{_or_nan(s['auroc_per_kind'].get(kind)):>{width(n)}.3f}" for n, s in metrics["signals"].items()
+        )
         lines.append(row)
     lines.append(
-        f"{'all':<16}{metrics['auroc']:>10.3f}" + "".join(f"{s['auroc']:>11.3f}" for s in metrics["signals"].values())
+        f"{'all':<16}{metrics['auroc']:>10.3f}"
+        + "".join(f"{s['auroc']:>{width(n)}.3f}" for n, s in metrics["signals"].items())
     )
     return "\n".join(lines)

@@ -89,7 +89,8 @@ def test_exported_scores_match_the_torch_path(with_camera, exports, frames, came
         if a is not None:
             np.testing.assert_allclose(b, a, rtol=RTOL, atol=ATOL, err_msg=name)
     # each profile's graph leaves out the costly signals its score does not use
-    assert (got.patch_score is None) is (got.defect_score is None) is not (all_signals or camera == "dash")
+    assert (got.patch_score is None) is (got.defect_local_score is None) is not (all_signals or camera == "dash")
+    assert (got.defect_score is None) is not all_signals
     assert (got.disc_score is None) is (got.local_score is None) is not all_signals
     near = np.abs(want.score - want.threshold) < ATOL + RTOL * np.abs(want.score)
     assert (want.is_anomaly == got.is_anomaly)[~near].all() and got.threshold == pytest.approx(want.threshold)
@@ -135,12 +136,12 @@ def test_the_folder_holds_a_graph_for_every_signal_and_one_per_profile_need(expo
     suffix = GRAPH_SUFFIX[fmt]
     assert {k: g["file"] for k, g in manifest["graphs"].items()} == {
         "all": f"score{suffix}",  # every signal: --all-signals, evaluate
-        "defect+image+patch": f"score_defect+image+patch{suffix}",  # the 'dash' profile's: no `local`, no discriminator
+        "defect_local+image+patch": f"score_defect_local+image+patch{suffix}",  # 'dash': no `local`
         "lean": f"score_lean{suffix}",  # the fleet profile: no costly signal
     }
-    dash = manifest["graphs"]["defect+image+patch"]["outputs"]
-    assert not {"local", "disc", "disc_patch"} & set(dash) and {"patch", "image", "defect"} <= set(dash)
-    stems = ["score", "score_defect+image+patch", "score_lean"]
+    dash = manifest["graphs"]["defect_local+image+patch"]["outputs"]
+    assert not {"local", "disc", "disc_patch"} & set(dash) and {"patch", "image", "defect_local"} <= set(dash)
+    stems = ["score", "score_defect_local+image+patch", "score_lean"]
     # OpenVINO IR: each graph is an .xml and its weights' .bin, both checksummed; no ONNX file left behind
     files = [f"{stem}{ext}" for stem in stems for ext in ((".bin", ".xml") if fmt == "openvino" else (".onnx",))]
     assert sorted(p.name for p in folder.iterdir() if p.is_file() and p.name != "detector.json") == sorted(files)

@@ -16,8 +16,15 @@ from anomaly.memory import (
     neighbour_deviations,
     patch_distances,
     standardiser,
+    upper_quantile,
 )
-from anomaly.scoring import IMAGE_STATISTICS, RawSignals, image_cell_statistics, signal_values
+from anomaly.scoring import (
+    IMAGE_STATISTICS,
+    RawSignals,
+    defect_local_signal,
+    image_cell_statistics,
+    signal_values,
+)
 
 
 @pytest.mark.parametrize(("n", "size"), [(50, 1), (50, 10), (50, 49), (50, 50), (50, 500), (1, 3)])
@@ -254,3 +261,69 @@ def test_old_statistics_without_an_image_memory_read_zero():
     assert not stats.has_image_memory
     values, _ = signal_values(raw(feats, cells), stats, CalibrationConfig(local_neighbours=5, knn_k=3))
     assert torch.all(values["image"] == 0)
+
+
+def test_defect_local_measures_each_cell_above_the_neighbours_quantile_or_the_cell_median():
+    neighbours = torch.arange(10.0).view(1, 10, 1, 1).expand(4, 10, 1, 2).clone()  # 0..9 in both cells
+    center = torch.tensor([[0.0, 20.0]])  # the right cell's median over normal frames is above its neighbours
+    maps = torch.tensor([[[9.1, 0.0]], [[0.0, 25.0]], [[3.0, 0.0]], [[12.0, 12.0]]])
+    got = defect_local_signal(maps, None, neighbours, center, quantile=0.9)
+    # the left cell counts above the neighbours' 0.9 quantile (8.1), the right one above its median (20),
+    # which is higher there: 12 in the right cell is above every neighbour and still normal
+    torch.testing.assert_close(got, torch.tensor([9.1 - 8.1, 25.0 - 20.0, 3.0 - 8.1, 12.0 - 8.1]))
+    # feedback's offsets lower the frame's cells before the comparison, as for `defect`
+    offset = torch.tensor([[1.0, 0.0]])
+    lowered = defect_local_signal(maps, offset, neighbours, center, quantile=0.9)
+    torch.testing.assert_close(lowered, torch.tensor([0.0, 5.0, -6.1, 2.9]))
+
+
+def test_defect_local_finds_what_is_normal_for_one_camera_but_never_for_the_other():
+    """Camera A always shows something the defect finder marks in its right cell (a mascot on the
+    bonnet), camera B never; the same mark in a frame of B is an anomaly, which the finder's plain
+    maximum cannot tell from A's normal frames but the cell against the frame's own neighbours can."""
+    cfg = CalibrationConfig(memory_size=300, local_neighbours=20)
+
+    def frames(n: int, seed: int, marked: bool = False):
+        g = torch.Generator().manual_seed(seed)
+        feats, cells = two_cameras(n, seed)
+        maps = torch.randn(n, 1, 2, generator=g) * 0.3 - 4.0  # clean: low logits everywhere
+        maps[: n // 2, 0, 1] += 7.0  # camera A (the first half): its mascot in the right cell
+        if marked:
+            maps[:, 0, 1] = 3.0 + torch.randn(n, generator=g) * 0.3
+        return RawSignals(recon=torch.zeros(n), error_cells=cells, features=feats, defect_map=maps)
+
+    train = frames(400, 0)
+    stats = fit_normal_stats(
+        train.error_cells, train.features, components=2, memory_size=cfg.memory_size, defect_map=train.defect_map
+    )
+    assert stats.has_defect_memory and stats.memory_defect.shape == (300, 1, 2)
+    normal, marked = frames(100, 1), frames(100, 2, marked=True)
+    b = slice(50, 100)  # the mark on camera B's frames
+    s_normal, _ = signal_values(normal, stats, cfg)
+    s_marked, _ = signal_values(marked, stats, cfg)
+
+    def auc(n, m):
+        return roc_auc_score(np.r_[np.zeros(len(n)), np.ones(len(m))], np.r_[n, m])
+
+    assert auc(s_normal["defect_local"], s_marked["defect_local"][b]) > 0.99
+    a = slice(0, 50)  # camera A's normal frames are as high as the mark: the plain maximum cannot tell
+    assert auc(s_normal["defect"][a], s_marked["defect"][b]) < 0.7
+
+
+def test_old_statistics_without_a_defect_memory_read_zero():
+    feats, cells = two_cameras(40, 0)
+    stats = fit_normal_stats(cells, feats, components=2, memory_size=20)  # as calibrated before `defect_local`
+    assert not stats.has_defect_memory
+    maps = torch.zeros(40, 1, 2)
+    values, _ = signal_values(
+        RawSignals(recon=torch.zeros(40), error_cells=cells, features=feats, defect_map=maps),
+        stats,
+        CalibrationConfig(local_neighbours=5, knn_k=3),
+    )
+    assert torch.all(values["defect_local"] == 0)
+
+
+@pytest.mark.parametrize(("k", "q"), [(30, 0.9), (30, 0.5), (10, 0.9), (11, 0.9), (5, 0.99), (1, 0.9)])
+def test_upper_quantile_is_torch_quantile_from_the_largest_values_only(k, q):
+    values = torch.randn(3, k, 4, 5, generator=torch.Generator().manual_seed(k))
+    torch.testing.assert_close(upper_quantile(values, q, dim=1), torch.quantile(values, q, dim=1))
