@@ -71,3 +71,22 @@ def test_the_image_floor_of_a_held_out_drive_comes_from_the_other_drives_held_ou
     assert float(known["image"].median()) > 1000
     # theirs: a few units, as the spread of the other drives' held-out frames says
     assert 0.5 < np.median(unseen["image"]) < 20
+
+
+def test_the_defect_center_of_a_held_out_drive_comes_from_the_other_drives_held_out_frames():
+    """The finder marks less on the frames it was trained on (the memory's) than on new ones; each fold's
+    cell medians, the floor of `defect_local`, come from the other drives' held-out frames instead."""
+    seen, seen_groups = drives(40, [0.0, 3.0, 6.0], seed=0)
+    held, held_groups = drives(10, [0.0, 3.0, 6.0], seed=1)
+    gen = torch.Generator().manual_seed(2)
+    seen.defect_map = -6.0 + 0.1 * torch.randn(len(seen.features), 3, 4, generator=gen)  # trained on: clean
+    held.defect_map = -1.0 + 0.1 * torch.randn(len(held.features), 3, 4, generator=gen)  # never seen: less so
+    config = CalibrationConfig(signals=("spatial", "defect_local"), memory_size=50, latent_components=2)
+    stats = fit_normal_stats(seen.error_cells, seen.features, components=2, memory_size=50, defect_map=seen.defect_map)
+    unseen = signals_of_unseen_sources(stats, seen, seen_groups, held, held_groups, config, seed=0)
+    known, _ = signal_values(held, stats, config)
+    assert unseen is not None
+    # against the training frames' logits every held-out frame stands about 5 logits out
+    assert float(known["defect_local"].median()) > 4.5
+    # against the other drives' held-out frames' medians, about as much as new footage differs
+    assert abs(float(np.median(unseen["defect_local"]))) < 0.5

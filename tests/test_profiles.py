@@ -48,6 +48,9 @@ def test_a_calibrated_camera_gets_its_own_threshold(tiny_trained, make_frames, p
     # the camera's own memory frames join the fleet's
     fleet_memory = len(det.calibrated.stats.memory_features)
     assert len(profile.stats.memory_features) > fleet_memory
+    # ... and their finder maps with them, row for row (`defect_local` indexes both by the same neighbours)
+    assert profile.stats.has_defect_memory and len(profile.stats.memory_defect) == len(profile.stats.memory_features)
+    assert torch.equal(profile.stats.memory_defect[:fleet_memory], det.calibrated.stats.memory_defect.cpu())
     scored = score_prepared(cam, frames[:5])
     assert scored.profile == "cam1" and scored.threshold == pytest.approx(profile.threshold)
 
