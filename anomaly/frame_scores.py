@@ -41,26 +41,8 @@ EXTRA_SCORE_FIELDS = (
     "defect_score",
     "defect_local_score",
 )
-# The field that carries each raw signal.
-SIGNAL_FIELDS = dict(
-    zip(
-        SIGNAL_NAMES,
-        (
-            "spatial_score",
-            "latent_score",
-            "recon_error",
-            "disc_score",
-            "knn_score",
-            "local_score",
-            "disc_patch_score",
-            "patch_score",
-            "image_score",
-            "defect_score",
-            "defect_local_score",
-        ),
-        strict=True,
-    )
-)
+# The field that carries each raw signal: its name and "_score", but for the mean error's.
+SIGNAL_FIELDS = {name: "recon_error" if name == "recon" else f"{name}_score" for name in SIGNAL_NAMES}
 
 
 @dataclass(frozen=True)
