@@ -71,13 +71,7 @@ def collect_raw_sharded(detector: Detector, frames: np.ndarray, context: Distrib
     """`collect_raw` of all `frames` on every rank, each rank computing only its shard."""
     if len(frames) < context.world_size:  # too few to split: every rank computes them all
         return collect_raw(detector, frames)
-    raw = collect_raw(detector, shard(frames, context))
-    return RawSignals(
-        **{
-            f.name: None if getattr(raw, f.name) is None else all_gather_rows(getattr(raw, f.name), context)
-            for f in fields(RawSignals)
-        }
-    )
+    return collect_raw(detector, shard(frames, context)).map(lambda rows: all_gather_rows(rows, context))
 
 
 def evenly_index(n: int, limit: int) -> np.ndarray:
@@ -257,9 +251,7 @@ def time_blocks(lengths: Sequence[int], blocks: int) -> np.ndarray:
 
 def select(raw: RawSignals, mask: np.ndarray) -> RawSignals:
     idx = torch.from_numpy(np.flatnonzero(mask))
-    return RawSignals(
-        **{f.name: None if getattr(raw, f.name) is None else getattr(raw, f.name)[idx] for f in fields(RawSignals)}
-    )
+    return raw.map(lambda rows: rows[idx])
 
 
 def with_fleet_memory(stats: NormalStats, fleet: NormalStats, limit: int, seed: int) -> NormalStats:

@@ -51,8 +51,8 @@ The heat map leaves scoring as cells (`FrameScores.heat_cells`); the per-pixel m
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
@@ -90,6 +90,10 @@ class RawSignals:
     patch_features: torch.Tensor | None = None  # N x C x h'' x w'': the encoder's deepest feature map
     image_cells: torch.Tensor | None = None  # N x S x h x w: the frame's own statistics per heat-map cell
     defect_map: torch.Tensor | None = None  # N x H/4 x W/4: the defect finder's logit per cell (None: not run)
+
+    def map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> RawSignals:
+        """`fn` applied to every field the batch has; a signal that was not computed stays None."""
+        return RawSignals(**{f.name: None if (v := getattr(self, f.name)) is None else fn(v) for f in fields(self)})
 
 
 # The statistics of `image_cells`, in their order (of the normalised frame, whose channels are RGB).
