@@ -157,12 +157,12 @@ def calibration_from_signals(
 
 def check_signals_available(detector: Detector) -> None:
     """Refuse a score that reads a signal whose network the model lacks (it would read 0 on every frame)."""
-    wanted = FINDER_SIGNALS & set(detector.config.calibration.signals)
+    wanted = sorted(FINDER_SIGNALS & set(detector.config.calibration.signals))
     if wanted and detector.model.finder is None:
+        need = "signal needs" if len(wanted) == 1 else "signals need"
         raise ValueError(
-            f"the {' and '.join(sorted(wanted))} signal needs a defect finder, which this model has not got "
-            f"(trained without one, or before it existed): choose --signals without {', '.join(sorted(wanted))}, "
-            "or retrain"
+            f"the {' and '.join(wanted)} {need} a defect finder, which this model has not got (trained without "
+            f"one, or before it existed): choose --signals without {', '.join(wanted)}, or retrain"
         )
 
 
