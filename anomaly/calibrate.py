@@ -60,7 +60,7 @@ def collect_raw(detector: Detector, frames: np.ndarray, batch_size: int = 128) -
     parts = []
     for i in range(0, len(frames), batch_size):
         x = detector.preprocessor.to_tensor(frames[i : i + batch_size], detector.device)
-        r = raw_signals(detector.model, x, detector.config.calibration)
+        r = raw_signals(detector.net, x, detector.config.calibration)
         parts.append({f.name: getattr(r, f.name) for f in fields(RawSignals)})
     return RawSignals(
         **{name: None if parts[0][name] is None else torch.cat([p[name].cpu() for p in parts]) for name in parts[0]}

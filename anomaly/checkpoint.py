@@ -141,4 +141,4 @@ def load_detector(path: Path, device: torch.device) -> Detector:
     except (KeyError, RuntimeError, TypeError) as exc:
         reason = first_line(str(exc))
         raise CheckpointError(f"{path}: weights or calibration do not match its config ({reason})") from None
-    return Detector(config=config, model=model, calibration=calibration, device=device, profiles=profiles)
+    return Detector(config=config, model=model, calibration=calibration, device=device, profiles=profiles).frozen()

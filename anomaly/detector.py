@@ -17,7 +17,7 @@ import torch
 from anomaly.calibration import Calibration, NormalStats
 from anomaly.config import DetectorConfig
 from anomaly.frame_scores import FrameScores
-from anomaly.model import AutoencoderGAN
+from anomaly.model import AutoencoderGAN, fused_for_inference
 from anomaly.preprocess import Preprocessor
 from anomaly.profiles import FLEET, profile_for, profile_note
 
@@ -31,12 +31,17 @@ class Detector:
     profiles: dict[str, Calibration] = field(default_factory=dict)  # camera name -> its calibration
     profile: str = FLEET  # the profile `calibrated` (and so scoring) uses
     all_signals: bool = False  # score every signal, not only those the score uses (see anomaly.scoring)
+    # the networks scoring runs: `model` with its batch norms folded (`fused_for_inference`), made
+    # once the weights are final (`frozen`); None while they may still change (training)
+    scoring_model: AutoencoderGAN | None = None
     preprocessor: Preprocessor = field(init=False)
 
     def __post_init__(self) -> None:
         self.preprocessor = Preprocessor(self.config.preprocess)
         # channels-last matches how prepared NHWC frames arrive and is faster for these convolutions
         self.model.to(self.device, memory_format=torch.channels_last).eval()
+        if self.scoring_model is not None:
+            self.scoring_model.to(self.device, memory_format=torch.channels_last).eval()
         self._normal_stats: NormalStats | None = None
         if self.profile != FLEET and self.profile not in self.profiles:
             raise ValueError(f"no camera profile {self.profile!r}")
@@ -51,6 +56,16 @@ class Detector:
     @classmethod
     def new(cls, config: DetectorConfig, device: torch.device) -> Detector:
         return cls(config=config, model=AutoencoderGAN(config.model), calibration=None, device=device)
+
+    def frozen(self) -> Detector:
+        """A copy that scores with a fused copy of its networks (`fused_for_inference`): for a model whose
+        weights no longer change, as one loaded from a checkpoint."""
+        return self._copy(scoring_model=fused_for_inference(self.model))
+
+    @property
+    def net(self) -> AutoencoderGAN:
+        """The networks scoring and calibration run: the fused copy when there is one."""
+        return self.model if self.scoring_model is None else self.scoring_model
 
     @property
     def calibrated(self) -> Calibration:
@@ -68,6 +83,7 @@ class Detector:
     def _copy(self, **changes: object) -> Detector:
         fields = {"config": self.config, "model": self.model, "calibration": self.calibration, "device": self.device}
         fields |= {"profiles": dict(self.profiles), "profile": self.profile, "all_signals": self.all_signals}
+        fields["scoring_model"] = self.scoring_model
         return Detector(**(fields | changes))  # type: ignore[arg-type]
 
     def with_calibration(self, calibration: Calibration) -> Detector:

@@ -367,7 +367,7 @@ def score_prepared(detector: Detector, prepared: Sequence[np.ndarray] | np.ndarr
     x = detector.preprocessor.to_tensor(prepared, detector.device)
     skip = COSTLY_SIGNALS - costly_signals_computed(cal.signals, detector.all_signals)
     config = detector.config
-    signals, heat = frame_signals(detector.model, x, detector.normal_stats, config.calibration, skip)
+    signals, heat = frame_signals(detector.net, x, detector.normal_stats, config.calibration, skip)
     return frame_scores(
         {k: v.float().cpu().numpy() for k, v in signals.items()},
         heat.float().cpu().numpy(),

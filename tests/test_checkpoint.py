@@ -259,3 +259,12 @@ def test_failed_save_keeps_the_old_file(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert torch.load(path, weights_only=True) == {"v": 1}
     assert os.listdir(tmp_path) == ["obj.pt"]
+
+
+def test_a_loaded_detector_scores_with_fused_networks_and_saves_the_model_itself(tmp_path, tiny_trained):
+    loaded = load_detector(tiny_trained.path, CPU)
+    assert loaded.scoring_model is not None and loaded.net is loaded.scoring_model
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in loaded.net.modules())
+    assert loaded.for_camera("anything").net is loaded.net  # copies share the fused networks
+    save_detector(loaded, tmp_path / "again.pt")
+    assert raw_state(tmp_path / "again.pt")["state_dict"].keys() == raw_state(tiny_trained.path)["state_dict"].keys()

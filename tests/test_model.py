@@ -85,3 +85,26 @@ def test_channels_last_model_gives_the_same_output(model):
         model.to(memory_format=torch.channels_last)
         out = model(x.contiguous(memory_format=torch.channels_last)).recon
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_fused_copy_scores_as_the_model_and_holds_no_batch_norm(model):
+    from anomaly.model import fused_for_inference
+
+    torch.manual_seed(1)
+    for module in model.modules():  # batch norms far from the identity, so that folding them matters
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.normal_()
+            module.running_var.uniform_(0.3, 3.0)
+            module.weight.data.normal_()
+            module.bias.data.normal_()
+    fused = fused_for_inference(model)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())  # the model itself is untouched
+    x = torch.randn(2, 3, 24, 32)
+    with torch.no_grad():
+        ref, out = model(x), fused(x)
+    for a, b in [(ref.recon, out.recon), (ref.latent, out.latent), (ref.defect_logits, out.defect_logits)]:
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4)
+    for a, b in zip(ref.stage_features, out.stage_features, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4)
+    assert not any(p.requires_grad for p in fused.parameters())

@@ -276,6 +276,7 @@ def train_detector(
     if context.is_main:
         save_training_state(state_path, config, model, opts, max(start, tc.steps))
 
+    detector = detector.frozen()  # calibrated with the networks every later scoring runs
     calibration = calibrate(detector, data, context)
     detector = detector.with_calibration(calibration)
     if context.is_main:
