@@ -140,7 +140,7 @@ def calibration_from_signals(
 ) -> Calibration:
     """Signal scales and the threshold from signals of normal frames that `stats` were not fit on."""
     loc, scale = fit_scaling(signals)
-    scores = combine(signals, loc, scale, cfg.signals)
+    scores = combine(signals, loc, scale, cfg.signals, cfg.combination)
     far = {} if groups is None else held_out_false_alarms(scores, groups, names, cfg.target_false_alarm_rate)
     return Calibration(
         stats=stats,
@@ -152,6 +152,7 @@ def calibration_from_signals(
         n_frames=len(scores),
         score_quantiles=score_quantiles(scores),
         holdout_false_alarms=far,
+        combination=cfg.combination,
     )
 
 

@@ -27,6 +27,8 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from anomaly.config import Combination
+from anomaly.frame_scores import combination_of
 from anomaly.memory import coreset_indices, standardiser
 
 
@@ -114,6 +116,7 @@ class Calibration:
     score_quantiles: dict[str, float] = field(default_factory=dict)
     # false-alarm rate of each held-out source (or time block) at a threshold set without it
     holdout_false_alarms: dict[str, float] = field(default_factory=dict)
+    combination: Combination = "max"  # how the z-scores make the score; "max" for profiles stored without it
 
     def to_state(self) -> dict[str, Any]:
         return {
@@ -126,6 +129,7 @@ class Calibration:
             "n_frames": int(self.n_frames),
             "score_quantiles": dict(self.score_quantiles),
             "holdout_false_alarms": dict(self.holdout_false_alarms),
+            "combination": self.combination,
         }
 
     @classmethod
@@ -140,6 +144,7 @@ class Calibration:
             n_frames=int(state["n_frames"]),
             score_quantiles={k: float(v) for k, v in state.get("score_quantiles", {}).items()},
             holdout_false_alarms={k: float(v) for k, v in state.get("holdout_false_alarms", {}).items()},
+            combination=combination_of(state),
         )
 
     def summary(self) -> dict[str, Any]:
@@ -148,6 +153,7 @@ class Calibration:
             "target_false_alarm_rate": self.target_false_alarm_rate,
             "calibration_frames": self.n_frames,
             "signals": list(self.signals),
+            "combination": self.combination,
             "score_quantiles": self.score_quantiles,
             "holdout_false_alarms": self.holdout_false_alarms,
         }

@@ -138,7 +138,7 @@ def load_detector(path: Path, device: torch.device) -> Detector:
         model.load_state_dict(state["state_dict"])
         calibration = Calibration.from_state(state["calibration"])
         profiles = {str(name): Calibration.from_state(cal) for name, cal in state.get("cameras", {}).items()}
-    except (KeyError, RuntimeError, TypeError) as exc:
+    except (KeyError, RuntimeError, TypeError, ValueError) as exc:
         reason = first_line(str(exc))
         raise CheckpointError(f"{path}: weights or calibration do not match its config ({reason})") from None
     return Detector(config=config, model=model, calibration=calibration, device=device, profiles=profiles).frozen()

@@ -11,6 +11,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 Device = Literal["auto", "cpu", "cuda"]
+# How a frame's calibrated z-scores make its score (`anomaly.frame_scores.combine`).
+Combination = Literal["max", "logmeanexp"]
 # The raw signals one pass through the networks gives (see anomaly.scoring); each has a score field.
 SIGNAL_NAMES = (
     "spatial",
@@ -164,6 +166,11 @@ class CalibrationConfig(_Frozen):
         DEFAULT_SIGNALS,
         min_length=1,
         description="signals whose calibrated z-scores are combined",
+    )
+    combination: Combination = Field(
+        "logmeanexp",
+        description="how the signals' z-scores make the score: their log-mean-exp (a smooth maximum: several "
+        "raised signals add up) or their maximum (the rule of every model calibrated before there was a choice)",
     )
     memory_size: int = Field(
         1000, ge=1, le=100_000, description="normal frames kept in the memory (a greedy k-centre coreset)"

@@ -21,8 +21,8 @@ import numpy as np
 from pydantic import ValidationError
 
 from anomaly import __version__
-from anomaly.config import COSTLY_SIGNALS, DetectorConfig, costly_signals_computed
-from anomaly.frame_scores import FrameScores, frame_scores
+from anomaly.config import COSTLY_SIGNALS, Combination, DetectorConfig, costly_signals_computed
+from anomaly.frame_scores import FrameScores, combination_of, frame_scores
 from anomaly.heat import HeatLayout
 from anomaly.model_files import default_threads, file_sha256
 from anomaly.preprocess import Preprocessor
@@ -68,6 +68,7 @@ class ExportedProfile:
     threshold: float
     target_false_alarm_rate: float
     stats: dict[str, np.ndarray] = field(repr=False)
+    combination: Combination = "max"
     calibration_summary: dict[str, Any] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
@@ -122,6 +123,7 @@ def _profiles(folder: Path, manifest: dict[str, Any], inputs: list[str]) -> dict
             threshold=float(p["threshold"]),
             target_false_alarm_rate=float(p["target_false_alarm_rate"]),
             stats=stats,
+            combination=combination_of(p),
             calibration_summary=dict(p["summary"]),
         )
     if FLEET not in out:
@@ -213,6 +215,7 @@ class ExportedDetector:
             names=cal.signals,
             threshold=self.threshold,
             profile=self.profile,
+            rule=cal.combination,
         )
 
 

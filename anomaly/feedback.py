@@ -39,6 +39,7 @@ import torch
 
 from anomaly.calibration import Calibration, NormalStats, standard_patches, stored_patches
 from anomaly.detector import Detector
+from anomaly.frame_scores import lone_signal_level
 from anomaly.memory import coreset_indices
 from anomaly.profiles import FLEET
 from anomaly.scoring import RawSignals
@@ -91,9 +92,14 @@ class FeedbackResult:
         return [s for s in self.anomalous if s.flagged_before and not s.flagged_after]
 
 
-def target_values(cal: Calibration, margin: float) -> dict[str, float]:
-    """Per signal of the score, the raw value whose z-score is `margin` x the threshold."""
+def target_values(cal: Calibration, margin: float, lone: bool = False) -> dict[str, float]:
+    """Per signal of the score, the raw value whose z-score is `margin` x the threshold: a frame whose
+    every signal is at or below it scores at or below that (the score is never above the largest
+    z-score). With `lone`, the value one signal alone must reach for the frame's score to reach that,
+    however low the others read (`lone_signal_level`: higher under the log-mean-exp)."""
     z = margin * cal.threshold
+    if lone:
+        z = lone_signal_level(z, cal.combination, len(cal.signals))
     return {name: cal.loc[name] + cal.scale[name] * z for name in cal.signals}
 
 
@@ -242,7 +248,7 @@ def folded_stats(
     never so far that a confirmed anomaly (`anomalous`, one per stretch) this signal caught would drop below it."""
     stats = NormalStats(**{k: None if v is None else v.detach().cpu().clone() for k, v in vars(cal.stats).items()})
     targets = target_values(cal, margin)
-    levels = target_values(cal, 1.0)  # the raw value of each signal at the threshold
+    levels = target_values(cal, 1.0, lone=True)  # what one signal alone lifts a frame above the threshold with
     changed: dict[str, int] = {}
     if "spatial" in targets:
         before = stats.cell_spread.clone()
@@ -270,7 +276,7 @@ def folded_stats(
     if "defect" in targets and raw.defect_map is not None and stats.defect_offset is not None:
         before = stats.defect_offset.clone()
         maps = [a.defect_map.float() for a in anomalous if a.defect_map is not None]
-        keep_at = target_values(cal, PROTECT)["defect"]
+        keep_at = target_values(cal, PROTECT, lone=True)["defect"]
         cap = protected_offsets(maps, before, levels["defect"], keep_at)
         stats.defect_offset = raise_offsets(raw.defect_map.float(), before, targets["defect"], cap)
         changed["defect"] = int((stats.defect_offset != before).sum())

@@ -11,11 +11,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, get_args
 
 import numpy as np
 
-from anomaly.config import SIGNAL_NAMES, DetectorConfig
+from anomaly.config import SIGNAL_NAMES, Combination, DetectorConfig
 from anomaly.heat import HeatLayout, cells_to_pixels
 
 if TYPE_CHECKING:
@@ -127,10 +127,45 @@ def z_scores(
 
 
 def combine(
-    signals: Mapping[str, np.ndarray], loc: Mapping[str, float], scale: Mapping[str, float], names: Sequence[str]
+    signals: Mapping[str, np.ndarray],
+    loc: Mapping[str, float],
+    scale: Mapping[str, float],
+    names: Sequence[str],
+    rule: Combination = "max",
 ) -> np.ndarray:
-    """The anomaly score: the largest calibrated z-score among the chosen signals."""
-    return np.max(z_scores(signals, loc, scale, names), axis=0)
+    """The anomaly score of the chosen signals' calibrated z-scores: their maximum, or their
+    log-mean-exp, log(mean(exp(z))), a smooth maximum.
+
+    The log-mean-exp lies between the mean and the maximum of the z-scores: one signal far above the
+    rest counts as its own z-score less log(n) (1.6 for five signals), and two or three raised
+    together count for more than the largest of them alone. A small object on the road, a smear or a
+    torn block often raises several signals a little (the patch memory, the frame's own statistics,
+    the defect finder) where a normal frame raises one: on the fleet benchmark's three seeds it
+    separated the injected kinds better than the maximum on every seed (AUROC over all kinds 0.871,
+    0.873, 0.862 -> 0.886, 0.875, 0.879; README, *How a frame is scored*). Never above the maximum, so
+    a frame whose every z-score is below a level scores below it (what `anomaly.feedback` relies on).
+    """
+    z = z_scores(signals, loc, scale, names)
+    top = np.max(z, axis=0)
+    if rule == "max":
+        return top
+    return top + np.log(np.mean(np.exp(z - top), axis=0))  # shifted by the maximum: no overflow
+
+
+def combination_of(stored: Mapping[str, Any]) -> Combination:
+    """The rule a stored profile (a checkpoint's calibration, an exported model's profile) combines its
+    signals with: "max" when it names none, as every profile calibrated before there was a choice."""
+    rule = stored.get("combination", "max")
+    if rule not in get_args(Combination):
+        raise ValueError(f"unknown score combination {rule!r} (this version has {', '.join(get_args(Combination))})")
+    return rule
+
+
+def lone_signal_level(score: float, rule: Combination, signals: int) -> float:
+    """The z-score one signal must reach for a frame's score to reach `score` however low its other
+    signals read: `score` itself for the maximum, `score` + log(n) for the log-mean-exp of n signals
+    (one signal's share of the mean is exp(z)/n)."""
+    return score if rule == "max" else score + float(np.log(signals))
 
 
 def frame_scores(
@@ -143,10 +178,11 @@ def frame_scores(
     names: Sequence[str],
     threshold: float,
     profile: str,
+    rule: Combination = "max",
 ) -> FrameScores:
     """The scores of a batch from its signals (by name, as `anomaly.config.SIGNAL_NAMES`; a costly
     signal that was not computed is absent) and heat-map cells, with the calibration that combines them."""
-    score = combine(signals, loc, scale, names)
+    score = combine(signals, loc, scale, names, rule)
     columns = {column: signals.get(name) for name, column in SIGNAL_FIELDS.items()}
     return FrameScores(
         **columns,  # type: ignore[arg-type]
@@ -167,6 +203,7 @@ class ProfileView(Protocol):
     signals: tuple[str, ...]
     loc: dict[str, float]  # per signal: what its z-score is measured from ...
     scale: dict[str, float]  # ... and in units of
+    combination: Combination  # how the z-scores make the score (`combine`)
 
     def summary(self) -> dict[str, Any]: ...
 

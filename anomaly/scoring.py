@@ -377,6 +377,7 @@ def score_prepared(detector: Detector, prepared: Sequence[np.ndarray] | np.ndarr
         names=cal.signals,
         threshold=cal.threshold,
         profile=detector.profile,
+        rule=cal.combination,
     )
 
 

@@ -81,8 +81,9 @@ class RunEvents:
 
 
 def top_signals(scores: FrameScores, profile: ProfileView) -> list[str | None]:
-    """The signal that made each frame's score: the score is the largest calibrated z-score of the profile's
-    signals (`anomaly.frame_scores.combine`), so the one with that z. None where a signal was not computed."""
+    """The signal that made the most of each frame's score: the one with the largest calibrated z-score of
+    the profile's signals, which is the score under the maximum and its largest share under the log-mean-exp
+    (`anomaly.frame_scores.combine`). None where a signal was not computed."""
     columns = {n: getattr(scores, SIGNAL_FIELDS[n]) for n in profile.signals}
     if not columns or any(c is None for c in columns.values()):
         return [None] * len(scores)

@@ -8,6 +8,7 @@ import typer
 
 from anomaly.config import (
     CalibrationConfig,
+    Combination,
     DetectorConfig,
     ModelConfig,
     PreprocessConfig,
@@ -55,6 +56,10 @@ def train(
     ].default,
     max_train_frames: int = _TRAIN["max_train_frames"].default,
     signals: SignalsOpt = None,
+    combine: Annotated[
+        Combination,
+        typer.Option(help=_CAL["combination"].description),
+    ] = _CAL["combination"].default,
     defects: Annotated[
         float,
         typer.Option(
@@ -116,6 +121,7 @@ def train(
         calibration=CalibrationConfig(
             target_false_alarm_rate=target_far,
             signals=parse_signals(signals) if signals else default_signals(finder),
+            combination=combine,
         ),
     )
     torch_device = resolve_device(device)  # fail before reading any video

@@ -69,7 +69,10 @@ class _Schema(BaseModel):
 
 
 class Scores(_Schema):
-    score: float = Field(description="combined anomaly score: the largest calibrated z-score of the chosen signals")
+    score: float = Field(
+        description="combined anomaly score of the chosen signals' calibrated z-scores (their log-mean-exp, or "
+        "their maximum for profiles calibrated so: `combination` in the model's profiles)"
+    )
     recon_error: float = Field(description="mean squared reconstruction error")
     disc_score: float | None = Field(
         None,
@@ -322,7 +325,8 @@ class ModelInfo(_Schema):
                         "threshold": 3.05,
                         "target_false_alarm_rate": 0.01,
                         "calibration_frames": 525,
-                        "signals": ["spatial", "latent", "patch", "disc_patch"],
+                        "signals": ["spatial", "latent", "patch", "image", "defect_local"],
+                        "combination": "logmeanexp",
                         "score_quantiles": {"p50": 0.1, "p90": 1.7, "p99": 3.0, "max": 4.2},
                     },
                     "events": {"window": 1, "hysteresis": 0.0, "min_duration_s": 0.0, "merge_gap_s": 0.0},

@@ -1,3 +1,4 @@
+import dataclasses
 import io
 
 import numpy as np
@@ -130,7 +131,13 @@ def make_calibration() -> Calibration:
 def assert_same_calibration(a: Calibration, b: Calibration) -> None:
     for k in NormalStats.FIELDS:
         torch.testing.assert_close(getattr(a.stats, k), getattr(b.stats, k), rtol=0, atol=0)
-    assert (a.loc, a.scale, a.signals, a.threshold) == (b.loc, b.scale, b.signals, b.threshold)
+    assert (a.loc, a.scale, a.signals, a.threshold, a.combination) == (
+        b.loc,
+        b.scale,
+        b.signals,
+        b.threshold,
+        b.combination,
+    )
     assert (a.target_false_alarm_rate, a.n_frames, a.score_quantiles) == (
         b.target_false_alarm_rate,
         b.n_frames,
@@ -151,6 +158,16 @@ def test_calibration_state_survives_a_weights_only_torch_load():
     torch.save(cal.to_state(), buf)
     buf.seek(0)
     assert_same_calibration(cal, Calibration.from_state(torch.load(buf, weights_only=True)))
+
+
+def test_calibration_state_keeps_its_combination_and_an_old_one_reads_max():
+    cal = dataclasses.replace(make_calibration(), combination="logmeanexp")
+    assert Calibration.from_state(cal.to_state()).combination == "logmeanexp"
+    state = cal.to_state()
+    del state["combination"]  # stored before there was a choice: those were all calibrated with the maximum
+    assert Calibration.from_state(state).combination == "max"
+    with pytest.raises(ValueError, match="unknown score combination 'median'"):
+        Calibration.from_state({**cal.to_state(), "combination": "median"})
 
 
 def test_calibration_state_without_quantiles_loads():

@@ -119,6 +119,20 @@ def test_a_folder_without_its_manifest_is_refused(exported, tmp_path):
         load_exported(folder)
 
 
+def test_a_profile_exported_before_the_combination_was_stored_scores_with_the_maximum(
+    with_camera, exported, frames, tmp_path
+):
+    folder = copy_of(exported, tmp_path)
+    manifest = json.loads((folder / "detector.json").read_text())
+    assert manifest["profiles"]["fleet"]["combination"] == with_camera.calibration.combination == "logmeanexp"
+    del manifest["profiles"]["fleet"]["combination"]
+    (folder / "detector.json").write_text(json.dumps(manifest))
+    torch_side = with_camera.with_calibration(dataclasses.replace(with_camera.calibration, combination="max"))
+    want, got = torch_side.score_prepared(frames), load_exported(folder).score_prepared(frames)
+    np.testing.assert_allclose(got.score, want.score, rtol=RTOL, atol=ATOL)
+    assert not np.allclose(want.score, with_camera.score_prepared(frames).score)  # the rules do differ here
+
+
 def test_another_format_version_is_refused_naming_both(exported, tmp_path):
     folder = copy_of(exported, tmp_path)
     manifest = json.loads((folder / "detector.json").read_text())

@@ -8,7 +8,7 @@ from factories import road_frames
 from anomaly.calibration import NormalStats
 from anomaly.config import COSTLY_SIGNALS, costly_signals_computed
 from anomaly.detector import Detector
-from anomaly.frame_scores import FrameScores, combine
+from anomaly.frame_scores import FrameScores, combine, lone_signal_level
 from anomaly.scoring import (
     RawSignals,
     gaussian_blur,
@@ -166,6 +166,44 @@ def test_signal_values_and_combine_by_hand():
     score = combine(values, {"spatial": 1.0, "latent": 1.0}, {"spatial": 0.5, "latent": 4.0}, ["spatial", "latent"])
     np.testing.assert_allclose(score, [2.0, 2.0])  # max of (2, 0) and (-2, 2)
     np.testing.assert_allclose(combine(values, {"latent": 1.0}, {"latent": 4.0}, ["latent"]), [0.0, 2.0])
+
+
+def test_logmeanexp_lets_signals_raised_together_outweigh_one_raised_alone():
+    names = ["spatial", "latent"]
+    loc, scale = dict.fromkeys(names, 0.0), dict.fromkeys(names, 1.0)
+    # frame 0: both signals at 2.5; frame 1: one at 3, the other at 0
+    values = {"spatial": np.array([2.5, 3.0]), "latent": np.array([2.5, 0.0])}
+    by_max = combine(values, loc, scale, names, "max")
+    smooth = combine(values, loc, scale, names, "logmeanexp")
+    assert by_max[1] > by_max[0]  # the maximum ranks the lone signal first
+    assert smooth[0] > smooth[1]  # the log-mean-exp ranks the two raised together first
+    np.testing.assert_allclose(smooth, [2.5, np.log((np.exp(3.0) + 1.0) / 2)])
+
+
+def test_logmeanexp_lies_between_the_mean_and_the_maximum_and_does_not_overflow():
+    rng = np.random.default_rng(0)
+    names = ["spatial", "latent", "patch", "image", "defect_local"]
+    z = rng.normal(0, 3, (5, 200))
+    z[:, 0] = [800.0, 790.0, -5.0, 0.0, 1.0]  # exp(800) overflows float64 unless shifted first
+    values = dict(zip(names, z, strict=True))
+    loc, scale = dict.fromkeys(names, 0.0), dict.fromkeys(names, 1.0)
+    smooth = combine(values, loc, scale, names, "logmeanexp")
+    assert np.isfinite(smooth).all()
+    assert (smooth <= z.max(0) + 1e-9).all() and (smooth >= z.mean(0) - 1e-9).all()
+    equal = dict.fromkeys(names, np.full(3, 1.7))
+    np.testing.assert_allclose(combine(equal, loc, scale, names, "logmeanexp"), 1.7)  # all alike: that value
+
+
+@pytest.mark.parametrize("rule", ["max", "logmeanexp"])
+def test_one_signal_at_its_lone_level_lifts_the_score_to_the_level_whatever_the_others_read(rule):
+    names = ["spatial", "latent", "patch"]
+    loc, scale = dict.fromkeys(names, 0.0), dict.fromkeys(names, 1.0)
+    others = np.random.default_rng(1).normal(-3, 4, (2, 100))
+    lone = lone_signal_level(4.0, rule, len(names))
+    values = {"spatial": np.full(100, lone), "latent": others[0], "patch": others[1]}
+    assert (combine(values, loc, scale, names, rule) >= 4.0 - 1e-9).all()
+    floor = {"spatial": np.array([lone]), "latent": np.array([-1e6]), "patch": np.array([-1e6])}
+    np.testing.assert_allclose(combine(floor, loc, scale, names, rule), 4.0)  # and no more than needed
 
 
 def test_smoothing_drops_pixel_texture_but_keeps_an_object():
