@@ -268,7 +268,7 @@ def position_stats(maps: torch.Tensor, quantile: float, spread_floor: float) -> 
 def fit_scaling(signals: dict[str, np.ndarray]) -> tuple[dict[str, float], dict[str, float]]:
     """Median and upper-tail spread ((95th percentile - median) / 1.645) of each signal on normal frames.
 
-    The score is the largest of several z-scores, so what must be comparable between signals is how
+    The score is a (smooth) maximum of several z-scores, so what must be comparable between signals is how
     far their normal frames reach *upwards*: scaled by the upper tail, each signal puts about as
     many normal frames above a given score. (For a Gaussian this is its standard deviation.) A scale
     from the central spread instead let a signal with a long normal tail dominate the combination.

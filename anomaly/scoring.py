@@ -34,8 +34,9 @@ Per frame, one pass through the networks (and the frame's own statistics) gives 
             cell's median over normal frames where that is higher). A car ahead looks "put there" to
             the finder, but so does the car in similar normal frames; debris on an empty lane does not.
 
-Each signal becomes a z-score against held-out normal frames, and the anomaly score is the largest
-z-score among the signals the calibration selected. `is_anomaly` is score > threshold.
+Each signal becomes a z-score against held-out normal frames, and the anomaly score combines the
+z-scores of the signals the calibration selected (`anomaly.frame_scores.combine`: their log-mean-exp,
+a smooth maximum, or for profiles calibrated so their maximum). `is_anomaly` is score > threshold.
 
 `patch` costs about as much as the networks' pass, the discriminator (`disc`, `disc_patch`) a fifth
 of it, the defect finder (`defect`) about as much, `local` a tenth and `image` about half as much as
