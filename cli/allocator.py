@@ -8,8 +8,9 @@ page in again: on the fleet model that was a third of the time `score_prepared` 
 threshold keeps those pages mapped between batches; the process's peak memory is what it already
 needed for one batch, plus at most the trim threshold kept at the top of the heap.
 
-Process-wide, so it is set once at the command line's edge, never by the core. A no-op where the C
-library is not glibc (musl, macOS, Windows).
+Process-wide, so it is set once at the command line's edge, never by the core; the processes the
+command starts (`anomaly score --engine ray`'s workers) get it as environment variables
+(`worker_environment`). A no-op where the C library is not glibc (musl, macOS, Windows).
 """
 
 from __future__ import annotations
@@ -21,6 +22,17 @@ M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
 MMAP_THRESHOLD = 32 << 20  # glibc's largest accepted value on 64-bit; above any one tensor of a batch
 TRIM_THRESHOLD = 256 << 20
 TOP_PAD = 64 << 20
+
+
+def worker_environment() -> dict[str, str]:
+    """The same settings as the environment variables glibc's malloc reads when a process starts
+    (mallopt(3)), for the processes this one has started for it (Ray's scoring and decoding workers),
+    which `keep_freed_memory` here cannot reach. Ignored by other C libraries."""
+    return {
+        "MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD),
+        "MALLOC_TRIM_THRESHOLD_": str(TRIM_THRESHOLD),
+        "MALLOC_TOP_PAD_": str(TOP_PAD),
+    }
 
 
 def keep_freed_memory() -> bool:

@@ -8,6 +8,7 @@ import typer
 from anomaly.drift import DriftConfig
 from anomaly.events import EventConfig
 from batch.ray.config import RayScoreConfig
+from cli.allocator import worker_environment
 from cli.options import (
     BatchSizeOpt,
     CameraOpt,
@@ -138,6 +139,7 @@ def score(
                 workers=workers,
                 cpus_per_worker=float(threads or 1),
                 device=device,  # type: ignore[arg-type]
+                worker_env=worker_environment(),
                 address=address,
                 progress=progress,
             )

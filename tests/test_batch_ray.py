@@ -23,6 +23,7 @@ from batch.ray.config import RayScoreConfig
 from batch.ray.engine import plan_resources, score_on_ray
 from batch.ray.manifest import MANIFEST_NAME, check_out_dir, output_names, read_source_list
 from batch.ray.scorer import ChunkScorer
+from cli.allocator import worker_environment
 from cli.main import app
 from footage.ingest import iter_frames, iter_source_frames
 from footage.sampling import SamplingConfig
@@ -281,6 +282,44 @@ def test_a_crashed_workers_chunk_is_retried_not_lost_or_repeated(ray_local, mode
     assert summary.errors == {}
     expected = local_rows(detector, [src], tmp_path / "local.csv", sampling)[src]
     assert (tmp_path / "out" / "long.scores.csv").read_bytes() == expected
+
+
+class EnvironmentRecordingScorer(ChunkScorer):
+    """Writes the malloc settings its worker process started with where RECORD_TO (also from the env) says."""
+
+    def __call__(self, row: dict) -> dict:
+        names = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "PYTHONPATH")
+        Path(os.environ["RECORD_TO"]).write_text(json.dumps({n: os.environ.get(n) for n in names}))
+        return super().__call__(row)
+
+
+def test_workers_start_with_the_environment_the_command_gives_them(ray_local, model, clips, tmp_path):
+    record = tmp_path / "worker-env.json"
+    env = {**worker_environment(), "RECORD_TO": str(record)}
+    run = config([str(clips["avi"])], tmp_path / "out", model[1], workers=1).model_copy(update={"worker_env": env})
+    summary = score_on_ray(run, log=lambda _: None, scorer=EnvironmentRecordingScorer)
+    assert summary.errors == {}
+    seen = json.loads(record.read_text())
+    assert {k: seen[k] for k in worker_environment()} == worker_environment()
+    assert str(TESTS_DIR) in seen["PYTHONPATH"]  # merged with the instance's own runtime environment, not replacing it
+
+
+def test_the_ray_engine_gets_the_commands_malloc_settings_for_its_workers(model, clips, tmp_path, monkeypatch):
+    import batch.ray.engine
+
+    given = []
+
+    def capture(cfg: RayScoreConfig, **_: object) -> None:
+        given.append(cfg)
+        raise KeyboardInterrupt  # stop here: what the engine was given is all this test reads
+
+    monkeypatch.setattr(batch.ray.engine, "score_on_ray", capture)
+    CliRunner().invoke(
+        app,
+        ["score", str(clips["avi"]), "--model", str(model[1]), "--out", str(tmp_path / "o")]
+        + ["--engine", "ray", "--workers", "1", "--device", "cpu", "--no-progress"],
+    )
+    assert given and given[0].worker_env == worker_environment()
 
 
 def test_cli_ray_engine_with_a_source_list(ray_local, model, clips, tmp_path):

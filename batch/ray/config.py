@@ -27,5 +27,9 @@ class RayScoreConfig(BaseModel):
     cpus_per_worker: float = Field(1.0, gt=0, description="CPUs of a scoring actor, also its torch threads")
     decode_cpus: float = Field(1.0, gt=0, description="CPUs each decode task reserves")
     device: Device = "auto"  # auto: GPU actors when the cluster has GPUs
+    worker_env: dict[str, str] = Field(
+        default_factory=dict,
+        description="environment variables of the decode and scoring workers (the CLI gives its malloc settings)",
+    )
     address: str | None = None  # None starts a local Ray instance
     progress: bool = True

@@ -190,6 +190,8 @@ def run_chunks(
     # actors') keeps Ray Data from fusing decoding into the scoring actors, where it would take
     # turns with the model instead of running beside it.
     decode_memory = DECODER_MEMORY_BYTES + max(config.chunk_frames, 1) * h * w * 3
+    # the workers' process settings, set before their Python starts (a runtime environment per task)
+    worker_env = {"runtime_env": {"env_vars": dict(config.worker_env)}} if config.worker_env else {}
     scored = (
         ray.data.from_items([asdict(s) for s in specs], override_num_blocks=len(specs))
         .map(
@@ -197,6 +199,7 @@ def run_chunks(
             fn_kwargs={"sampling": config.sampling, "preprocess": preprocess},
             num_cpus=config.decode_cpus,
             memory=decode_memory,
+            **worker_env,
         )
         # Ray Data restarts a dead actor and retries its chunk (max_restarts / max_task_retries -1)
         .map(
@@ -212,6 +215,7 @@ def run_chunks(
             compute=ray.data.ActorPoolStrategy(size=resources.workers),
             num_cpus=resources.cpus_per_worker,
             num_gpus=resources.gpus_per_worker,
+            **worker_env,
         )
     )
     pending: dict[int, dict[int, ChunkResult]] = {}
