@@ -10,6 +10,10 @@ includes planning, starting the actors and loading the model into each. The runs
 (local, Ray, local, Ray, ...) and the best of `--repeats` is kept, because timings on a shared
 machine are noisy. Without --model a default-architecture model is trained for a few steps: speed
 depends on the architecture, not on how well it was trained.
+
+Both engines run with the process settings `anomaly score` gives them (`cli.allocator`: this process
+for the local engine, the workers' environment for Ray's). `--bare-workers` adds a third engine, Ray
+with workers started without them, alternating with the others: what those settings buy there.
 """
 
 from __future__ import annotations
@@ -18,7 +22,6 @@ import argparse
 import glob
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +37,7 @@ from batch.local import score_sources
 from batch.ray.config import RayScoreConfig
 from batch.ray.engine import local_cpus, score_on_ray
 from batch.ray.manifest import output_names
+from cli.allocator import keep_freed_memory, worker_environment
 from footage.ingest import iter_source_frames
 from footage.sampling import SamplingConfig
 from footage.scores_csv import CSV_COLUMNS
@@ -131,7 +135,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=2, help="best of N runs for each engine")
     parser.add_argument("--copies", type=int, default=1, help="score each clip this many times (as symlinks)")
+    parser.add_argument("--bare-workers", action="store_true", help="also time Ray workers without malloc settings")
     args = parser.parse_args()
+    keep_freed_memory()  # as `anomaly` does at start
     found = sorted(glob.glob(args.clips))
     if not found:
         raise SystemExit(f"no clips match {args.clips}")
@@ -151,17 +157,20 @@ def main() -> None:
             workers=args.workers,
             device="cpu",
             progress=False,
+            worker_env=worker_environment(),
         )
         t0 = time.perf_counter()
         ray.init(num_cpus=local_cpus(config), include_dashboard=False, logging_level="WARNING")
         startup = time.perf_counter() - t0
-        local, remote = [], []
+        local, remote, bare = [], [], []
         try:
             for r in range(args.repeats):
                 fps, frames = local_fps(model, clips, tmp / "local.csv", args.batch_size)
                 local.append(fps)
-                fps, ray_frames = ray_fps(replace(config, out_dir=tmp / f"ray{r}"))
+                fps, ray_frames = ray_fps(config.model_copy(update={"out_dir": tmp / f"ray{r}"}))
                 remote.append(fps)
+                if args.bare_workers:
+                    bare.append(ray_fps(config.model_copy(update={"out_dir": tmp / f"bare{r}", "worker_env": {}}))[0])
         finally:
             ray.shutdown()
         agreement = compare(tmp / "local.csv", tmp / "ray0", clips)
@@ -173,6 +182,8 @@ def main() -> None:
     print(f"local engine          : {max(local):8.1f} frames/s  (runs: {', '.join(f'{v:.1f}' for v in local)})")
     print(f"ray engine            : {max(remote):8.1f} frames/s  (runs: {', '.join(f'{v:.1f}' for v in remote)})")
     print(f"ray / local           : {max(remote) / max(local):8.2f}")
+    if bare:
+        print(f"ray, bare workers     : {max(bare):8.1f} frames/s  (runs: {', '.join(f'{v:.1f}' for v in bare)})")
     print(f"ray start (once)      : {startup:8.1f} s  (not in the figure above)")
     print(f"one core, decode only : {decode:8.1f} frames/s  (per decode task)")
     print(f"one core, model only  : {per_core_model:8.1f} frames/s  (per CPU scoring worker)")
