@@ -142,7 +142,7 @@ def combine(
     torn block often raises several signals a little (the patch memory, the frame's own statistics,
     the defect finder) where a normal frame raises one: on the fleet benchmark's three seeds it
     separated the injected kinds better than the maximum on every seed (AUROC over all kinds 0.871,
-    0.873, 0.862 -> 0.886, 0.875, 0.879; README, *How a frame is scored*). Never above the maximum, so
+    0.873, 0.862 -> 0.886, 0.875, 0.879; README, *How the signals are combined*). Never above the maximum, so
     a frame whose every z-score is below a level scores below it (what `anomaly.feedback` relies on).
     """
     z = z_scores(signals, loc, scale, names)
