@@ -121,6 +121,10 @@ def parse_config(state: dict[str, Any], path: Path) -> DetectorConfig:
         # written before the defect finder: its config has no finder, and the default would add one
         model = config.get("model")
         config = {**config, "model": {**model, "finder_widths": None} if isinstance(model, dict) else model}
+    calibration = config.get("calibration") if isinstance(config, dict) else None
+    if isinstance(calibration, dict) and "combination" not in calibration:
+        # calibrated before there was a choice: its profiles, and any camera calibrated later, take the maximum
+        config = {**config, "calibration": {**calibration, "combination": "max"}}
     try:
         return DetectorConfig.model_validate(config)
     except ValidationError as exc:

@@ -18,6 +18,7 @@ from anomaly.checkpoint import (
     read_checkpoint,
     save_detector,
 )
+from anomaly.frame_scores import SIGNAL_FIELDS
 from anomaly.training.train import training_state_path
 
 CPU = torch.device("cpu")
@@ -268,3 +269,18 @@ def test_a_loaded_detector_scores_with_fused_networks_and_saves_the_model_itself
     assert loaded.for_camera("anything").net is loaded.net  # copies share the fused networks
     save_detector(loaded, tmp_path / "again.pt")
     assert raw_state(tmp_path / "again.pt")["state_dict"].keys() == raw_state(tiny_trained.path)["state_dict"].keys()
+
+
+def test_a_model_calibrated_before_the_combination_was_stored_keeps_the_maximum(ckpt, frames):
+    state = raw_state(ckpt)
+    assert state["config"]["calibration"]["combination"] == state["calibration"]["combination"] == "logmeanexp"
+    del state["config"]["calibration"]["combination"]
+    del state["calibration"]["combination"]
+    torch.save(state, ckpt)
+    old = load_detector(ckpt, CPU)
+    # its fleet profile scores with the rule it was calibrated with, and cameras calibrated on it later too
+    assert old.calibration.combination == old.config.calibration.combination == "max"
+    scores = old.score_prepared(frames)
+    cal = old.calibration
+    z = np.stack([(getattr(scores, SIGNAL_FIELDS[n]) - cal.loc[n]) / cal.scale[n] for n in cal.signals])
+    np.testing.assert_allclose(scores.score, z.max(0), rtol=1e-6)
