@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from anomaly.config import DetectorConfig, TrainConfig
+from anomaly.config import SIGNAL_NAMES, DetectorConfig, TrainConfig
+from anomaly.frame_scores import SIGNAL_FIELDS
 from anomaly.metrics import auroc
 from anomaly.preprocess import Preprocessor
 from anomaly.scoring import score_prepared
@@ -61,11 +62,15 @@ def main() -> None:
         )
         sets[kind] = [apply_event(f, event, i) for i, f in enumerate(test_bgr)]
 
-    columns = ("score", "spatial_score", "latent_score", "recon_error", "disc_score", "pca")
+    # the combined score, then every signal (the score's first; all computed, the others too), then PCA
+    used = detector.calibrated.signals
+    signals = [*used, *(n for n in SIGNAL_NAMES if n not in used)]
+    columns = ("score", *(SIGNAL_FIELDS[n] for n in signals), "pca")
+    every_signal = detector.with_all_signals()
     results: dict[str, dict[str, np.ndarray]] = {}
     for name, imgs in sets.items():
         prepared = np.stack([pre.prepare(f) for f in imgs])
-        s = score_prepared(detector, prepared)
+        s = score_prepared(every_signal, prepared)
         results[name] = {c: getattr(s, c) for c in columns[:-1]} | {"pca": pca.score(prepared)}
 
     table: dict[str, dict[str, float | None]] = {}
@@ -83,9 +88,10 @@ def main() -> None:
     far = float((results["normal"]["score"] > detector.threshold).mean())
 
     print(f"\n{args.video.name}: {n_train} frames for training/calibration, {len(test_bgr)} test frames per kind")
-    print(f"{'AUROC':<14}" + "".join(f"{c:>15}" for c in columns))
+    width = max(len(c) for c in columns) + 2
+    print(f"{'AUROC':<14}" + "".join(f"{c:>{width}}" for c in columns))
     for kind in [*anomalous, "all"]:
-        print(f"{kind:<14}" + "".join(f"{table[c][kind]:>15.3f}" for c in columns))
+        print(f"{kind:<14}" + "".join(f"{table[c][kind]:>{width}.3f}" for c in columns))
     print(
         f"\nfalse-alarm rate on clean test frames at the calibrated threshold: {far:.1%} "
         f"(target {detector.calibrated.target_false_alarm_rate:.1%})"
