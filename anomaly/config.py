@@ -140,6 +140,13 @@ class TrainConfig(_Frozen):
         le=1.0,
         description="share of each batch the defect finder sees with generic synthetic defects (the rest clean)",
     )
+    finder_updates: int = Field(
+        1,
+        ge=1,
+        le=8,
+        description="updates of the defect finder per training step, each on the step's frames with other "
+        "synthetic defects (the pair's randomness does not depend on it)",
+    )
     finder_lr: float = Field(1e-3, gt=0, description="learning rate of the defect finder")
     device: Device = "auto"
     loss: LossConfig = LossConfig()

@@ -76,6 +76,9 @@ def train(
             "discriminator learns them, the autoencoder sees clean frames"
         ),
     ] = _TRAIN["restore_defects"].default,
+    finder_updates: Annotated[int, typer.Option(min=1, max=8, help=_TRAIN["finder_updates"].description)] = _TRAIN[
+        "finder_updates"
+    ].default,
     finder: Annotated[
         bool,
         typer.Option(
@@ -115,6 +118,7 @@ def train(
             max_train_frames=max_train_frames,
             defect_fraction=defects,
             restore_defects=restore_defects,
+            finder_updates=finder_updates,
             device=device,  # type: ignore[arg-type]
             loss=default.train.loss.model_copy(update={"adversarial": adversarial_weight}),
         ),

@@ -66,6 +66,21 @@ def test_the_defect_finder_trains_apart_from_the_pair(tmp_path, make_config, tra
             assert torch.equal(v, pair[k]), k
 
 
+def test_more_finder_updates_change_the_finder_alone(tmp_path, make_config, training_data):
+    """Each further update of the finder draws its defects apart from the step's generator: the pair
+    trains on the same draws whatever the number of updates, and the finder on more defects."""
+    quiet = lambda _: None  # noqa: E731
+    one = train_detector(
+        make_config(steps=3, finder_updates=1), training_data, tmp_path / "a.pt", progress=False, log=quiet
+    )
+    two = train_detector(
+        make_config(steps=3, finder_updates=2), training_data, tmp_path / "b.pt", progress=False, log=quiet
+    )
+    a, b = one.model.state_dict(), two.model.state_dict()
+    for k in a:
+        assert torch.equal(a[k], b[k]) is not k.startswith("finder."), k
+
+
 def test_training_with_defects_is_reproducible(tmp_path, make_config, training_data):
     config = make_config(steps=4, defect_fraction=0.5)
     a = train_detector(config, training_data, tmp_path / "a.pt", progress=False, log=lambda _: None)

@@ -195,6 +195,12 @@ def step_generator(seed: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + step)
 
 
+def finder_generator(seed: int, step: int, update: int) -> torch.Generator:
+    """The defects of the finder's further updates in a step: drawn apart from the step's generator, so the
+    pair trains on the same draws whatever the number of updates."""
+    return step_generator(seed + 500_009 * update, step)
+
+
 def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
     """Translate each frame by up to `max_shift` pixels (reflect-padded), a cheap guard against memorising."""
     if max_shift <= 0:
@@ -250,8 +256,11 @@ def train_detector(
         x = random_shift(detector.preprocessor.to_tensor(data.train[idx], device), tc.shift_pixels, g)
         finder_loss = None
         if nets.finder is not None:  # first, so its defects do not depend on the pair's options
-            damaged, masks = add_defects(x, tc.finder_defect_fraction, g)
-            finder_loss = finder_step(nets.finder, shard(damaged, context), shard(masks, context), opts[2])
+            for k in range(tc.finder_updates):  # the first draws from the step's generator, as it always has
+                damaged, masks = add_defects(
+                    x, tc.finder_defect_fraction, g if k == 0 else finder_generator(tc.seed, step, k)
+                )
+                finder_loss = finder_step(nets.finder, shard(damaged, context), shard(masks, context), opts[2])
         if tc.defect_fraction > 0:
             damaged, masks = add_defects(x, tc.defect_fraction, g)
             losses = train_step(
