@@ -23,9 +23,11 @@ from anomaly.model import AutoencoderGAN
 
 # 2: per-cell quantile spreads and PCA latent distance; 3: blurred heat map;
 # 4: memory of normal frames, discriminator patch statistics, camera profiles;
-# 5: the defect finder (formats 3 and 4 still load, without one)
-FORMAT_VERSION = 5
-READABLE_VERSIONS = (3, 4, 5)
+# 5: the defect finder (formats 3 and 4 still load, without one);
+# 6: several defect finders, averaged (format 5 loads as one)
+FORMAT_VERSION = 6
+READABLE_VERSIONS = (3, 4, 5, 6)
+TRAINING_STATE_VERSIONS = (5, 6)  # a run of format 5 resumes as one finder
 KIND_MODEL = "anomaly-detector"
 KIND_TRAINING_STATE = "anomaly-training-state"
 
@@ -64,7 +66,7 @@ def read_checkpoint(path: Path, kind: str) -> dict[str, Any]:
     if not isinstance(state, dict) or state.get("kind") != kind:
         raise CheckpointError(f"{path} is not an {kind} file")
     version = state.get("format_version")
-    readable = READABLE_VERSIONS if kind == KIND_MODEL else (FORMAT_VERSION,)
+    readable = READABLE_VERSIONS if kind == KIND_MODEL else TRAINING_STATE_VERSIONS
     if version not in readable:
         raise CheckpointError(
             f"{path} has checkpoint format version {version}, but this build of anomaly ({__version__}) "
@@ -121,6 +123,9 @@ def parse_config(state: dict[str, Any], path: Path) -> DetectorConfig:
         # written before the defect finder: its config has no finder, and the default would add one
         model = config.get("model")
         config = {**config, "model": {**model, "finder_widths": None} if isinstance(model, dict) else model}
+    model = config.get("model") if isinstance(config, dict) else None
+    if isinstance(model, dict) and model.get("finder_widths") is not None and "finder_count" not in model:
+        config = {**config, "model": {**model, "finder_count": 1}}  # written when a model had one finder
     calibration = config.get("calibration") if isinstance(config, dict) else None
     if isinstance(calibration, dict) and "combination" not in calibration:
         # calibrated before there was a choice: its profiles, and any camera calibrated later, take the maximum
@@ -133,13 +138,25 @@ def parse_config(state: dict[str, Any], path: Path) -> DetectorConfig:
         raise CheckpointError(f"{path} holds a config this version cannot read ({where}: {err['msg']})") from None
 
 
+def network_weights(state: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The networks' state dict of a checkpoint or training state, in this version's names: a format-5
+    file's one finder (`finder.*`) is the first of the finders (`finder.members.0.*`)."""
+    weights = state["state_dict"]
+    if state.get("format_version", FORMAT_VERSION) >= 6:
+        return weights
+    return {
+        (f"finder.members.0.{k.removeprefix('finder.')}" if k.startswith("finder.") else k): v
+        for k, v in weights.items()
+    }
+
+
 def load_detector(path: Path, device: torch.device) -> Detector:
     path = Path(path)
     state = read_checkpoint(path, KIND_MODEL)
     config = parse_config(state, path)
     model = AutoencoderGAN(config.model)
     try:
-        model.load_state_dict(state["state_dict"])
+        model.load_state_dict(network_weights(state))
         calibration = Calibration.from_state(state["calibration"])
         profiles = {str(name): Calibration.from_state(cal) for name, cal in state.get("cameras", {}).items()}
     except (KeyError, RuntimeError, TypeError, ValueError) as exc:

@@ -96,6 +96,13 @@ class ModelConfig(_Frozen):
         description="widths of the defect finder (anomaly.model.DefectFinder); None: no finder (models of "
         "checkpoint format 4 and older, which had none)",
     )
+    finder_count: int = Field(
+        2,
+        ge=1,
+        le=8,
+        description="defect finders trained apart and averaged (anomaly.model.DefectFinders); models of "
+        "checkpoint format 5 and older have one",
+    )
 
 
 class LossConfig(_Frozen):

@@ -31,6 +31,7 @@ from cli.options import (
 from footage.sampling import SamplingConfig
 
 _TRAIN = TrainConfig.model_fields
+_MODEL = ModelConfig.model_fields
 _CAL = CalibrationConfig.model_fields
 
 
@@ -79,10 +80,13 @@ def train(
     finder_updates: Annotated[int, typer.Option(min=1, max=8, help=_TRAIN["finder_updates"].description)] = _TRAIN[
         "finder_updates"
     ].default,
+    finders: Annotated[int, typer.Option(min=1, max=8, help=_MODEL["finder_count"].description)] = _MODEL[
+        "finder_count"
+    ].default,
     finder: Annotated[
         bool,
         typer.Option(
-            help="train the defect finder beside the pair (its `defect_local` signal is in the default score); "
+            help="train the defect finders beside the pair (their `defect_local` signal is in the default score); "
             "--no-finder trains and scores faster, with `disc_patch` in its place (see the README's fleet figures)"
         ),
     ] = True,
@@ -109,6 +113,7 @@ def train(
             widths=default.model.widths,
             latent_channels=latent_channels,
             finder_widths=default.model.finder_widths if finder else None,
+            finder_count=finders,
         ),
         train=TrainConfig(
             steps=steps,

@@ -108,7 +108,7 @@ def test_other_format_version_is_refused_with_the_version(ckpt):
     state["format_version"] = FORMAT_VERSION + 98
     torch.save(state, ckpt)
     with pytest.raises(
-        CheckpointError, match=rf"format version {FORMAT_VERSION + 98}\b.*reads versions? (3, 4, )?{FORMAT_VERSION}\b"
+        CheckpointError, match=rf"format version {FORMAT_VERSION + 98}\b.*reads versions? [0-9, ]*{FORMAT_VERSION}\b"
     ):
         load_detector(ckpt, CPU)
 

@@ -81,6 +81,33 @@ def test_more_finder_updates_change_the_finder_alone(tmp_path, make_config, trai
         assert torch.equal(a[k], b[k]) is not k.startswith("finder."), k
 
 
+def test_each_finder_trains_on_its_own_and_the_first_as_a_lone_finder(tmp_path, make_config, training_data):
+    """With two finders the pair and the first finder train exactly as with one (same draws, same
+    initialisation: the second is built after them and draws its own defects), the second finder ends
+    elsewhere, and the model's defect logits are the finders' mean."""
+    quiet = lambda _: None  # noqa: E731
+
+    def config(count: int):
+        base = make_config(steps=3)
+        return base.model_copy(update={"model": base.model.model_copy(update={"finder_count": count})})
+
+    one = train_detector(config(1), training_data, tmp_path / "a.pt", progress=False, log=quiet).model
+    two = train_detector(config(2), training_data, tmp_path / "b.pt", progress=False, log=quiet).model
+    assert len(one.finders) == 1 and len(two.finders) == 2
+    a, b = one.state_dict(), two.state_dict()
+    assert set(a) < set(b)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    first, second = (finder.state_dict() for finder in two.finders)
+    trained = [k for k, v in first.items() if v.is_floating_point() and "running" not in k]
+    assert all(not torch.equal(first[k], second[k]) for k in trained)
+    x = torch.randn(2, 3, *training_data.train.shape[1:3], generator=torch.Generator().manual_seed(4))
+    two.eval()
+    with torch.no_grad():
+        mean = (two.finders[0](x) + two.finders[1](x)) / 2
+        torch.testing.assert_close(two(x).defect_logits, mean)
+
+
 def test_training_with_defects_is_reproducible(tmp_path, make_config, training_data):
     config = make_config(steps=4, defect_fraction=0.5)
     a = train_detector(config, training_data, tmp_path / "a.pt", progress=False, log=lambda _: None)

@@ -113,6 +113,39 @@ def test_format_4_checkpoint_without_a_defect_finder_still_loads_and_scores(tmp_
         np.testing.assert_allclose(getattr(s, column), getattr(new, column), rtol=1e-5, atol=1e-6)
 
 
+def test_format_5_checkpoint_with_one_finder_loads_as_one_and_scores_as_before(tmp_path, make_config, training_data):
+    """Format 5 had one defect finder (`finder.*` weights, no `finder_count`): it loads as a model with
+    one finder and scores as it did, and so does its training state, which resumes."""
+    from anomaly.training.train import train_detector, training_state_path
+
+    base = make_config(steps=2)
+    config = base.model_copy(update={"model": base.model.model_copy(update={"finder_count": 1})})
+    path = tmp_path / "one.pt"
+    det = train_detector(config, training_data, path, progress=False, log=lambda _: None)
+    state = read_checkpoint(path, KIND_MODEL)
+    state["state_dict"] = {k.replace("finder.members.0.", "finder."): v for k, v in state["state_dict"].items()}
+    state["config"]["model"].pop("finder_count")
+    state["format_version"] = 5
+    torch.save(state, tmp_path / "format5.pt")
+    old = load_detector(tmp_path / "format5.pt", CPU)
+    assert old.config.model.finder_count == 1 and len(old.model.finders) == 1
+    x = training_data.holdout[:4]
+    want, got = score_prepared(det.with_all_signals(), x), score_prepared(old.with_all_signals(), x)
+    np.testing.assert_array_equal(got.score, want.score)
+    np.testing.assert_array_equal(got.defect_local_score, want.defect_local_score)
+    state_path = training_state_path(path)
+    training = torch.load(state_path, weights_only=True)
+    training["state_dict"] = {k.replace("finder.members.0.", "finder."): v for k, v in training["state_dict"].items()}
+    training["config"]["model"].pop("finder_count")
+    training["format_version"] = 5
+    torch.save(training, state_path)
+    said: list[str] = []
+    resumed = train_detector(config, training_data, path, resume=True, progress=False, log=said.append)
+    assert said[0].startswith("resuming from step 2")
+    for k, v in det.model.state_dict().items():
+        assert torch.equal(resumed.model.state_dict()[k], v), k
+
+
 def test_format_3_checkpoint_still_loads_and_scores_as_before(tmp_path, tiny_trained):
     """A checkpoint from before the memory (format 3): pooled signals only, new ones read 0."""
     path = tmp_path / "old.pt"

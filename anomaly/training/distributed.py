@@ -201,14 +201,14 @@ class _FreezableDDP(nn.Module):
 
 class DistributedGAN:
     """What `train_step` and `finder_step` use of an `AutoencoderGAN` (`reconstruct`, `discriminator`,
-    `finder`), with each network wrapped in DDP. The parameters are the model's own: optimisers and
+    `finders`), with each network wrapped in DDP. The parameters are the model's own: optimisers and
     checkpoints see no difference."""
 
     def __init__(self, model: AutoencoderGAN, device: torch.device) -> None:
         device_ids = [device.index] if device.type == "cuda" and device.index is not None else None
         self.autoencoder = DistributedDataParallel(_Autoencoder(model), device_ids=device_ids)
         self.discriminator = _FreezableDDP(model.discriminator, device_ids)
-        self.finder = None if model.finder is None else DistributedDataParallel(model.finder, device_ids=device_ids)
+        self.finders = [DistributedDataParallel(finder, device_ids=device_ids) for finder in model.finders]
 
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         return self.autoencoder(x)

@@ -24,6 +24,7 @@ from anomaly.checkpoint import (
     KIND_TRAINING_STATE,
     CheckpointError,
     atomic_torch_save,
+    network_weights,
     parse_config,
     read_checkpoint,
     save_detector,
@@ -136,7 +137,8 @@ def train_step(
 
 
 def finder_step(finder: nn.Module, damaged: torch.Tensor, masks: torch.Tensor, opt: torch.optim.Optimizer) -> float:
-    """One update of the defect finder on frames given generic synthetic defects under `masks`: a cell
+    """One update of a defect finder (the optimiser may hold other finders' parameters too: they have no
+    gradient here, so it leaves them alone) on frames given generic synthetic defects under `masks`: a cell
     half covered or more is all "defect", less is partly (the discriminator's rule, the other way up)."""
     logits = finder(damaged)
     covered = F.adaptive_avg_pool2d(masks, logits.shape[-2:])
@@ -148,7 +150,8 @@ def finder_step(finder: nn.Module, damaged: torch.Tensor, masks: torch.Tensor, o
 
 
 def make_optimisers(model: AutoencoderGAN, config: DetectorConfig) -> tuple[torch.optim.Adam, ...]:
-    """The autoencoder's, the discriminator's and (when the model has one) the defect finder's."""
+    """The autoencoder's, the discriminator's and (when the model has them) the defect finders' (one
+    optimiser: each finder's update leaves the others' parameters without a gradient)."""
     ae_params = list(model.encoder.parameters()) + list(model.decoder.parameters())
     opt_g = torch.optim.Adam(ae_params, lr=config.train.lr, betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(model.discriminator.parameters(), lr=config.train.disc_lr, betas=(0.5, 0.999))
@@ -182,7 +185,7 @@ def restore_training_state(path: Path, config: DetectorConfig, model: Autoencode
             f"{path} was written with different model, preprocessing or seed settings; "
             "resume with the same settings or start afresh without --resume"
         )
-    model.load_state_dict(state["state_dict"])
+    model.load_state_dict(network_weights(state))
     opts[0].load_state_dict(state["opt_g"])
     opts[1].load_state_dict(state["opt_d"])
     if len(opts) > 2:
@@ -195,10 +198,11 @@ def step_generator(seed: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + step)
 
 
-def finder_generator(seed: int, step: int, update: int) -> torch.Generator:
-    """The defects of the finder's further updates in a step: drawn apart from the step's generator, so the
-    pair trains on the same draws whatever the number of updates."""
-    return step_generator(seed + 500_009 * update, step)
+def finder_generator(seed: int, step: int, draw: int) -> torch.Generator:
+    """The defects of a step's further finder updates (draw 1, 2, ...: the first finder's further updates,
+    then each other finder's): drawn apart from the step's generator, so the pair trains on the same
+    draws whatever the number of finders and updates."""
+    return step_generator(seed + 500_009 * draw, step)
 
 
 def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
@@ -254,13 +258,18 @@ def train_detector(
         g = step_generator(tc.seed, step)
         idx = torch.randint(len(data.train), (tc.batch_size,), generator=g).numpy()
         x = random_shift(detector.preprocessor.to_tensor(data.train[idx], device), tc.shift_pixels, g)
-        finder_loss = None
-        if nets.finder is not None:  # first, so its defects do not depend on the pair's options
-            for k in range(tc.finder_updates):  # the first draws from the step's generator, as it always has
+        finder_losses = []
+        # the finders first, so their defects do not depend on the pair's options; each trains on its
+        # own draws (the first finder's first from the step's generator, as it always has), so they
+        # learn apart, and the pair's draws are the same whatever the finders' count and updates
+        for m, finder in enumerate(nets.finders):
+            for k in range(tc.finder_updates):
+                draw = m * tc.finder_updates + k
                 damaged, masks = add_defects(
-                    x, tc.finder_defect_fraction, g if k == 0 else finder_generator(tc.seed, step, k)
+                    x, tc.finder_defect_fraction, g if draw == 0 else finder_generator(tc.seed, step, draw)
                 )
-                finder_loss = finder_step(nets.finder, shard(damaged, context), shard(masks, context), opts[2])
+                loss = finder_step(finder, shard(damaged, context), shard(masks, context), opts[2])
+            finder_losses.append(loss)
         if tc.defect_fraction > 0:
             damaged, masks = add_defects(x, tc.defect_fraction, g)
             losses = train_step(
@@ -275,8 +284,8 @@ def train_detector(
             )
         else:
             losses = train_step(nets, shard(x, context), opts[0], opts[1], config.train.loss)
-        if finder_loss is not None:
-            losses["finder"] = finder_loss
+        if finder_losses:
+            losses["finder"] = sum(finder_losses) / len(finder_losses)
         bar.set_postfix({k: f"{v:.4f}" for k, v in losses.items()}, refresh=False)
         if (step + 1) % tc.checkpoint_every == 0 and step + 1 < tc.steps and context.is_main:
             save_training_state(state_path, config, model, opts, step + 1)
