@@ -31,13 +31,13 @@ import numpy as np
 import torch
 
 from anomaly.calibration import (
+    ROW_MEMORIES,
     Calibration,
     NormalStats,
-    defect_center,
     fit_normal_stats,
     fit_scaling,
-    image_floor,
     position_stats,
+    refit_floors,
     score_quantiles,
     standard_patches,
     stored_patches,
@@ -190,10 +190,8 @@ def calibrate(detector: Detector, data: TrainingData, context: DistributedContex
     signals = None
     if groups is not None and data.train_groups is not None:
         signals = signals_of_unseen_sources(stats, seen, data.train_groups[seen_at], held, groups, cfg, seed)
-    if signals is not None and held.image_cells is not None and stats.has_image_memory:
-        stats.image_floor = image_floor(held.image_cells)  # as each fold's: from held-out frames (see there)
-    if signals is not None and held.defect_map is not None and stats.has_defect_memory:
-        stats.defect_center = defect_center(held.defect_map)  # as the image floor
+    if signals is not None:
+        refit_floors(stats, held)  # as each fold's: from held-out frames (see there)
     if signals is None:
         values, _ = signal_values(held, stats, cfg)
         signals = {name: v.numpy().astype(np.float64) for name, v in values.items()}
@@ -229,11 +227,7 @@ def signals_of_unseen_sources(
         fold = fit_stats(select(seen, seen_groups != g), cfg, seed=seed)
         fold.patch_center, fold.patch_spread = stats.patch_center, stats.patch_spread
         mine = held_groups == g
-        others = torch.from_numpy(~mine)
-        if held.image_cells is not None and fold.has_image_memory:
-            fold.image_floor = image_floor(held.image_cells[others])
-        if held.defect_map is not None and fold.has_defect_memory:
-            fold.defect_center = defect_center(held.defect_map[others])
+        refit_floors(fold, held, torch.from_numpy(~mine))
         values, _ = signal_values(select(held, mine), fold, cfg)
         for name, v in values.items():
             out.setdefault(name, np.zeros(len(held_groups)))[mine] = v.numpy()
@@ -279,18 +273,14 @@ def with_fleet_memory(stats: NormalStats, fleet: NormalStats, limit: int, seed: 
         stats.memory_patches = torch.cat([fleet.memory_patches.cpu().float(), own_patches])
     else:  # rows of the patch memory must match the merged memory's: without both, no patch memory
         stats.memory_patches = stats.patch_channel_center = stats.patch_channel_scale = None
-    if fleet.has_image_memory and stats.has_image_memory:
-        assert fleet.memory_image is not None and stats.memory_image is not None
-        stats.memory_image = torch.cat([fleet.memory_image.cpu(), stats.memory_image[keep]])
-    else:  # as for the patch memory: its rows must match the merged memory's
-        stats.memory_image = stats.image_floor = None
-    if fleet.has_defect_memory and stats.has_defect_memory:
-        assert fleet.memory_defect is not None and stats.memory_defect is not None
-        stats.memory_defect = torch.cat([fleet.memory_defect.cpu(), stats.memory_defect[keep]])
-    else:  # as for the patch memory
-        stats.memory_defect = stats.defect_center = None
+    for table in ROW_MEMORIES:
+        if fleet.has_rows(table) and stats.has_rows(table):
+            setattr(stats, table.rows, torch.cat([getattr(fleet, table.rows).cpu(), getattr(stats, table.rows)[keep]]))
+        else:  # as for the patch memory: its rows must match the merged memory's
+            setattr(stats, table.rows, None)
+            if table.floor is not None:
+                setattr(stats, table.floor, None)
     stats.memory_features = torch.cat([fleet.memory_features.cpu(), own[keep]])
-    stats.memory_cells = torch.cat([fleet.memory_cells.cpu(), stats.memory_cells[keep]])
     stats.feature_center, stats.feature_scale = fleet.feature_center, fleet.feature_scale
     return stats
 

@@ -21,8 +21,9 @@ than promised. `anomaly.calibrate` does the fitting, after training and per came
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 import numpy as np
 import torch
@@ -30,6 +31,9 @@ import torch
 from anomaly.config import Combination
 from anomaly.frame_scores import combination_of
 from anomaly.memory import coreset_indices, standardiser
+
+if TYPE_CHECKING:  # scoring imports this module: the type only
+    from anomaly.scoring import RawSignals
 
 
 @dataclass
@@ -75,11 +79,16 @@ class NormalStats:
 
     @property
     def has_image_memory(self) -> bool:
-        return self.has_memory and self.memory_image is not None and self.image_floor is not None
+        return self.has_rows(IMAGE_MEMORY)
 
     @property
     def has_defect_memory(self) -> bool:
-        return self.has_memory and self.memory_defect is not None and self.defect_center is not None
+        return self.has_rows(DEFECT_MEMORY)
+
+    def has_rows(self, table: RowMemory) -> bool:
+        """Whether the memory has this table, with its floor where it has one."""
+        floor = table.floor is None or getattr(self, table.floor) is not None
+        return self.has_memory and getattr(self, table.rows) is not None and floor
 
     @property
     def has_patch_range(self) -> bool:
@@ -207,7 +216,7 @@ def fit_normal_stats(
         stats.feature_center, stats.feature_scale = standardiser(features)
         standard = (features.float() - stats.feature_center) / stats.feature_scale
         keep = coreset_indices(standard, memory_size, seed=seed)
-        stats.memory_features, stats.memory_cells = standard[keep], error_cells[keep].float()
+        stats.memory_features = standard[keep]
         if patch_maps is not None:
             # per-channel statistics in double precision, as the features': float sums over many
             # positions depend on the tensor's memory layout, and a sharded fit must match a single one
@@ -216,12 +225,12 @@ def fit_normal_stats(
             scale = maps.std(dim=(0, 2, 3)) if len(maps) > 1 else torch.ones(maps.shape[1], dtype=maps.dtype)
             stats.patch_channel_scale = torch.clamp(scale, min=1e-3 * float(scale.median()) + 1e-6).float()
             stats.memory_patches = stored_patches(standard_patches(patch_maps[keep], stats))
-        if image_cells is not None:
-            stats.memory_image = image_cells[keep].float()
-            stats.image_floor = image_floor(image_cells)
-        if defect_map is not None:
-            stats.memory_defect = defect_map[keep].float()
-            stats.defect_center = defect_center(defect_map)
+        per_frame = {"error_cells": error_cells, "image_cells": image_cells, "defect_map": defect_map}
+        for table in ROW_MEMORIES:
+            if (values := per_frame[table.raw]) is not None:
+                setattr(stats, table.rows, values[keep].float())
+                if table.floor is not None and table.fit_floor is not None:
+                    setattr(stats, table.floor, table.fit_floor(values))
     return stats
 
 
@@ -241,6 +250,34 @@ def image_floor(image_cells: torch.Tensor) -> torch.Tensor:
     flat = image_cells.double().flatten(1)
     upper, lower = torch.quantile(flat, 0.9, dim=0), torch.quantile(flat, 0.1, dim=0)
     return (0.25 * (upper - lower) + 1e-6).float().view_as(image_cells[0])
+
+
+class RowMemory(NamedTuple):
+    """One of the memory's tables with a row per memory frame, kept as the scorer gives it (no
+    standardising, unlike the features and the patch maps): the `NormalStats` field of its rows, the
+    `RawSignals` field they are taken from, and the statistic fitted beside them from all the normal
+    frames (its floor), which goes with them when they are dropped. Fitting, merging a camera's frames
+    with the fleet's (`anomaly.calibrate.with_fleet_memory`) and remembering confirmed-normal frames
+    (`anomaly.feedback.remember`) walk this table, so every table keeps one row per memory frame."""
+
+    rows: str
+    raw: str
+    floor: str | None = None
+    fit_floor: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+
+CELL_MEMORY = RowMemory("memory_cells", "error_cells")
+IMAGE_MEMORY = RowMemory("memory_image", "image_cells", "image_floor", image_floor)
+DEFECT_MEMORY = RowMemory("memory_defect", "defect_map", "defect_center", defect_center)
+ROW_MEMORIES = (CELL_MEMORY, IMAGE_MEMORY, DEFECT_MEMORY)
+
+
+def refit_floors(stats: NormalStats, frames: RawSignals, rows: torch.Tensor | None = None) -> None:
+    """Each table's floor from these normal frames (`rows` of them, or all), where `stats` has the table."""
+    for table in ROW_MEMORIES:
+        values = getattr(frames, table.raw)
+        if table.floor is not None and table.fit_floor is not None and values is not None and stats.has_rows(table):
+            setattr(stats, table.floor, table.fit_floor(values if rows is None else values[rows]))
 
 
 def stored_patches(patches: torch.Tensor) -> torch.Tensor:

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from anomaly.calibration import Calibration, NormalStats, standard_patches, stored_patches
+from anomaly.calibration import ROW_MEMORIES, Calibration, NormalStats, standard_patches, stored_patches
 from anomaly.detector import Detector
 from anomaly.frame_scores import lone_signal_level
 from anomaly.memory import coreset_indices
@@ -219,25 +219,17 @@ def remember(stats: NormalStats, raw: RawSignals, seed: int) -> int:
         return 0
     assert stats.memory_features is not None and stats.memory_cells is not None  # for the type checker
     standard = (raw.features.float() - stats.feature_center) / stats.feature_scale
+    tables = [t for t in ROW_MEMORIES if getattr(stats, t.rows) is not None]
+    if any(getattr(raw, t.raw) is None for t in tables) or (stats.has_patch_memory and raw.patch_features is None):
+        return 0  # every table's rows must match the memory's: frames that lack one are not remembered
     keep = coreset_indices(standard, MAX_REMEMBERED, seed=seed)
     if stats.has_patch_memory:
-        if raw.patch_features is None:  # the patch memory's rows must match the memory's
-            return 0
-        assert stats.memory_patches is not None
+        assert stats.memory_patches is not None and raw.patch_features is not None
         patches = stored_patches(standard_patches(raw.patch_features[keep].float(), stats))
         stats.memory_patches = torch.cat([stats.memory_patches.float(), patches.float()])
-    if stats.has_image_memory:
-        if raw.image_cells is None:  # as for the patch memory
-            return 0
-        assert stats.memory_image is not None
-        stats.memory_image = torch.cat([stats.memory_image, raw.image_cells[keep].float()])
-    if stats.has_defect_memory:
-        if raw.defect_map is None:  # as for the patch memory
-            return 0
-        assert stats.memory_defect is not None
-        stats.memory_defect = torch.cat([stats.memory_defect, raw.defect_map[keep].float()])
+    for table in tables:
+        setattr(stats, table.rows, torch.cat([getattr(stats, table.rows), getattr(raw, table.raw)[keep].float()]))
     stats.memory_features = torch.cat([stats.memory_features, standard[keep]])
-    stats.memory_cells = torch.cat([stats.memory_cells, raw.error_cells[keep].float()])
     return len(keep)
 
 

@@ -9,7 +9,9 @@ import pytest
 import torch
 from factories import road_frames
 
-from anomaly.feedback import fold_feedback, raise_offsets, widen_ranges, widen_whitening
+from anomaly.calibrate import collect_raw
+from anomaly.calibration import ROW_MEMORIES, NormalStats
+from anomaly.feedback import fold_feedback, raise_offsets, remember, widen_ranges, widen_whitening
 
 
 def sign(frames: np.ndarray, corner: str) -> np.ndarray:
@@ -111,3 +113,20 @@ def test_folding_lowers_the_defect_finders_cells_of_a_false_alarm_and_keeps_a_co
     assert "defect" not in result.unchanged and result.widened["defect"] > 0
     offset = result.calibration.stats.defect_offset
     assert offset is not None and (offset >= 0).all() and (offset > 0).sum() < offset.numel()
+
+
+def test_remember_grows_every_table_of_the_memory_alike_or_none_of_them(tiny_trained, prepare_all) -> None:
+    """Confirmed-normal frames join every per-frame table of the memory; frames lacking one table join none,
+    so the tables never go out of step (a table a row short would pair frames with other frames' maps)."""
+    detector = tiny_trained.detector
+    raw = collect_raw(detector, prepare_all(tiny_trained.config, road_frames(12, seed=8)))
+    fitted = vars(detector.calibrated.stats).items()
+    stats = NormalStats(**{k: None if v is None else v.cpu().clone() for k, v in fitted})
+    tables = [t.rows for t in ROW_MEMORIES if getattr(stats, t.rows) is not None]
+    tables += ["memory_features", "memory_patches"]
+    assert {"memory_image", "memory_defect"} <= set(tables)  # the tiny model keeps every table
+    before = {t: len(getattr(stats, t)) for t in tables}
+    assert remember(stats, dataclasses.replace(raw, image_cells=None), seed=0) == 0
+    assert {t: len(getattr(stats, t)) for t in tables} == before
+    added = remember(stats, raw, seed=0)
+    assert added > 0 and {t: len(getattr(stats, t)) for t in tables} == {t: n + added for t, n in before.items()}
