@@ -226,6 +226,25 @@ def test_resume_with_other_settings_is_refused(tmp_path, make_config, training_d
         train_detector(make_config(steps=4, **changed), training_data, out, resume=True, progress=False, log=quiet)
 
 
+def test_resume_with_other_training_settings_is_refused_while_steps_are_left(tmp_path, make_config, training_data):
+    """The steps left would train with other draws or updates than the steps done: one line names them."""
+    out = tmp_path / "m.pt"
+    train_detector(make_config(steps=2), training_data, out, progress=False, log=quiet)
+    other = make_config(steps=4, finder_updates=2, defect_fraction=0.25)
+    with pytest.raises(CheckpointError, match=r"other training settings \(defect_fraction, finder_updates\)"):
+        train_detector(other, training_data, out, resume=True, progress=False, log=quiet)
+
+
+def test_a_finished_run_resumes_with_other_training_settings_to_recalibrate(tmp_path, make_config, training_data):
+    """No step is left, so nothing trains with them: the networks come back as they were."""
+    out = tmp_path / "m.pt"
+    done = train_detector(make_config(steps=2), training_data, out, progress=False, log=quiet)
+    again = train_detector(
+        make_config(steps=2, finder_updates=2), training_data, out, resume=True, progress=False, log=quiet
+    )
+    assert_same_weights(done.model, again.model)
+
+
 def test_restore_refuses_a_model_file(tiny_trained):
     config = tiny_trained.config
     model = AutoencoderGAN(config.model)

@@ -29,7 +29,7 @@ from anomaly.checkpoint import (
     read_checkpoint,
     save_detector,
 )
-from anomaly.config import DetectorConfig, LossConfig
+from anomaly.config import DetectorConfig, LossConfig, TrainConfig
 from anomaly.detector import Detector
 from anomaly.device import resolve_device
 from anomaly.model import AutoencoderGAN
@@ -185,12 +185,32 @@ def restore_training_state(path: Path, config: DetectorConfig, model: Autoencode
             f"{path} was written with different model, preprocessing or seed settings; "
             "resume with the same settings or start afresh without --resume"
         )
+    changed = changed_training_settings(saved.train, config.train)
+    if changed and int(state["step"]) < config.train.steps:
+        raise CheckpointError(
+            f"{path} was trained with other training settings ({', '.join(changed)}); the steps left would "
+            "mix them: resume with the same settings or start afresh without --resume"
+        )
     model.load_state_dict(network_weights(state))
     opts[0].load_state_dict(state["opt_g"])
     opts[1].load_state_dict(state["opt_d"])
     if len(opts) > 2:
         opts[2].load_state_dict(state["opt_f"])
     return int(state["step"])
+
+
+# Training settings that may change on --resume: how long to train, where, how often to save.
+RESUMABLE_CHANGES = frozenset({"steps", "device", "checkpoint_every"})
+
+
+def changed_training_settings(saved: TrainConfig, wanted: TrainConfig) -> list[str]:
+    """The training settings (as `anomaly train` options' fields) that differ between a saved run and
+    this one, other than those a resumed run may change: the rest decide each step's draws and updates."""
+    return [
+        name
+        for name in type(saved).model_fields
+        if name not in RESUMABLE_CHANGES and getattr(saved, name) != getattr(wanted, name)
+    ]
 
 
 def step_generator(seed: int, step: int) -> torch.Generator:
