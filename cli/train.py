@@ -34,6 +34,24 @@ _TRAIN = TrainConfig.model_fields
 _MODEL = ModelConfig.model_fields
 _CAL = CalibrationConfig.model_fields
 
+# The option that sets each setting `anomaly train --resume` may find changed (anomaly.training.train.ResumeMismatch).
+OPTION_OF_SETTING = {
+    "train.batch_size": "--batch-size",
+    "train.seed": "--seed",
+    "train.holdout_fraction": "--holdout",
+    "train.max_train_frames": "--max-train-frames",
+    "train.defect_fraction": "--defects",
+    "train.restore_defects": "--restore-defects",
+    "train.finder_updates": "--finder-updates",
+    "train.loss.adversarial": "--adversarial-weight",
+    "preprocess.width": "--width",
+    "preprocess.height": "--height",
+    "preprocess.roi": "--roi",
+    "model.latent_channels": "--latent-channels",
+    "model.finder_widths": "--finder/--no-finder",
+    "model.finder_count": "--finders",
+}
+
 
 @friendly_errors
 @with_options(sampling=sampling_options)
@@ -99,10 +117,17 @@ def train(
 
     Runs unchanged under `torchrun --nproc-per-node N`: DistributedDataParallel, one checkpoint from rank 0.
     """
+    from anomaly.checkpoint import CheckpointError
     from anomaly.device import resolve_device
     from anomaly.preprocess import Preprocessor
     from anomaly.training.distributed import context_from_env, process_group
-    from anomaly.training.train import TrainingData, train_detector
+    from anomaly.training.train import (
+        ResumeMismatch,
+        TrainingData,
+        check_resumable,
+        train_detector,
+        training_state_path,
+    )
     from footage.ingest import expand_sources
     from footage.training_frames import load_named_prepared_frames
 
@@ -134,6 +159,11 @@ def train(
         ),
     )
     torch_device = resolve_device(device)  # fail before reading any video
+    if resume and training_state_path(out).exists():  # as must a state these options may not continue
+        try:
+            check_resumable(training_state_path(out), config)
+        except ResumeMismatch as exc:
+            raise CheckpointError(exc.describe(lambda name: OPTION_OF_SETTING.get(name, name))) from None
     context = context_from_env(os.environ)  # torchrun's RANK/WORLD_SIZE/LOCAL_RANK; rank 0 of 1 otherwise
     echo = typer.echo if context.is_main else quiet
     named = load_named_prepared_frames(

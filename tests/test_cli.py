@@ -107,6 +107,29 @@ def test_resume_continues_from_the_saved_state(trained, tmp_path):
     second = runner.invoke(app, ["train", src, "--out", str(model), "--resume", *more])
     assert second.exit_code == 0, second.output
     assert "resuming from step 15" in second.output
+    # other draws for the steps left: refused before any footage is read, in the options' own names
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"not a video")
+    other = [a if a != "8" else "4" for a in more]
+    refused = runner.invoke(app, ["train", str(broken), "--out", str(model), "--resume", *other, "--steps", "30"])
+    assert refused.exit_code == 2
+    assert "--batch-size 8 then, 4 now" in refused.output and "broken" not in refused.output.split(": ", 1)[1]
+
+
+def test_every_setting_a_resume_may_refuse_is_named_by_an_option_of_train():
+    """`anomaly train --resume` names changed settings by the options that set them: each must exist."""
+    from typer.main import get_command
+
+    from anomaly.config import DetectorConfig
+    from cli.train import OPTION_OF_SETTING
+
+    options = {o for p in get_command(app).commands["train"].params for o in [*p.opts, *p.secondary_opts]}
+    for setting, option in OPTION_OF_SETTING.items():
+        node = DetectorConfig()
+        for part in setting.split("."):
+            assert part in type(node).model_fields, setting
+            node = getattr(node, part)
+        assert set(option.split("/")) <= options, option
 
 
 def test_python_dash_m_entry_point():

@@ -10,6 +10,7 @@ from anomaly.model import AutoencoderGAN
 from anomaly.preprocess import Preprocessor
 from anomaly.training import train as train_module
 from anomaly.training.train import (
+    ResumeMismatch,
     TrainingData,
     make_optimisers,
     random_shift,
@@ -222,7 +223,7 @@ def test_resume_without_a_state_starts_afresh(tmp_path, make_config, training_da
 def test_resume_with_other_settings_is_refused(tmp_path, make_config, training_data, changed):
     out = tmp_path / "m.pt"
     train_detector(make_config(steps=2), training_data, out, progress=False, log=quiet)
-    with pytest.raises(CheckpointError, match="different model, preprocessing or seed"):
+    with pytest.raises(CheckpointError, match="other model, preprocessing or seed settings"):
         train_detector(make_config(steps=4, **changed), training_data, out, resume=True, progress=False, log=quiet)
 
 
@@ -231,8 +232,10 @@ def test_resume_with_other_training_settings_is_refused_while_steps_are_left(tmp
     out = tmp_path / "m.pt"
     train_detector(make_config(steps=2), training_data, out, progress=False, log=quiet)
     other = make_config(steps=4, finder_updates=2, defect_fraction=0.25)
-    with pytest.raises(CheckpointError, match=r"other training settings \(defect_fraction, finder_updates\)"):
+    with pytest.raises(ResumeMismatch, match="other training settings") as refused:
         train_detector(other, training_data, out, resume=True, progress=False, log=quiet)
+    assert refused.value.changes == {"train.defect_fraction": (0.0, 0.25), "train.finder_updates": (1, 2)}
+    assert "train.finder_updates 1 then, 2 now" in str(refused.value)
 
 
 def test_a_finished_run_resumes_with_other_training_settings_to_recalibrate(tmp_path, make_config, training_data):

@@ -12,10 +12,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import BaseModel
 from torch import nn
 
 from anomaly.calibrate import calibrate
@@ -29,7 +31,7 @@ from anomaly.checkpoint import (
     read_checkpoint,
     save_detector,
 )
-from anomaly.config import DetectorConfig, LossConfig, TrainConfig
+from anomaly.config import DetectorConfig, LossConfig
 from anomaly.detector import Detector
 from anomaly.device import resolve_device
 from anomaly.model import AutoencoderGAN
@@ -176,41 +178,64 @@ def save_training_state(path: Path, config: DetectorConfig, model: AutoencoderGA
     )
 
 
+class ResumeMismatch(CheckpointError):
+    """A saved training state that the wanted settings may not continue; `changes` maps each differing
+    setting's dotted name ("train.batch_size") to its (saved, wanted) values, so an edge that knows its
+    own names for the settings (the CLI's options) can say it in those."""
+
+    def __init__(self, path: Path, changes: dict[str, tuple[Any, Any]], why: str) -> None:
+        self.path, self.changes, self.why = path, changes, why
+        super().__init__(self.describe())
+
+    def describe(self, label: Callable[[str], str] = str) -> str:
+        listed = "; ".join(f"{label(name)} {old!r} then, {new!r} now" for name, (old, new) in self.changes.items())
+        return f"{self.path} {self.why} ({listed}): resume with the same settings or start afresh without --resume"
+
+
+def setting_changes(saved: BaseModel, wanted: BaseModel, prefix: str = "") -> dict[str, tuple[Any, Any]]:
+    """Every setting (leaf of the nested configs) whose value differs, by dotted name."""
+    out: dict[str, tuple[Any, Any]] = {}
+    for name in type(saved).model_fields:
+        old, new = getattr(saved, name), getattr(wanted, name)
+        if isinstance(old, BaseModel) and isinstance(new, BaseModel):
+            out |= setting_changes(old, new, f"{prefix}{name}.")
+        elif old != new:
+            out[f"{prefix}{name}"] = (old, new)
+    return out
+
+
+# Training settings that may change on --resume: how long to train, where, how often to save.
+RESUMABLE_CHANGES = frozenset({"train.steps", "train.device", "train.checkpoint_every"})
+
+
+def check_resumable(path: Path, config: DetectorConfig) -> dict[str, Any]:
+    """The training state at `path`, if `config` may continue it; else `ResumeMismatch`, naming the settings.
+
+    The networks' shape, the preprocessing and the seed may never change (the weights or each step's
+    draws would not fit them); the other training settings only once no step is left, when a resumed run
+    trains nothing and only recalibrates; calibration settings always may. Cheap (the weights are small),
+    so the CLI checks before it decodes any footage.
+    """
+    state = read_checkpoint(path, KIND_TRAINING_STATE)
+    changes = setting_changes(parse_config(state, path), config)
+    fixed = {k: v for k, v in changes.items() if k.startswith(("preprocess.", "model.")) or k == "train.seed"}
+    if fixed:
+        raise ResumeMismatch(path, fixed, "was written with other model, preprocessing or seed settings")
+    training = {k: v for k, v in changes.items() if k.startswith("train.") and k not in RESUMABLE_CHANGES}
+    if training and int(state["step"]) < config.train.steps:
+        raise ResumeMismatch(path, training, "was trained with other training settings, which the steps left would mix")
+    return state
+
+
 def restore_training_state(path: Path, config: DetectorConfig, model: AutoencoderGAN, opts: tuple) -> int:
     """Load a saved training state into `model`/`opts`; returns the step to continue from."""
-    state = read_checkpoint(path, KIND_TRAINING_STATE)
-    saved = parse_config(state, path)
-    if (saved.preprocess, saved.model, saved.train.seed) != (config.preprocess, config.model, config.train.seed):
-        raise CheckpointError(
-            f"{path} was written with different model, preprocessing or seed settings; "
-            "resume with the same settings or start afresh without --resume"
-        )
-    changed = changed_training_settings(saved.train, config.train)
-    if changed and int(state["step"]) < config.train.steps:
-        raise CheckpointError(
-            f"{path} was trained with other training settings ({', '.join(changed)}); the steps left would "
-            "mix them: resume with the same settings or start afresh without --resume"
-        )
+    state = check_resumable(path, config)
     model.load_state_dict(network_weights(state))
     opts[0].load_state_dict(state["opt_g"])
     opts[1].load_state_dict(state["opt_d"])
     if len(opts) > 2:
         opts[2].load_state_dict(state["opt_f"])
     return int(state["step"])
-
-
-# Training settings that may change on --resume: how long to train, where, how often to save.
-RESUMABLE_CHANGES = frozenset({"steps", "device", "checkpoint_every"})
-
-
-def changed_training_settings(saved: TrainConfig, wanted: TrainConfig) -> list[str]:
-    """The training settings (as `anomaly train` options' fields) that differ between a saved run and
-    this one, other than those a resumed run may change: the rest decide each step's draws and updates."""
-    return [
-        name
-        for name in type(saved).model_fields
-        if name not in RESUMABLE_CHANGES and getattr(saved, name) != getattr(wanted, name)
-    ]
 
 
 def step_generator(seed: int, step: int) -> torch.Generator:
