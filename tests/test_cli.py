@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from anomaly.checkpoint import load_detector
 from anomaly.config import SIGNALS_WITHOUT_FINDER
+from anomaly.scoring import raw_signals
 from cli.main import app
 from footage.scores_csv import CSV_COLUMNS, read_scores_csv
 
@@ -114,6 +115,23 @@ def test_resume_continues_from_the_saved_state(trained, tmp_path):
     refused = runner.invoke(app, ["train", str(broken), "--out", str(model), "--resume", *other, "--steps", "30"])
     assert refused.exit_code == 2
     assert "--batch-size 8 then, 4 now" in refused.output and "broken" not in refused.output.split(": ", 1)[1]
+
+    # a finished run resumes with other cells: recalibrated on them, the networks as they were
+    before = load_detector(model, device="cpu").model.state_dict()
+    recal = runner.invoke(app, ["train", src, "--out", str(model), "--resume", *more, "--cell-step", "4"])
+    assert recal.exit_code == 0, recal.output
+    again = load_detector(model, device="cpu")
+    assert again.config.calibration.error_stride == 4
+    assert all(torch.equal(before[k], v) for k, v in again.model.state_dict().items())
+    raw = raw_signals(
+        again.net,
+        again.preprocessor.to_tensor(again.preprocessor.prepare(road_frames(1)[0])[None], "cpu"),
+        again.config.calibration,
+    )
+    cells = again.config.calibration
+    assert raw.error_cells.shape[-1] == (32 - cells.error_pool) // 4 + 1
+    too_far = runner.invoke(app, ["train", src, "--out", str(tmp_path / "x.pt"), *TINY_TRAIN, "--cell-step", "500"])
+    assert too_far.exit_code == 2 and "--cell-step" in too_far.output
 
 
 def test_every_setting_a_resume_may_refuse_is_named_by_an_option_of_train():
