@@ -166,8 +166,8 @@ class CalibrationConfig(_Frozen):
     error_pool: int = Field(20, ge=1, description="side (model pixels) of the cells the error map is averaged over")
     # Cells every 2 model pixels, not 4 (models calibrated before keep their 4): a small object (5-9 pixels
     # at 128x72) then fills more of its best-placed cell, in the error map and the frame's own statistics.
-    # On the fleet benchmark, the same networks recalibrated: all kinds 0.913/0.887/0.880 -> 0.923/0.893/
-    # 0.888 over three seeds, small objects +0.016-0.025; 1.3-1.6 ms a frame more scoring (README).
+    # On the fleet benchmark, the same networks recalibrated: all kinds 0.913/0.887/0.880/0.850 -> 0.923/
+    # 0.893/0.888/0.845 over four seeds, small objects +0.010-0.025; 1.6-2.5 ms a frame more in PyTorch (README).
     error_stride: int = Field(2, ge=1, description="step (model pixels) between neighbouring cells")
     error_blur_sigma: float = Field(
         1.0, ge=0.0, le=8.0, description="Gaussian blur (model pixels) of frame and reconstruction before the heat map"
