@@ -97,11 +97,12 @@ class ModelConfig(_Frozen):
         "checkpoint format 4 and older, which had none)",
     )
     finder_count: int = Field(
-        2,
+        3,
         ge=1,
         le=8,
-        description="defect finders trained apart and averaged (anomaly.model.DefectFinders); models of "
-        "checkpoint format 5 and older have one",
+        description="defect finders trained apart and averaged (anomaly.model.DefectFinders); three by default, "
+        "as a weak training run's finders are what the averaging evens out; models of checkpoint format 5 "
+        "and older have one",
     )
 
 
