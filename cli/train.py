@@ -170,9 +170,10 @@ def train(
         ),
     )
     torch_device = resolve_device(device)  # fail before reading any video
-    if resume and training_state_path(out).exists():  # as must a state these options may not continue
+    state_path = training_state_path(out)
+    if resume and state_path.exists():  # as must a state these options may not continue
         try:
-            check_resumable(training_state_path(out), config)
+            check_resumable(state_path, config)
         except ResumeMismatch as exc:
             raise CheckpointError(exc.describe(lambda name: OPTION_OF_SETTING.get(name, name))) from None
     context = context_from_env(os.environ)  # torchrun's RANK/WORLD_SIZE/LOCAL_RANK; rank 0 of 1 otherwise

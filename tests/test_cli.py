@@ -121,14 +121,11 @@ def test_resume_continues_from_the_saved_state(trained, tmp_path):
     recal = runner.invoke(app, ["train", src, "--out", str(model), "--resume", *more, "--cell-step", "4"])
     assert recal.exit_code == 0, recal.output
     again = load_detector(model, device="cpu")
-    assert again.config.calibration.error_stride == 4
-    assert all(torch.equal(before[k], v) for k, v in again.model.state_dict().items())
-    raw = raw_signals(
-        again.net,
-        again.preprocessor.to_tensor(again.preprocessor.prepare(road_frames(1)[0])[None], "cpu"),
-        again.config.calibration,
-    )
     cells = again.config.calibration
+    assert cells.error_stride == 4
+    assert all(torch.equal(before[k], v) for k, v in again.model.state_dict().items())
+    frame = again.preprocessor.to_tensor(again.preprocessor.prepare(road_frames(1)[0])[None], "cpu")
+    raw = raw_signals(again.net, frame, cells)
     assert raw.error_cells.shape[-1] == (32 - cells.error_pool) // 4 + 1
     too_far = runner.invoke(app, ["train", src, "--out", str(tmp_path / "x.pt"), *TINY_TRAIN, "--cell-step", "500"])
     assert too_far.exit_code == 2 and "--cell-step" in too_far.output

@@ -23,6 +23,14 @@ def sign(frames: np.ndarray, corner: str) -> np.ndarray:
     return out
 
 
+def noise_block(frames: np.ndarray, rows: slice, cols: slice, seed: int) -> np.ndarray:
+    """Frames with a block of uniform colour noise (a sticker, a torn block), the same noise in every frame."""
+    out = frames.copy()
+    h, w = len(range(*rows.indices(out.shape[1]))), len(range(*cols.indices(out.shape[2])))
+    out[:, rows, cols] = np.random.default_rng(seed).integers(0, 256, (len(out), h, w, 3), dtype=np.uint8)
+    return out
+
+
 def test_widen_ranges_covers_the_frames_and_touches_only_the_cells_they_exceed() -> None:
     center, spread = torch.zeros(3, 4), torch.ones(3, 4)
     values = torch.zeros(2, 3, 4)
@@ -100,12 +108,8 @@ def test_folding_lowers_the_defect_finders_cells_of_a_false_alarm_and_keeps_a_co
     detector = tiny_trained.detector.with_all_signals()
     config = tiny_trained.config
     base = road_frames(30, seed=5)
-    sticker = base[:15].copy()
-    sticker[:, 4:20, 8:40] = np.random.default_rng(1).integers(0, 256, (15, 16, 32, 3), dtype=np.uint8)
-    board = prepare_all(config, sticker)
-    other = base[15:].copy()
-    other[:, -20:-4, 8:40] = np.random.default_rng(0).integers(0, 256, (15, 16, 32, 3), dtype=np.uint8)
-    confirmed = prepare_all(config, other)  # a noise block low in the frame: a confirmed anomaly
+    board = prepare_all(config, noise_block(base[:15], slice(4, 20), slice(8, 40), seed=1))
+    confirmed = prepare_all(config, noise_block(base[15:], slice(-20, -4), slice(8, 40), seed=0))
     cal = detector.calibrated
     peak = [float(detector.score_prepared(f).defect_score.max()) for f in (board, confirmed)]
     z = [(p - cal.loc["defect"]) / cal.scale["defect"] for p in peak]
