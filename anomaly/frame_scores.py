@@ -137,7 +137,7 @@ def combine(
     log-mean-exp, log(mean(exp(z))), a smooth maximum.
 
     The log-mean-exp lies between the mean and the maximum of the z-scores: one signal far above the
-    rest counts as its own z-score less log(n) (1.6 for five signals), and two or three raised
+    rest counts as its own z-score less log(n) (1.9 for the default's seven signals), and two or three raised
     together count for more than the largest of them alone. A small object on the road, a smear or a
     torn block often raises several signals a little (the patch memory, the frame's own statistics,
     the defect finder) where a normal frame raises one: on the fleet benchmark's three seeds it

@@ -1,6 +1,7 @@
 """Which signals, combined how, would have scored a fleet benchmark run best: offline, on its CSV.
 
-    python benchmarks/signal_combinations.py runs/fleet [--top 12] [--max-size 4]
+    python benchmarks/signal_combinations.py runs/fleet [--top 12] [--max-size 4] [--rule max|logmeanexp]
+        [--sets spatial,latent,knn ...]
 
 Reads a finished `benchmarks/fleet_eval.py` run folder (its `model.pt` and `scores.csv`, whose rows
 hold every signal of the same networks) and, without scoring anything again, turns each signal into
@@ -8,9 +9,11 @@ the model's own calibrated z-score (the checkpoint's `loc`/`scale`, fitted on he
 as drives never seen). It then prints the frame-level AUROC (later-footage normal frames against each
 kind, as fleet_eval does) of
 
-- the model's signals combined by other rules than the product's maximum (sum of positive parts,
-  their Euclidean norm, the mean, the sum of the two largest, log-sum-exp), and
-- the maximum over every subset of the signals, best first.
+- the model's signals combined by other rules (the maximum, the sum of positive parts, their Euclidean
+  norm, the mean, the sum of the two largest, log-sum-exp, which ranks as the log-mean-exp does),
+- each set given with `--sets`, combined by the product's own `anomaly.frame_scores.combine` with the
+  model's rule (or `--rule`), and
+- every subset of the signals combined the same way, best first.
 
 Why: it tells whether a gap of the benchmark is in how the signals are combined (a rule or a subset
 would close it) or in the signals themselves (none does), before a run of training is spent on it.
@@ -24,12 +27,14 @@ import argparse
 import itertools
 import sys
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
 
 from anomaly.calibration import Calibration
 from anomaly.checkpoint import KIND_MODEL, read_checkpoint
-from anomaly.frame_scores import z_scores
+from anomaly.config import Combination
+from anomaly.frame_scores import combine, z_scores
 from footage.scores_csv import read_scores_csv
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -39,14 +44,14 @@ KINDS = ("small_object", "lens_mud", "glare", "torn_frame", "night")
 NORMAL = "later"
 
 
-def load(run: Path) -> tuple[dict[str, np.ndarray], np.ndarray, list[str]]:
-    """Each signal's calibrated z-scores, each row's kind (the frames folder it came from), the model's signals."""
+def load(run: Path) -> tuple[dict[str, np.ndarray], Calibration, np.ndarray]:
+    """Each signal's raw values, the model's calibration and each row's kind (the frames folder it came from)."""
     cal = Calibration.from_state(read_checkpoint(run / "model.pt", KIND_MODEL)["calibration"])
     cols = read_scores_csv(run / "scores.csv")  # a signal left empty in any row is absent
     kinds = np.array([Path(s).parent.name for s in cols["source"]])
-    signals = {name: cols[f"{name}_score"] for name in sorted(cal.loc) if f"{name}_score" in cols}
-    z = dict(zip(signals, z_scores(signals, cal.loc, cal.scale, list(signals)), strict=True))
-    return z, kinds, list(cal.signals)
+    column = {name: "recon_error" if name == "recon" else f"{name}_score" for name in cal.loc}
+    signals = {name: cols[column[name]] for name in sorted(cal.loc) if column[name] in cols}
+    return signals, cal, kinds
 
 
 def aurocs(score: np.ndarray, kinds: np.ndarray) -> tuple[float, list[float]]:
@@ -77,23 +82,36 @@ def main() -> None:
     parser.add_argument("run", type=Path, help="a fleet_eval.py --out folder")
     parser.add_argument("--top", type=int, default=12, help="subsets to print")
     parser.add_argument("--max-size", type=int, default=4, help="largest subset of signals tried")
+    parser.add_argument("--rule", choices=get_args(Combination), help="how sets combine (default: the model's)")
+    parser.add_argument("--sets", nargs="*", default=[], help="comma-separated signal sets to print first")
     args = parser.parse_args()
-    z, kinds, chosen = load(args.run)
-    missing = [s for s in chosen if s not in z]
+    signals, cal, kinds = load(args.run)
+    chosen = list(cal.signals)
+    sets = [tuple(s.split(",")) for s in args.sets]
+    missing = sorted({s for group in (chosen, *sets) for s in group if s not in signals})
     if missing or NORMAL not in kinds:
-        raise SystemExit(f"{args.run}: not a fleet_eval run with every signal of its model ({missing or NORMAL})")
+        raise SystemExit(f"{args.run}: not a fleet_eval run with every signal asked for ({missing or NORMAL})")
+    rule: Combination = args.rule or cal.combination
+    z = np.stack(z_scores(signals, cal.loc, cal.scale, chosen), 1)
     header = "| {} | all | worst kind | " + " | ".join(KINDS) + " |\n|" + "---|" * (len(KINDS) + 3)
-    print(f"Rules over the model's signals ({', '.join(chosen)}):\n")
+    print(f"Rules over the model's signals ({', '.join(chosen)}; the model's rule: {cal.combination}):\n")
     print(header.format("rule"))
-    for name, score in rules(np.stack([z[s] for s in chosen], 1)).items():
+    for name, score in rules(z).items():
         print(row(name, *aurocs(score, kinds)))
+
+    def combined(subset: tuple[str, ...]) -> tuple[float, list[float]]:
+        return aurocs(combine(signals, cal.loc, cal.scale, subset, rule), kinds)
+
+    print(f"\nSets under {rule}:\n")
+    print(header.format("signals"))
+    for subset in (tuple(chosen), *sets):
+        print(row(",".join(subset), *combined(subset)))
     results = []
     for size in range(1, args.max_size + 1):
-        for subset in itertools.combinations(sorted(z), size):
-            total, per_kind = aurocs(np.max([z[s] for s in subset], 0), kinds)
-            results.append((total, per_kind, subset))
+        for subset in itertools.combinations(sorted(signals), size):
+            results.append((*combined(subset), subset))
     results.sort(key=lambda r: -r[0])
-    print(f"\nMaximum over subsets of {', '.join(sorted(z))} (best {args.top} of {len(results)}):\n")
+    print(f"\n{rule} over subsets of {', '.join(sorted(signals))} (best {args.top} of {len(results)}):\n")
     print(header.format("signals"))
     for total, per_kind, subset in results[: args.top]:
         print(row(",".join(subset), total, per_kind))
