@@ -19,7 +19,9 @@ Splits (frames resized to 256x144 and written losslessly; about 10 frames/s kept
   first two seconds of driving included, and its false alarms are counted on the second halves of
   all three: what a user who calibrates on a minute spread over the camera's drives sees.
 - anomalies: each kind of `fleet_inject.py` injected into every later-footage frame (so each AUROC
-  compares the same frames with and without it), and the real night clip.
+  compares the same frames with and without it), and the real night clip. A camera knocked out of
+  place (`MOUNT_FAULTS`: rolled in its mount, tipped down at the road) is measured the same way and
+  printed below the "all" row, which keeps the other kinds so that it compares with earlier runs.
 
 Printed: frame-level AUROC per kind (later-footage normal frames vs that kind) for the combined
 score and every signal column of the CSV, the PCA baseline (64x36 pixels, fit on the frames the
@@ -44,7 +46,7 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fleet_inject import INJECTORS  # noqa: E402
+from fleet_inject import INJECTORS, MOUNT_FAULTS  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"  # --data replaces it
@@ -209,14 +211,15 @@ def main() -> None:
             later_frames[part.name] = imgs
         if part.role == "train":
             train_frames[part.name] = imgs
-    for k, kind in enumerate(INJECTORS):
+    injectors = {**INJECTORS, **MOUNT_FAULTS}
+    for k, kind in enumerate(injectors):
         folders[kind] = []
         for p, (name, imgs) in enumerate(sorted(later_frames.items())):
             folder = frames_dir / kind / name
             folders[kind].append(folder)
-            if not reuse:
+            if not reuse or not folder.exists():  # kinds added since the frames were written
                 rng = np.random.default_rng(1000 * k + p)
-                write_folder(folder, [INJECTORS[kind](f, rng) for f in imgs])
+                write_folder(folder, [injectors[kind](f, rng) for f in imgs])
     (frames_dir / "done").write_text("ok")
     counts = {role: sum(len(list(f.glob("*.png"))) for f in fs) for role, fs in folders.items()}
     print(f"frames: {json.dumps(counts)}")
@@ -230,7 +233,7 @@ def main() -> None:
         steps = ["--steps", str(args.steps)] if args.steps else []
         extra = args.train_args.split() if args.train_args else []
         timing["train_s"] = anomaly_cli("train", *folders["train"], "--out", model, *steps, *extra, *common, log=log)
-    test_groups = ["later", "unseen", "night", *INJECTORS]
+    test_groups = ["later", "unseen", "night", *injectors]
     test_folders = [f for g in test_groups for f in folders[g]]
     timing["score_s"] = anomaly_cli(
         "score", *test_folders, "--model", model, "--out", out / "scores.csv", "--overwrite", "--all-signals",
@@ -289,17 +292,24 @@ def main() -> None:
     pca_normal = pca_scores("later")
     pca_by = {g: pca_scores(g) for g in kinds}
     table: dict[str, dict[str, float]] = {}
-    for kind in kinds:
+
+    def kind_row(kind: str) -> dict[str, float]:
         row = {c: auroc(normal[c], gather(scores, kind, c)) for c in columns}
         row["pca"] = auroc(pca_normal, pca_by[kind])
         row["flagged"] = float(gather(scores, kind, "is_anomaly").mean())
         row["pca_flagged"] = float((pca_by[kind] > pca_threshold).mean())
-        table[kind] = row
+        return row
+
+    for kind in kinds:
+        table[kind] = kind_row(kind)
     every = {c: np.concatenate([gather(scores, k, c) for k in kinds]) for c in [*columns, "is_anomaly"]}
     table["all"] = {c: auroc(normal[c], every[c]) for c in columns}
     table["all"]["pca"] = auroc(pca_normal, np.concatenate([pca_by[k] for k in kinds]))
     table["all"]["flagged"] = float(every["is_anomaly"].mean())
     table["all"]["pca_flagged"] = float((np.concatenate([pca_by[k] for k in kinds]) > pca_threshold).mean())
+    pca_by |= {g: pca_scores(g) for g in MOUNT_FAULTS}
+    for kind in MOUNT_FAULTS:  # after "all", outside it (the module's docstring says why)
+        table[kind] = kind_row(kind)
 
     far: dict[str, dict[str, float]] = {}
     pca_unseen = pca_scores("unseen")

@@ -101,9 +101,38 @@ def torn_frame(frame: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return out
 
 
+def camera_rolled(frame: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A camera knocked sideways in its mount: the view rolled 8-20 degrees either way. The frame holds
+    nothing beyond its edges, so the rolled view is zoomed just enough (1.24-1.55 times) to leave no
+    corner empty: every pixel is real footage, none is made up."""
+    h, w = frame.shape[:2]
+    angle = float(rng.uniform(8, 20) * rng.choice([-1, 1]))
+    a = np.radians(abs(angle))
+    zoom = np.cos(a) + (w / h) * np.sin(a)  # the output's corners, turned back, stay inside the frame (w >= h)
+    m = cv2.getRotationMatrix2D((w / 2, h / 2), angle, float(zoom))
+    return cv2.warpAffine(frame, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+
+
+def camera_pitched(frame: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A camera knocked to point down at the road: the lower 35-50% of the view (centred, the frame's
+    aspect) fills the frame, so the horizon and the sky are gone and the asphalt is close."""
+    h, w = frame.shape[:2]
+    keep = float(rng.uniform(0.35, 0.50))
+    ch, cw = int(h * keep), int(w * keep)
+    x0 = (w - cw) // 2
+    return cv2.resize(frame[h - ch :, x0 : x0 + cw], (w, h), interpolation=cv2.INTER_LINEAR)
+
+
 INJECTORS: dict[str, Injector] = {
     "small_object": small_object,
     "lens_mud": lens_mud,
     "glare": glare,
     "torn_frame": torn_frame,
+}
+
+# A camera knocked out of place: measured and printed per kind, but outside the fleet table's "all", which
+# keeps the kinds above (and the night clip) so that its figures compare with every earlier run's.
+MOUNT_FAULTS: dict[str, Injector] = {
+    "camera_rolled": camera_rolled,
+    "camera_pitched": camera_pitched,
 }
