@@ -39,6 +39,7 @@ from footage.scores_csv import read_scores_csv
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fleet_eval import auroc  # noqa: E402
+from fleet_inject import MOUNT_FAULTS  # noqa: E402
 
 KINDS = ("small_object", "lens_mud", "glare", "torn_frame", "night")
 NORMAL = "later"
@@ -55,9 +56,14 @@ def load(run: Path) -> tuple[dict[str, np.ndarray], Calibration, np.ndarray]:
 
 
 def aurocs(score: np.ndarray, kinds: np.ndarray) -> tuple[float, list[float]]:
-    """AUROC over all kinds together, and per kind, of later-footage frames against anomalous ones."""
+    """AUROC over all kinds together (`KINDS`: the fleet table's "all"), and per kind of `KINDS` and of the
+    mount faults the run has (after them, outside "all"), of later-footage frames against anomalous ones."""
     normal = score[kinds == NORMAL]
-    return auroc(normal, score[np.isin(kinds, KINDS)]), [auroc(normal, score[kinds == k]) for k in KINDS]
+    return auroc(normal, score[np.isin(kinds, KINDS)]), [auroc(normal, score[kinds == k]) for k in shown(kinds)]
+
+
+def shown(kinds: np.ndarray) -> list[str]:
+    return [*KINDS, *(k for k in MOUNT_FAULTS if k in kinds)]
 
 
 def rules(z: np.ndarray) -> dict[str, np.ndarray]:
@@ -74,7 +80,8 @@ def rules(z: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def row(label: str, total: float, per_kind: list[float]) -> str:
-    return f"| {label} | {total:.3f} | {min(per_kind):.3f} | " + " | ".join(f"{a:.3f}" for a in per_kind) + " |"
+    worst = min(per_kind[: len(KINDS)])  # of the kinds in "all"
+    return f"| {label} | {total:.3f} | {worst:.3f} | " + " | ".join(f"{a:.3f}" for a in per_kind) + " |"
 
 
 def main() -> None:
@@ -93,7 +100,7 @@ def main() -> None:
         raise SystemExit(f"{args.run}: not a fleet_eval run with every signal asked for ({missing or NORMAL})")
     rule: Combination = args.rule or cal.combination
     z = np.stack(z_scores(signals, cal.loc, cal.scale, chosen), 1)
-    header = "| {} | all | worst kind | " + " | ".join(KINDS) + " |\n|" + "---|" * (len(KINDS) + 3)
+    header = "| {} | all | worst kind | " + " | ".join(shown(kinds)) + " |\n|" + "---|" * (len(shown(kinds)) + 3)
     print(f"Rules over the model's signals ({', '.join(chosen)}; the model's rule: {cal.combination}):\n")
     print(header.format("rule"))
     for name, score in rules(z).items():
