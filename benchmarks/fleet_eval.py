@@ -290,7 +290,7 @@ def main() -> None:
     kinds = [*INJECTORS, "night"]
     normal = {c: gather(scores, "later", c) for c in columns}
     pca_normal = pca_scores("later")
-    pca_by = {g: pca_scores(g) for g in kinds}
+    pca_by = {g: pca_scores(g) for g in [*kinds, *MOUNT_FAULTS]}
     table: dict[str, dict[str, float]] = {}
 
     def kind_row(kind: str) -> dict[str, float]:
@@ -307,7 +307,6 @@ def main() -> None:
     table["all"]["pca"] = auroc(pca_normal, np.concatenate([pca_by[k] for k in kinds]))
     table["all"]["flagged"] = float(every["is_anomaly"].mean())
     table["all"]["pca_flagged"] = float((np.concatenate([pca_by[k] for k in kinds]) > pca_threshold).mean())
-    pca_by |= {g: pca_scores(g) for g in MOUNT_FAULTS}
     for kind in MOUNT_FAULTS:  # after "all", outside it (the module's docstring says why)
         table[kind] = kind_row(kind)
 

@@ -34,7 +34,7 @@ import numpy as np
 from anomaly.calibration import Calibration
 from anomaly.checkpoint import KIND_MODEL, read_checkpoint
 from anomaly.config import Combination
-from anomaly.frame_scores import combine, z_scores
+from anomaly.frame_scores import SIGNAL_FIELDS, combine, z_scores
 from footage.scores_csv import read_scores_csv
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -50,8 +50,7 @@ def load(run: Path) -> tuple[dict[str, np.ndarray], Calibration, np.ndarray]:
     cal = Calibration.from_state(read_checkpoint(run / "model.pt", KIND_MODEL)["calibration"])
     cols = read_scores_csv(run / "scores.csv")  # a signal left empty in any row is absent
     kinds = np.array([Path(s).parent.name for s in cols["source"]])
-    column = {name: "recon_error" if name == "recon" else f"{name}_score" for name in cal.loc}
-    signals = {name: cols[column[name]] for name in sorted(cal.loc) if column[name] in cols}
+    signals = {name: cols[SIGNAL_FIELDS[name]] for name in sorted(cal.loc) if SIGNAL_FIELDS[name] in cols}
     return signals, cal, kinds
 
 
