@@ -95,6 +95,9 @@ def fit_stats(raw: RawSignals, cfg: CalibrationConfig, seed: int = 0) -> NormalS
         patch_maps=raw.patch_features,
         image_cells=raw.image_cells,
         defect_map=raw.defect_map,
+        thumbnails=raw.thumbnail,
+        thumbnail_variance=cfg.thumbnail_variance,
+        thumbnail_components=cfg.thumbnail_components,
         seed=seed,
     )
     if raw.defect_map is not None:

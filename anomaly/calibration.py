@@ -64,6 +64,8 @@ class NormalStats:
     defect_offset: torch.Tensor | None = None
     memory_defect: torch.Tensor | None = None  # M x H/4 x W/4 the memory frames' defect-finder logits (`defect_local`)
     defect_center: torch.Tensor | None = None  # H/4 x W/4, the median logit of each cell on normal frames
+    thumbnail_mean: torch.Tensor | None = None  # D, the mean thumbnail of normal frames (`pca`)
+    thumbnail_basis: torch.Tensor | None = None  # K x D, their leading principal axes (unit rows; zero rows unused)
 
     FIELDS: ClassVar[tuple[str, ...]] = ("cell_center", "cell_spread", "feature_mean", "feature_whitening")
 
@@ -89,6 +91,10 @@ class NormalStats:
         """Whether the memory has this table, with its floor where it has one."""
         floor = table.floor is None or getattr(self, table.floor) is not None
         return self.has_memory and getattr(self, table.rows) is not None and floor
+
+    @property
+    def has_thumbnail_basis(self) -> bool:
+        return self.thumbnail_mean is not None and self.thumbnail_basis is not None
 
     @property
     def has_patch_range(self) -> bool:
@@ -180,6 +186,9 @@ def fit_normal_stats(
     patch_maps: torch.Tensor | None = None,
     image_cells: torch.Tensor | None = None,
     defect_map: torch.Tensor | None = None,
+    thumbnails: torch.Tensor | None = None,
+    thumbnail_variance: float = 0.95,
+    thumbnail_components: int = 64,
     seed: int = 0,
 ) -> NormalStats:
     """Per-cell error range and the principal axes of features, from normal frames.
@@ -212,6 +221,10 @@ def fit_normal_stats(
     )
     if disc_map is not None:
         stats.disc_center, stats.disc_spread = position_stats(disc_map, cell_quantile, spread_floor)
+    if thumbnails is not None:
+        stats.thumbnail_mean, stats.thumbnail_basis = thumbnail_axes(
+            thumbnails, thumbnail_variance, thumbnail_components, seed
+        )
     if memory_size is not None:
         stats.feature_center, stats.feature_scale = standardiser(features)
         standard = (features.float() - stats.feature_center) / stats.feature_scale
@@ -232,6 +245,27 @@ def fit_normal_stats(
                 if table.floor is not None and table.fit_floor is not None:
                     setattr(stats, table.floor, table.fit_floor(values))
     return stats
+
+
+def thumbnail_axes(
+    thumbnails: torch.Tensor, variance: float, components: int, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The mean of normal thumbnails (N x D) and their leading principal axes, as many as explain
+    `variance` of their variance and at most `components`, as the rows of a `components` x D matrix
+    (the rest zero: every profile's basis has one shape, which an exported graph needs).
+
+    The rule of the PCA baseline (`evaluation.baselines.PCABaseline`): the trailing axes would describe the
+    training scenes pixel by pixel, and a residual outside them would call every new drive anomalous.
+    """
+    from sklearn.decomposition import PCA  # imported here: scoring needs the axes, not their fitting
+
+    x = thumbnails.float().cpu().numpy()
+    k = max(1, min(components, len(x) - 1, x.shape[1]))
+    pca = PCA(n_components=k, svd_solver="randomized", random_state=seed).fit(x)
+    keep = min(k, int(np.searchsorted(np.cumsum(pca.explained_variance_ratio_), variance)) + 1)
+    basis = torch.zeros(components, x.shape[1])
+    basis[:keep] = torch.from_numpy(pca.components_[:keep]).float()
+    return torch.from_numpy(pca.mean_).float(), basis
 
 
 def defect_center(defect_map: torch.Tensor) -> torch.Tensor:

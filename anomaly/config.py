@@ -26,6 +26,7 @@ SIGNAL_NAMES = (
     "image",
     "defect",
     "defect_local",
+    "pca",
 )
 # Signals too costly to compute for every frame when the score does not use them (see anomaly.scoring):
 # `patch` costs about as much as the networks' pass, the discriminator's two a fifth of it, `local` a tenth,
@@ -53,8 +54,10 @@ def costly_signals_computed(signals: tuple[str, ...] | list[str], all_signals: b
 # washed-out frame raises the error everywhere a little, a frame unlike every normal one sits far from
 # its nearest memory frames. In the log-mean-exp they add +0.003 to +0.006 over all kinds on each of eleven
 # fleet runs (none lower), and a camera tipped down at the road is found on every seed (README, *Two free
-# signals*).
-DEFAULT_SIGNALS = ("spatial", "latent", "knn", "recon", "patch", "image", "defect_local")
+# signals*). `pca` (the PCA baseline's residual of the frame's thumbnail) costs next to nothing too and
+# sees the frame's layout, which the networks' features pool away: a rolled camera and glare rise on every
+# seed, no kind lower by more than 0.001 (README, *The PCA residual as a signal*).
+DEFAULT_SIGNALS = ("spatial", "latent", "knn", "recon", "patch", "image", "defect_local", "pca")
 SIGNALS_WITHOUT_FINDER = ("spatial", "latent", "patch", "disc_patch", "image")
 
 
@@ -200,6 +203,15 @@ class CalibrationConfig(_Frozen):
         1000, ge=1, le=100_000, description="normal frames kept in the memory (a greedy k-centre coreset)"
     )
     knn_k: int = Field(5, ge=1, le=100, description="nearest memory frames whose mean distance is the knn signal")
+    thumbnail_width: int = Field(
+        64, ge=4, le=1024, description="about how many pixels wide the frame's thumbnail is (the pca signal)"
+    )
+    thumbnail_variance: float = Field(
+        0.95, gt=0.0, le=1.0, description="share of normal thumbnails' variance the pca signal's components explain"
+    )
+    thumbnail_components: int = Field(
+        64, ge=1, le=512, description="most principal components of normal thumbnails the pca signal keeps"
+    )
     local_neighbours: int = Field(
         30, ge=2, le=1000, description="nearest memory frames whose cells give each cell's normal range (local)"
     )

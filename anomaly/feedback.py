@@ -14,8 +14,12 @@ margin below the threshold, and nothing else moves:
 - `defect`: the defect finder's cells are lowered (an offset per cell, taken off its logits) where a
   confirmed-normal frame went beyond the target, just enough: a sticker on the windscreen stops
   counting in its own cells, a smear elsewhere still counts.
-- the memory (`knn`, `local`, `patch`, `image`): the frames join it, so frames like them find a close
-  neighbour.
+- `pca`: the thumbnail's normal axes gain the leading directions of the confirmed frames' residuals,
+  one at a time until those frames are at the target, in the basis's unused rows (a profile keeps at
+  most `thumbnail_components` axes): the layout of an overpass stops counting, the other directions in
+  which a frame can leave the normal layouts still count.
+- the memory (`knn`, `local`, `patch`, `image`, `defect_local`): the frames join it, so frames like them
+  find a close neighbour.
 
 `recon` and `disc` are one number per frame against one range, so there is no local change to make:
 they are left alone and reported. The threshold stays what calibration set.
@@ -42,9 +46,9 @@ from anomaly.detector import Detector
 from anomaly.frame_scores import lone_signal_level
 from anomaly.memory import coreset_indices
 from anomaly.profiles import FLEET
-from anomaly.scoring import RawSignals
+from anomaly.scoring import RawSignals, pca_signal
 
-WIDENED = ("spatial", "disc_patch", "latent", "defect")  # signals whose statistics feedback widens
+WIDENED = ("spatial", "disc_patch", "latent", "defect", "pca")  # signals whose statistics feedback widens
 REMEMBERED = ("knn", "local", "patch", "image", "defect_local")  # signals that read the memory the frames join
 UNCHANGED = ("recon", "disc")  # one value per frame against one range: nothing local to change
 MAX_REMEMBERED = 500  # confirmed-normal frames added to the memory (a coreset of them beyond this)
@@ -195,6 +199,38 @@ def widen_whitening(
     return (whitening.double() @ inverse_root).to(whitening.dtype)
 
 
+def widen_basis(
+    thumbnails: torch.Tensor,
+    mean: torch.Tensor,
+    basis: torch.Tensor,
+    target: float,
+    protected: Sequence[torch.Tensor] = (),
+    level: float = float("inf"),
+) -> torch.Tensor:
+    """`basis` (K x D, unit rows, zero rows unused) with unused rows given the leading directions of the
+    residuals of `thumbnails` (N x D), one at a time until every frame's `pca` value is <= `target` or no
+    row is free; never a direction that would take a stretch of `protected` (confirmed anomalies) that
+    reached `level` below `level` x PROTECT. Added directions are orthogonal to the axes already there:
+    the residuals lie outside them."""
+    free = [i for i in range(len(basis)) if float(basis[i].norm()) == 0.0]
+    out = basis.clone()
+    if target <= 0 or not free or float(pca_signal(thumbnails, mean, out).max()) <= target:
+        return out
+    centred = thumbnails.double() - mean.double()
+    residual = centred - (centred @ out.double().T) @ out.double()
+    directions = torch.linalg.svd(residual, full_matrices=False).Vh
+    caught = [p for p in protected if len(p) and float(pca_signal(p, mean, out).max()) > level]
+    for row, direction in zip(free, directions, strict=False):
+        trial = out.clone()
+        trial[row] = direction.to(out.dtype)
+        if any(float(pca_signal(p, mean, trial).max()) <= level * PROTECT for p in caught):
+            break
+        out = trial
+        if float(pca_signal(thumbnails, mean, out).max()) <= target:
+            break
+    return out
+
+
 def smallest_beta(enough: Callable[[float], bool]) -> float:
     """The smallest beta >= 0 for which `enough` holds (it holds for every larger one), by bisection."""
     if enough(0.0):
@@ -272,6 +308,18 @@ def folded_stats(
         cap = protected_offsets(maps, before, levels["defect"], keep_at)
         stats.defect_offset = raise_offsets(raw.defect_map.float(), before, targets["defect"], cap)
         changed["defect"] = int((stats.defect_offset != before).sum())
+    if "pca" in targets and raw.thumbnail is not None and stats.has_thumbnail_basis:
+        assert stats.thumbnail_mean is not None and stats.thumbnail_basis is not None  # for the type checker
+        before = stats.thumbnail_basis
+        stats.thumbnail_basis = widen_basis(
+            raw.thumbnail.float(),
+            stats.thumbnail_mean,
+            before,
+            targets["pca"],
+            [a.thumbnail.float() for a in anomalous if a.thumbnail is not None],
+            levels["pca"],
+        )
+        changed["pca"] = int((stats.thumbnail_basis != before).any(dim=1).sum())
     rows = remember(stats, raw, seed)
     changed.update({name: rows for name in REMEMBERED if name in targets})
     return stats, changed

@@ -29,7 +29,8 @@ OPTIONAL_SCORE_FIELDS = ("disc_score",)
 # Signals of the memory of normal frames, of the patches of the discriminator and of the encoder
 # (checkpoint format 4; a format-3 model scores them 0, and so does a format-4 model for `patch` when
 # it was calibrated before that signal existed), and of the defect finder (format 5; 0 without one, and
-# `defect_local` 0 for a model calibrated before it);
+# `defect_local` 0 for a model calibrated before it), and the thumbnail's PCA residual (`pca`, 0 for a
+# model calibrated before it);
 # in the CSV after `is_anomaly`, so older readers keep working, and empty there only when a scorer
 # gives none (None).
 EXTRA_SCORE_FIELDS = (
@@ -40,6 +41,7 @@ EXTRA_SCORE_FIELDS = (
     "image_score",
     "defect_score",
     "defect_local_score",
+    "pca_score",
 )
 # The field that carries each raw signal: its name and "_score", but for the mean error's.
 SIGNAL_FIELDS = {name: "recon_error" if name == "recon" else f"{name}_score" for name in SIGNAL_NAMES}
@@ -65,6 +67,7 @@ class FrameScore:
     image_score: float | None = None
     defect_score: float | None = None
     defect_local_score: float | None = None
+    pca_score: float | None = None
     profile: str = "fleet"  # the camera profile whose statistics and threshold scored the frame
 
     @property
@@ -93,6 +96,7 @@ class FrameScores:
     image_score: np.ndarray | None = None
     defect_score: np.ndarray | None = None
     defect_local_score: np.ndarray | None = None
+    pca_score: np.ndarray | None = None
     profile: str = "fleet"  # the camera profile whose statistics and threshold scored these frames
 
     def __len__(self) -> int:

@@ -33,6 +33,11 @@ Per frame, one pass through the networks (and the frame's own statistics) gives 
             a cell lies above what similar normal frames showed there (their upper quantile, or the
             cell's median over normal frames where that is higher). A car ahead looks "put there" to
             the finder, but so does the car in similar normal frames; debris on an empty lane does not.
+- `pca`     the frame as a thumbnail (64 x 36 block means of the input: its layout, not its texture), and
+            what of it the leading principal components of normal thumbnails cannot explain (the mean
+            squared residual): the PCA baseline's own score, no network. A camera rolled or tipped in
+            its mount, glare or a torn frame moves the whole layout in a way no mix of normal frames does,
+            while the networks' features, made to be alike for alike content, see the same road.
 
 Each signal becomes a z-score against held-out normal frames, and the anomaly score combines the
 z-scores of the signals the calibration selected (`anomaly.frame_scores.combine`: their log-mean-exp,
@@ -91,6 +96,7 @@ class RawSignals:
     patch_features: torch.Tensor | None = None  # N x C x h'' x w'': the encoder's deepest feature map
     image_cells: torch.Tensor | None = None  # N x S x h x w: the frame's own statistics per heat-map cell
     defect_map: torch.Tensor | None = None  # N x H/4 x W/4: the defect finder's logit per cell (None: not run)
+    thumbnail: torch.Tensor | None = None  # N x D: the frame averaged over blocks of pixels (`pca`), flattened
 
     def map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> RawSignals:
         """`fn` applied to every field the batch has; a signal that was not computed stays None."""
@@ -131,6 +137,13 @@ def image_cell_statistics(x: torch.Tensor, cell: int, stride: int) -> torch.Tens
     mean_luminance = box_mean(luminance, kernel, stride)
     contrast = (box_mean(luminance.pow(2), kernel, stride) - mean_luminance.pow(2)).clamp_min(0).sqrt()
     return torch.cat([box_mean(x, kernel, stride), contrast, box_mean(edges, kernel, stride)], dim=1)
+
+
+def thumbnail(x: torch.Tensor, width: int) -> torch.Tensor:
+    """N x C x H x W normalised frames -> N x (C h w): each frame averaged over square blocks of pixels, about
+    `width` blocks across (64 x 36 of a 128 x 72 input), flattened: the frame's layout, without its texture."""
+    pool = max(1, x.shape[-1] // width)
+    return box_mean(x, (pool, pool), pool).flatten(1)
 
 
 def summary_features(stage_features: Sequence[torch.Tensor], latent: torch.Tensor) -> torch.Tensor:
@@ -196,6 +209,7 @@ def raw_signals(
         patch_features=out.stage_features[-1],
         image_cells=image_cell_statistics(x, config.error_pool, config.error_stride) if image else None,
         defect_map=None if out.defect_logits is None else out.defect_logits[:, 0],
+        thumbnail=thumbnail(x, config.thumbnail_width),
     )
 
 
@@ -260,6 +274,14 @@ def defect_local_signal(
     return (own - reference).flatten(1).amax(dim=1)
 
 
+def pca_signal(thumbnails: torch.Tensor, mean: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
+    """The mean squared residual of thumbnails (N x D) outside the principal components of normal ones
+    (`basis`, K x D orthonormal rows, zero rows unused): what no mix of the ways normal frames vary explains."""
+    centred = thumbnails.float() - mean
+    residual = centred - (centred @ basis.T) @ basis
+    return residual.pow(2).mean(dim=1)
+
+
 def signal_values(
     raw: RawSignals,
     stats: NormalStats,
@@ -271,10 +293,10 @@ def signal_values(
     The heat map is the `local` one (cells against the frame's nearest memory frames) when the
     statistics hold a memory and `local` is computed, else the pooled one (what `spatial` reads).
     Signals whose statistics or network are missing (a checkpoint of format 3; `defect` of a model
-    without a defect finder, format 4; `defect_local` of a model calibrated before it, format 5)
-    read 0; signals in `skip` (of `COSTLY_SIGNALS`), and the discriminator's when it was not run, are
-    left out. The memory's nearest frames are found once, for the largest neighbour count among the
-    signals computed, and each signal takes its share of them.
+    without a defect finder, format 4; `defect_local` of a model calibrated before it, format 5; `pca`
+    of a model calibrated before it) read 0; signals in `skip` (of `COSTLY_SIGNALS`), and the
+    discriminator's when it was not run, are left out. The memory's nearest frames are found once, for
+    the largest neighbour count among the signals computed, and each signal takes its share of them.
     """
     config = config or CalibrationConfig()
     heat = (raw.error_cells - stats.cell_center) / stats.cell_spread
@@ -292,7 +314,11 @@ def signal_values(
         "image": zero,
         "defect": zero if raw.defect_map is None else defect_signal(raw.defect_map, stats.defect_offset),
         "defect_local": zero,
+        "pca": zero,
     }
+    if stats.has_thumbnail_basis and raw.thumbnail is not None:
+        assert stats.thumbnail_mean is not None and stats.thumbnail_basis is not None  # for the type checker
+        signals["pca"] = pca_signal(raw.thumbnail, stats.thumbnail_mean, stats.thumbnail_basis)
     if raw.disc is None:
         skip = skip | DISCRIMINATOR_SIGNALS
     if raw.disc_map is not None and stats.disc_center is not None and stats.disc_spread is not None:

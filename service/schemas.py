@@ -325,7 +325,7 @@ class ModelInfo(_Schema):
                         "threshold": 3.05,
                         "target_false_alarm_rate": 0.01,
                         "calibration_frames": 525,
-                        "signals": ["spatial", "latent", "knn", "recon", "patch", "image", "defect_local"],
+                        "signals": ["spatial", "latent", "knn", "recon", "patch", "image", "defect_local", "pca"],
                         "combination": "logmeanexp",
                         "score_quantiles": {"p50": 0.1, "p90": 1.7, "p99": 3.0, "max": 4.2},
                     },

@@ -12,6 +12,7 @@ from anomaly.calibration import (
     fit_normal_stats,
     fit_scaling,
     score_quantiles,
+    thumbnail_axes,
 )
 
 # --- fit_scaling ---------------------------------------------------------------------------------
@@ -98,6 +99,44 @@ def test_fit_normal_stats_features_whiten_the_leading_axes():
 def test_fit_normal_stats_caps_components_by_frames():
     stats = fit_normal_stats(torch.rand(4, 2, 2), torch.randn(4, 10), components=8)
     assert stats.feature_whitening.shape == (10, 3)
+
+
+def test_thumbnail_axes_keep_the_axes_that_explain_the_variance_as_unit_rows_padded_with_zeros():
+    gen = torch.Generator().manual_seed(2)
+    # three directions of 40-pixel thumbnails carry nearly all the variance, the rest is faint noise
+    directions = torch.linalg.qr(torch.randn(40, 3, generator=gen)).Q.T
+    x = (torch.randn(500, 3, generator=gen) * torch.tensor([6.0, 4.0, 3.0])) @ directions
+    x = x + 0.01 * torch.randn(500, 40, generator=gen) + 0.5
+    mean, basis = thumbnail_axes(x, variance=0.95, components=8)
+    assert basis.shape == (8, 40)
+    kept = basis.norm(dim=1)
+    torch.testing.assert_close(kept[:3], torch.ones(3), atol=1e-4, rtol=0)
+    assert kept[3:].abs().max() == 0  # one shape for every profile: the unused rows are zero
+    torch.testing.assert_close(basis[:3] @ basis[:3].T, torch.eye(3), atol=1e-4, rtol=0)
+    # the kept axes span the three directions: projecting on them leaves only the noise
+    residual = directions - (directions @ basis.T) @ basis
+    assert residual.norm(dim=1).max() < 0.01
+    torch.testing.assert_close(mean, x.mean(0), atol=1e-4, rtol=0)
+    # a larger share of the variance takes the noise axes too, up to the cap
+    assert (thumbnail_axes(x, variance=1.0, components=8)[1].norm(dim=1) > 0.5).sum() == 8
+
+
+def test_thumbnail_axes_of_few_frames_are_capped_by_the_frames():
+    _, basis = thumbnail_axes(torch.rand(4, 30), variance=1.0, components=16)
+    assert basis.shape == (16, 30)
+    assert int((basis.norm(dim=1) > 0.5).sum()) == 3
+
+
+def test_fit_normal_stats_fits_thumbnail_axes_only_when_given_thumbnails():
+    cells, feats = torch.rand(20, 2, 2), torch.randn(20, 4)
+    assert not fit_normal_stats(cells, feats).has_thumbnail_basis
+    stats = fit_normal_stats(cells, feats, thumbnails=torch.rand(20, 12), thumbnail_components=5)
+    assert stats.has_thumbnail_basis and stats.thumbnail_basis.shape == (5, 12)
+    back = NormalStats.from_state(stats.to_state())
+    torch.testing.assert_close(back.thumbnail_basis, stats.thumbnail_basis)
+    state = stats.to_state()
+    del state["thumbnail_mean"], state["thumbnail_basis"]  # a model calibrated before the pca signal
+    assert not NormalStats.from_state(state).has_thumbnail_basis
 
 
 def test_fit_normal_stats_needs_two_frames():

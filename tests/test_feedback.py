@@ -11,7 +11,8 @@ from factories import road_frames
 
 from anomaly.calibrate import collect_raw
 from anomaly.calibration import ROW_MEMORIES, NormalStats
-from anomaly.feedback import fold_feedback, raise_offsets, remember, widen_ranges, widen_whitening
+from anomaly.feedback import fold_feedback, raise_offsets, remember, widen_basis, widen_ranges, widen_whitening
+from anomaly.scoring import pca_signal
 
 
 def sign(frames: np.ndarray, corner: str) -> np.ndarray:
@@ -63,6 +64,30 @@ def test_widen_whitening_brings_the_frames_to_the_target_and_keeps_other_directi
     across = torch.tensor([[0.0, 0.0, 0.0, 3.0]])
     assert float((across @ widened).norm()) == pytest.approx(3.0, rel=0.05)  # a direction they do not lie in
     assert torch.equal(widen_whitening(confirmed * 0.01, mean, whitening, target=2.0), whitening)
+
+
+def test_widen_basis_fills_unused_rows_with_the_confirmed_frames_directions_and_keeps_a_caught_anomaly() -> None:
+    rng = np.random.default_rng(1)
+    mean, basis = torch.zeros(12), torch.zeros(4, 12)
+    basis[0, 0] = 1.0  # one normal axis; three rows unused
+    confirmed = torch.tensor(rng.normal(0, 0.01, (8, 12)), dtype=torch.float32)
+    confirmed[:, 1] += torch.linspace(2.0, 3.0, 8)  # an overpass: far out along a direction normal frames never took
+    confirmed[:, 0] += 5.0  # and anywhere along the normal axis
+    widened = widen_basis(confirmed, mean, basis, target=0.01)
+    assert float(pca_signal(confirmed, mean, widened).max()) <= 0.01
+    assert torch.equal(widened[0], basis[0])  # the normal axis stays
+    assert int((widened.norm(dim=1) > 0).sum()) == 2  # one direction was enough
+    torch.testing.assert_close(widened @ widened.T, torch.diag(torch.tensor([1.0, 1.0, 0.0, 0.0])), atol=1e-5, rtol=0)
+    elsewhere = torch.zeros(1, 12)
+    elsewhere[0, 5] = 3.0  # a direction they do not lie in keeps its residual
+    torch.testing.assert_close(pca_signal(elsewhere, mean, widened), pca_signal(elsewhere, mean, basis))
+    # a confirmed anomaly along the same direction, caught by pca alone, is kept: nothing is added
+    anomaly = torch.zeros(1, 12)
+    anomaly[0, 1] = 6.0
+    level = float(pca_signal(anomaly, mean, basis)) / 2
+    assert torch.equal(widen_basis(confirmed, mean, basis, target=0.01, protected=[anomaly], level=level), basis)
+    full = torch.eye(12)[[0, 2, 3, 4]]  # no unused row: the basis cannot grow
+    assert torch.equal(widen_basis(confirmed, mean, full, target=0.01), full)
 
 
 def test_folding_a_false_alarm_clears_it_and_keeps_another_anomaly(tiny_trained, prepare_all) -> None:

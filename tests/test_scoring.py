@@ -1,8 +1,11 @@
+import dataclasses
 import math
 
+import cv2
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from factories import road_frames
 
 from anomaly.calibration import NormalStats
@@ -16,6 +19,7 @@ from anomaly.scoring import (
     score_frames,
     score_prepared,
     signal_values,
+    thumbnail,
 )
 
 # error_pool 4 on a 24x32 model input: cells of 4 px, stride 2 -> 11 x 15 cells; the heat map is per model pixel
@@ -166,6 +170,43 @@ def test_signal_values_and_combine_by_hand():
     score = combine(values, {"spatial": 1.0, "latent": 1.0}, {"spatial": 0.5, "latent": 4.0}, ["spatial", "latent"])
     np.testing.assert_allclose(score, [2.0, 2.0])  # max of (2, 0) and (-2, 2)
     np.testing.assert_allclose(combine(values, {"latent": 1.0}, {"latent": 4.0}, ["latent"]), [0.0, 2.0])
+
+
+def test_pca_signal_is_the_mean_squared_residual_of_the_thumbnail_outside_the_normal_axes():
+    stats = NormalStats(
+        cell_center=torch.tensor([[1.0]]),
+        cell_spread=torch.tensor([[1.0]]),
+        feature_mean=torch.tensor([0.0]),
+        feature_whitening=torch.tensor([[1.0]]),
+        thumbnail_mean=torch.tensor([1.0, 1.0, 1.0, 1.0]),
+        thumbnail_basis=torch.tensor([[1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]]),  # one axis, one unused row
+    )
+    raw = RawSignals(
+        recon=torch.zeros(3),
+        error_cells=torch.zeros(3, 1, 1),
+        features=torch.zeros(3, 1),
+        thumbnail=torch.tensor([[5.0, 1.0, 1.0, 1.0], [1.0, 3.0, 1.0, 1.0], [9.0, 1.0, 0.0, 1.0]]),
+    )
+    signals, _ = signal_values(raw, stats)
+    # along the normal axis: nothing left; off it: the squared residual's mean over the 4 pixels
+    torch.testing.assert_close(signals["pca"], torch.tensor([0.0, 1.0, 0.25]))
+    before = dataclasses.replace(stats, thumbnail_mean=None, thumbnail_basis=None)  # calibrated before `pca`
+    torch.testing.assert_close(signal_values(raw, before)[0]["pca"], torch.zeros(3))
+
+
+def test_thumbnail_is_the_frame_averaged_over_blocks_about_the_width_asked_for():
+    x = torch.randn(2, 3, 72, 128)
+    torch.testing.assert_close(thumbnail(x, 64), F.avg_pool2d(x, 2).flatten(1))
+    assert thumbnail(x, 32).shape == (2, 3 * 18 * 32)
+    assert thumbnail(x, 500).shape == (2, 3 * 72 * 128)  # a frame narrower than asked: every pixel
+
+
+def test_a_camera_rolled_in_its_mount_raises_the_pca_signal(detector, source_frames):
+    h, w = source_frames.shape[1:3]
+    roll = cv2.getRotationMatrix2D((w / 2, h / 2), 15, 1.4)  # rolled 15 degrees, zoomed so no pixel is made up
+    rolled = np.stack([cv2.warpAffine(f, roll, (w, h)) for f in source_frames])
+    normal = score_frames(detector, source_frames).pca_score
+    assert normal is not None and np.median(score_frames(detector, rolled).pca_score) > 2 * np.median(normal)
 
 
 def test_logmeanexp_lets_signals_raised_together_outweigh_one_raised_alone():
