@@ -96,6 +96,7 @@ def fit_stats(raw: RawSignals, cfg: CalibrationConfig, seed: int = 0) -> NormalS
         image_cells=raw.image_cells,
         defect_map=raw.defect_map,
         thumbnails=raw.thumbnail,
+        row_changes=raw.row_changes,
         thumbnail_variance=cfg.thumbnail_variance,
         thumbnail_components=cfg.thumbnail_components,
         seed=seed,

@@ -66,6 +66,8 @@ class NormalStats:
     defect_center: torch.Tensor | None = None  # H/4 x W/4, the median logit of each cell on normal frames
     thumbnail_mean: torch.Tensor | None = None  # D, the mean thumbnail of normal frames (`pca`)
     thumbnail_basis: torch.Tensor | None = None  # K x D, their leading principal axes (unit rows; zero rows unused)
+    row_center: torch.Tensor | None = None  # H-1, the median change of luminance across each row boundary (`tear`)
+    row_spread: torch.Tensor | None = None  # H-1, its upper quantile minus median (floored)
 
     FIELDS: ClassVar[tuple[str, ...]] = ("cell_center", "cell_spread", "feature_mean", "feature_whitening")
 
@@ -95,6 +97,10 @@ class NormalStats:
     @property
     def has_thumbnail_basis(self) -> bool:
         return self.thumbnail_mean is not None and self.thumbnail_basis is not None
+
+    @property
+    def has_row_range(self) -> bool:
+        return self.row_center is not None and self.row_spread is not None
 
     @property
     def has_patch_range(self) -> bool:
@@ -187,6 +193,7 @@ def fit_normal_stats(
     image_cells: torch.Tensor | None = None,
     defect_map: torch.Tensor | None = None,
     thumbnails: torch.Tensor | None = None,
+    row_changes: torch.Tensor | None = None,
     thumbnail_variance: float = 0.95,
     thumbnail_components: int = 64,
     seed: int = 0,
@@ -221,6 +228,8 @@ def fit_normal_stats(
     )
     if disc_map is not None:
         stats.disc_center, stats.disc_spread = position_stats(disc_map, cell_quantile, spread_floor)
+    if row_changes is not None:
+        stats.row_center, stats.row_spread = position_stats(row_changes, cell_quantile, spread_floor)
     if thumbnails is not None:
         stats.thumbnail_mean, stats.thumbnail_basis = thumbnail_axes(
             thumbnails, thumbnail_variance, thumbnail_components, seed
@@ -328,7 +337,8 @@ def standard_patches(maps: torch.Tensor, stats: NormalStats) -> torch.Tensor:
 
 
 def position_stats(maps: torch.Tensor, quantile: float, spread_floor: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-position median and upper spread (quantile - median, floored) of N x h x w maps of normal frames."""
+    """Per-position median and upper spread (quantile - median, floored) of N x h x w maps (or N x L rows)
+    of normal frames."""
     m = maps.double()
     center = m.median(0).values
     spread = torch.quantile(m.flatten(1), quantile, dim=0).view_as(center) - center

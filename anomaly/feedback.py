@@ -4,10 +4,10 @@ A stretch the analyst marked normal is, by definition, inside the camera's norma
 of the score is given the smallest change to its normal statistics that takes those frames to a
 margin below the threshold, and nothing else moves:
 
-- `spatial` (and `disc_patch`): a cell's normal range is its upper quantile minus its median on normal
-  frames. Only the cells where a confirmed-normal frame went beyond the target are widened, just
-  enough to cover it: a bridge's shadow in the upper left stops counting there, an object on the
-  road ahead still counts in its own cells.
+- `spatial` (and `disc_patch`, and `tear` per row boundary): a cell's normal range is its upper quantile
+  minus its median on normal frames. Only the cells where a confirmed-normal frame went beyond the
+  target are widened, just enough to cover it: a bridge's shadow in the upper left stops counting
+  there, an object on the road ahead still counts in its own cells.
 - `latent`: the Gaussian over the principal axes gains variance along the directions the confirmed
   frames lie in (in whitened coordinates, C = I + beta * Z'Z / n), beta the smallest that brings them
   to the target (found by bisection): the other directions keep their range.
@@ -48,9 +48,16 @@ from anomaly.memory import coreset_indices
 from anomaly.profiles import FLEET
 from anomaly.scoring import RawSignals, pca_signal
 
-WIDENED = ("spatial", "disc_patch", "latent", "defect", "pca")  # signals whose statistics feedback widens
+WIDENED = ("spatial", "disc_patch", "tear", "latent", "defect", "pca")  # signals whose statistics feedback widens
 REMEMBERED = ("knn", "local", "patch", "image", "defect_local")  # signals that read the memory the frames join
 UNCHANGED = ("recon", "disc")  # one value per frame against one range: nothing local to change
+# The signals read as the worst position of a map against a per-position range: the signal, its map in
+# `RawSignals`, and the `NormalStats` fields of the range's centre and spread, which feedback widens.
+POSITION_RANGES = (
+    ("spatial", "error_cells", "cell_center", "cell_spread"),
+    ("disc_patch", "disc_map", "disc_center", "disc_spread"),
+    ("tear", "row_changes", "row_center", "row_spread"),
+)
 MAX_REMEMBERED = 500  # confirmed-normal frames added to the memory (a coreset of them beyond this)
 PROTECT = 1.05  # a confirmed anomaly's strongest cell or frame is kept 5% above the threshold
 
@@ -278,18 +285,15 @@ def folded_stats(
     targets = target_values(cal, margin)
     levels = target_values(cal, 1.0, lone=True)  # what one signal alone lifts a frame above the threshold with
     changed: dict[str, int] = {}
-    if "spatial" in targets:
-        before = stats.cell_spread.clone()
-        cap = protected_ranges([a.error_cells.float() for a in anomalous], stats.cell_center, before, levels["spatial"])
-        stats.cell_spread = widen_ranges(raw.error_cells.float(), stats.cell_center, before, targets["spatial"], cap)
-        changed["spatial"] = int((stats.cell_spread != before).sum())
-    if "disc_patch" in targets and raw.disc_map is not None and stats.disc_center is not None:
-        assert stats.disc_spread is not None
-        before = stats.disc_spread.clone()
-        maps = [a.disc_map.float() for a in anomalous if a.disc_map is not None]
-        cap = protected_ranges(maps, stats.disc_center, before, levels["disc_patch"])
-        stats.disc_spread = widen_ranges(raw.disc_map.float(), stats.disc_center, before, targets["disc_patch"], cap)
-        changed["disc_patch"] = int((stats.disc_spread != before).sum())
+    for name, raw_field, center, spread in POSITION_RANGES:
+        values = getattr(raw, raw_field)
+        if name not in targets or values is None or getattr(stats, center) is None:
+            continue
+        before = getattr(stats, spread)
+        caught = [getattr(a, raw_field).float() for a in anomalous if getattr(a, raw_field) is not None]
+        cap = protected_ranges(caught, getattr(stats, center), before, levels[name])
+        setattr(stats, spread, widen_ranges(values.float(), getattr(stats, center), before, targets[name], cap))
+        changed[name] = int((getattr(stats, spread) != before).sum())
     if "latent" in targets:
         before = stats.feature_whitening.clone()
         stats.feature_whitening = widen_whitening(

@@ -29,8 +29,8 @@ OPTIONAL_SCORE_FIELDS = ("disc_score",)
 # Signals of the memory of normal frames, of the patches of the discriminator and of the encoder
 # (checkpoint format 4; a format-3 model scores them 0, and so does a format-4 model for `patch` when
 # it was calibrated before that signal existed), and of the defect finder (format 5; 0 without one, and
-# `defect_local` 0 for a model calibrated before it), and the thumbnail's PCA residual (`pca`, 0 for a
-# model calibrated before it);
+# `defect_local` 0 for a model calibrated before it), and the thumbnail's PCA residual and the rows'
+# discontinuity (`pca`, `tear`: 0 for a model calibrated before them);
 # in the CSV after `is_anomaly`, so older readers keep working, and empty there only when a scorer
 # gives none (None).
 EXTRA_SCORE_FIELDS = (
@@ -42,6 +42,7 @@ EXTRA_SCORE_FIELDS = (
     "defect_score",
     "defect_local_score",
     "pca_score",
+    "tear_score",
 )
 # The field that carries each raw signal: its name and "_score", but for the mean error's.
 SIGNAL_FIELDS = {name: "recon_error" if name == "recon" else f"{name}_score" for name in SIGNAL_NAMES}
@@ -68,6 +69,7 @@ class FrameScore:
     defect_score: float | None = None
     defect_local_score: float | None = None
     pca_score: float | None = None
+    tear_score: float | None = None
     profile: str = "fleet"  # the camera profile whose statistics and threshold scored the frame
 
     @property
@@ -97,6 +99,7 @@ class FrameScores:
     defect_score: np.ndarray | None = None
     defect_local_score: np.ndarray | None = None
     pca_score: np.ndarray | None = None
+    tear_score: np.ndarray | None = None
     profile: str = "fleet"  # the camera profile whose statistics and threshold scored these frames
 
     def __len__(self) -> int:
@@ -141,7 +144,7 @@ def combine(
     log-mean-exp, log(mean(exp(z))), a smooth maximum.
 
     The log-mean-exp lies between the mean and the maximum of the z-scores: one signal far above the
-    rest counts as its own z-score less log(n) (1.9 for the default's seven signals), and two or three raised
+    rest counts as its own z-score less log(n) (2.2 for the default's nine signals), and two or three raised
     together count for more than the largest of them alone. A small object on the road, a smear or a
     torn block often raises several signals a little (the patch memory, the frame's own statistics,
     the defect finder) where a normal frame raises one: on the fleet benchmark's three seeds it

@@ -38,6 +38,12 @@ Per frame, one pass through the networks (and the frame's own statistics) gives 
             squared residual): the PCA baseline's own score, no network. A camera rolled or tipped in
             its mount, glare or a torn frame moves the whole layout in a way no mix of normal frames does,
             while the networks' features, made to be alike for alike content, see the same road.
+- `tear`    the change of luminance from each row of the frame to the next (its mean over the row), against
+            the normal range of that row boundary (median, 99th percentile on normal frames); the worst
+            boundary. A frame torn by a decoding error (a band of rows shifted sideways, a slice of
+            macroblocks lost or smeared) has a boundary across its whole width that no normal frame has
+            there. Whole rows rather than cells: a tear runs the width of the frame, and the mean over a
+            row keeps its normal range narrow where a 20-pixel cell's takes in every car and shadow.
 
 Each signal becomes a z-score against held-out normal frames, and the anomaly score combines the
 z-scores of the signals the calibration selected (`anomaly.frame_scores.combine`: their log-mean-exp,
@@ -97,6 +103,7 @@ class RawSignals:
     image_cells: torch.Tensor | None = None  # N x S x h x w: the frame's own statistics per heat-map cell
     defect_map: torch.Tensor | None = None  # N x H/4 x W/4: the defect finder's logit per cell (None: not run)
     thumbnail: torch.Tensor | None = None  # N x D: the frame averaged over blocks of pixels (`pca`), flattened
+    row_changes: torch.Tensor | None = None  # N x (H-1): mean change of luminance from each row to the next (`tear`)
 
     def map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> RawSignals:
         """`fn` applied to every field the batch has; a signal that was not computed stays None."""
@@ -144,6 +151,14 @@ def thumbnail(x: torch.Tensor, width: int) -> torch.Tensor:
     `width` blocks across (64 x 36 of a 128 x 72 input), flattened: the frame's layout, without its texture."""
     pool = max(1, x.shape[-1] // width)
     return box_mean(x, (pool, pool), pool).flatten(1)
+
+
+def row_changes(x: torch.Tensor) -> torch.Tensor:
+    """N x 3 x H x W normalised frames -> N x (H-1): per boundary between two rows, the mean absolute change
+    of luminance across it."""
+    weights = torch.tensor(LUMINANCE, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    luminance = (x * weights).sum(dim=1)
+    return (luminance[:, 1:] - luminance[:, :-1]).abs().mean(dim=2)
 
 
 def summary_features(stage_features: Sequence[torch.Tensor], latent: torch.Tensor) -> torch.Tensor:
@@ -210,6 +225,7 @@ def raw_signals(
         image_cells=image_cell_statistics(x, config.error_pool, config.error_stride) if image else None,
         defect_map=None if out.defect_logits is None else out.defect_logits[:, 0],
         thumbnail=thumbnail(x, config.thumbnail_width),
+        row_changes=row_changes(x),
     )
 
 
@@ -294,7 +310,7 @@ def signal_values(
     statistics hold a memory and `local` is computed, else the pooled one (what `spatial` reads).
     Signals whose statistics or network are missing (a checkpoint of format 3; `defect` of a model
     without a defect finder, format 4; `defect_local` of a model calibrated before it, format 5; `pca`
-    of a model calibrated before it) read 0; signals in `skip` (of `COSTLY_SIGNALS`), and the
+    and `tear` of a model calibrated before them) read 0; signals in `skip` (of `COSTLY_SIGNALS`), and the
     discriminator's when it was not run, are left out. The memory's nearest frames are found once, for
     the largest neighbour count among the signals computed, and each signal takes its share of them.
     """
@@ -315,7 +331,11 @@ def signal_values(
         "defect": zero if raw.defect_map is None else defect_signal(raw.defect_map, stats.defect_offset),
         "defect_local": zero,
         "pca": zero,
+        "tear": zero,
     }
+    if stats.has_row_range and raw.row_changes is not None:
+        assert stats.row_center is not None and stats.row_spread is not None  # for the type checker
+        signals["tear"] = ((raw.row_changes - stats.row_center) / stats.row_spread).amax(dim=1)
     if stats.has_thumbnail_basis and raw.thumbnail is not None:
         assert stats.thumbnail_mean is not None and stats.thumbnail_basis is not None  # for the type checker
         signals["pca"] = pca_signal(raw.thumbnail, stats.thumbnail_mean, stats.thumbnail_basis)

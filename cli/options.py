@@ -38,8 +38,8 @@ SignalsOpt = Annotated[
     str | None,
     typer.Option(
         help="signals the score combines, comma-separated, from spatial, latent, patch, local, knn, disc_patch, "
-        "image, defect, defect_local, recon, disc, pca (default spatial,latent,knn,recon,patch,image,defect_local,pca; "
-        "see the README's fleet benchmark)"
+        "image, defect, defect_local, recon, disc, pca, tear (default "
+        "spatial,latent,knn,recon,patch,image,defect_local,pca,tear; see the README's fleet benchmark)"
     ),
 ]
 CameraOpt = Annotated[

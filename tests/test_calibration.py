@@ -139,6 +139,16 @@ def test_fit_normal_stats_fits_thumbnail_axes_only_when_given_thumbnails():
     assert not NormalStats.from_state(state).has_thumbnail_basis
 
 
+def test_fit_normal_stats_fits_each_row_boundary_s_range_when_given_row_changes():
+    gen = torch.Generator().manual_seed(3)
+    rows = torch.rand(200, 5, generator=gen) * torch.tensor([1.0, 1.0, 4.0, 1.0, 1.0])  # a wide boundary: a horizon
+    stats = fit_normal_stats(torch.rand(200, 2, 2), torch.randn(200, 4), row_changes=rows)
+    assert stats.has_row_range and stats.row_center.shape == (5,) and stats.row_spread.shape == (5,)
+    torch.testing.assert_close(stats.row_center, rows.median(0).values)
+    assert stats.row_spread[2] > 3 * stats.row_spread[[0, 1, 3, 4]].max()
+    assert not fit_normal_stats(torch.rand(20, 2, 2), torch.randn(20, 4)).has_row_range
+
+
 def test_fit_normal_stats_needs_two_frames():
     with pytest.raises(ValueError, match="at least two"):
         fit_normal_stats(torch.rand(1, 2, 2), torch.rand(1, 3))

@@ -44,7 +44,7 @@ def test_demo_trains_scores_and_reports(tiny_samples, tmp_path):
     assert metrics["anomalous_frames"] == sum(row.split(",")[3] == "1" for row in labels)
     assert 0.0 <= metrics["auroc"] <= 1.0 and 0.0 <= metrics["false_alarm_rate"] <= 1.0
     every_signal = {"recon", "disc", "spatial", "latent", "knn", "local", "disc_patch", "patch", "image", "defect"}
-    assert set(metrics["signals"]) == every_signal | {"defect_local", "pca"}
+    assert set(metrics["signals"]) == every_signal | {"defect_local", "pca", "tear"}
     assert f"AUROC (all kinds): {metrics['auroc']:.3f}" in result.output
     assert "false-alarm rate" in result.output
 

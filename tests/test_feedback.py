@@ -10,9 +10,17 @@ import torch
 from factories import road_frames
 
 from anomaly.calibrate import collect_raw
-from anomaly.calibration import ROW_MEMORIES, NormalStats
-from anomaly.feedback import fold_feedback, raise_offsets, remember, widen_basis, widen_ranges, widen_whitening
-from anomaly.scoring import pca_signal
+from anomaly.calibration import ROW_MEMORIES, Calibration, NormalStats
+from anomaly.feedback import (
+    fold_feedback,
+    folded_stats,
+    raise_offsets,
+    remember,
+    widen_basis,
+    widen_ranges,
+    widen_whitening,
+)
+from anomaly.scoring import RawSignals, pca_signal
 
 
 def sign(frames: np.ndarray, corner: str) -> np.ndarray:
@@ -88,6 +96,31 @@ def test_widen_basis_fills_unused_rows_with_the_confirmed_frames_directions_and_
     assert torch.equal(widen_basis(confirmed, mean, basis, target=0.01, protected=[anomaly], level=level), basis)
     full = torch.eye(12)[[0, 2, 3, 4]]  # no unused row: the basis cannot grow
     assert torch.equal(widen_basis(confirmed, mean, full, target=0.01), full)
+
+
+def test_folding_widens_only_the_row_boundaries_a_false_alarm_exceeded_and_keeps_a_confirmed_tear() -> None:
+    stats = NormalStats(
+        cell_center=torch.zeros(1, 1),
+        cell_spread=torch.ones(1, 1),
+        feature_mean=torch.zeros(1),
+        feature_whitening=torch.ones(1, 1),
+        row_center=torch.full((4,), 0.1),
+        row_spread=torch.full((4,), 0.1),
+    )
+    cal = Calibration(stats, {"tear": 0.0}, {"tear": 1.0}, ("tear",), 3.0, 0.01, 100)
+
+    def rows(*values: float) -> RawSignals:
+        return RawSignals(torch.zeros(1), torch.zeros(1, 1, 1), torch.zeros(1, 1), row_changes=torch.tensor([values]))
+
+    overpass = rows(0.1, 0.9, 0.1, 0.1)  # a bridge's edge across the second boundary: z 8, a false alarm
+    folded, changed = folded_stats(cal, overpass, [], margin=0.8, seed=0)
+    assert changed["tear"] == 1 and torch.equal(folded.row_spread[[0, 2, 3]], stats.row_spread[[0, 2, 3]])
+    z = (overpass.row_changes - folded.row_center) / folded.row_spread
+    assert float(z.max()) <= 0.8 * 3.0 + 1e-5
+    # a confirmed tear at the same boundary keeps it above the threshold: the range widens only so far
+    tear = rows(0.1, 1.2, 0.1, 0.1)
+    kept, _ = folded_stats(cal, overpass, [tear], margin=0.8, seed=0)
+    assert float(((tear.row_changes - kept.row_center) / kept.row_spread).max()) > 3.0
 
 
 def test_folding_a_false_alarm_clears_it_and_keeps_another_anomaly(tiny_trained, prepare_all) -> None:

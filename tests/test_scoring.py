@@ -16,6 +16,7 @@ from anomaly.scoring import (
     RawSignals,
     gaussian_blur,
     pool_errors,
+    row_changes,
     score_frames,
     score_prepared,
     signal_values,
@@ -199,6 +200,41 @@ def test_thumbnail_is_the_frame_averaged_over_blocks_about_the_width_asked_for()
     torch.testing.assert_close(thumbnail(x, 64), F.avg_pool2d(x, 2).flatten(1))
     assert thumbnail(x, 32).shape == (2, 3 * 18 * 32)
     assert thumbnail(x, 500).shape == (2, 3 * 72 * 128)  # a frame narrower than asked: every pixel
+
+
+def test_row_changes_are_the_mean_luminance_step_across_each_row_boundary():
+    x = torch.zeros(1, 3, 4, 6)
+    x[:, :, 2:, :3] = 1.0  # the lower half's left half steps up by 1 in every channel (luminance 1)
+    torch.testing.assert_close(row_changes(x), torch.tensor([[0.0, 0.5, 0.0]]))
+
+
+def test_tear_signal_is_the_worst_row_boundary_against_its_normal_range():
+    stats = NormalStats(
+        cell_center=torch.tensor([[1.0]]),
+        cell_spread=torch.tensor([[1.0]]),
+        feature_mean=torch.tensor([0.0]),
+        feature_whitening=torch.tensor([[1.0]]),
+        row_center=torch.tensor([0.1, 0.5, 0.1]),  # a horizon at the second boundary: normally a large step
+        row_spread=torch.tensor([0.1, 0.4, 0.1]),
+    )
+    raw = RawSignals(
+        recon=torch.zeros(2),
+        error_cells=torch.zeros(2, 1, 1),
+        features=torch.zeros(2, 1),
+        row_changes=torch.tensor([[0.1, 0.9, 0.1], [0.1, 0.5, 0.6]]),
+    )
+    # the horizon's step is within its range (z 1); the same step where rows are normally alike is a tear (z 5)
+    torch.testing.assert_close(signal_values(raw, stats)[0]["tear"], torch.tensor([1.0, 5.0]))
+    before = dataclasses.replace(stats, row_center=None, row_spread=None)  # calibrated before `tear`
+    torch.testing.assert_close(signal_values(raw, before)[0]["tear"], torch.zeros(2))
+
+
+def test_a_slice_of_rows_lost_by_the_decoder_raises_the_tear_signal(detector, source_frames):
+    h = source_frames.shape[1]
+    torn = source_frames.copy()
+    torn[:, h // 2 : h // 2 + h // 8] = (60, 160, 90)  # BGR: the flat grey-green of a lost slice
+    normal = score_frames(detector, source_frames).tear_score
+    assert normal is not None and np.median(score_frames(detector, torn).tear_score) > np.max(normal)
 
 
 def test_a_camera_rolled_in_its_mount_raises_the_pca_signal(detector, source_frames):
