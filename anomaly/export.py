@@ -95,6 +95,23 @@ def memory_floor(calibration: CalibrationConfig) -> int:
     return max(calibration.knn_k, calibration.local_neighbours, calibration.patch_neighbours)
 
 
+def layout_mismatch(name: str, fields_of_profile: tuple[str, ...], fleet_fields: tuple[str, ...]) -> str:
+    """Why a profile cannot share the fleet profile's graph, and what to recalibrate: a camera calibrated by a
+    later release than the fleet holds statistics of signals the fleet was calibrated without."""
+    extra = [f for f in fields_of_profile if f not in fleet_fields]
+    missing = [f for f in fleet_fields if f not in fields_of_profile]
+    if extra and not missing:
+        return (
+            f"profile {name!r} holds statistics the fleet profile was calibrated without ({', '.join(extra)}: "
+            "signals added since); recalibrate the fleet profile with `anomaly train --resume` on its training "
+            "run (the networks stay as they are), then the camera with `anomaly calibrate`"
+        )
+    return (
+        f"profile {name!r} lacks statistics the fleet profile holds ({', '.join(missing)}); "
+        "recalibrate it with `anomaly calibrate`"
+    )
+
+
 def checked_profiles(detector: Detector) -> dict[str, Calibration]:
     """Every profile (the fleet's first), its statistics checked to fit one graph."""
     profiles = {FLEET: detector.for_camera(None).calibrated, **detector.profiles}
@@ -103,10 +120,7 @@ def checked_profiles(detector: Detector) -> dict[str, Calibration]:
     for name, cal in profiles.items():
         s = cal.stats
         if present_fields(s) != layout:
-            raise ExportError(
-                f"profile {name!r} holds other statistics than the fleet profile "
-                f"({', '.join(present_fields(s))} vs {', '.join(layout)}); recalibrate it with `anomaly calibrate`"
-            )
+            raise ExportError(layout_mismatch(name, present_fields(s), layout))
         if s.memory_features is not None and len(s.memory_features) < floor:
             raise ExportError(
                 f"profile {name!r} keeps {len(s.memory_features)} memory frames, fewer than the {floor} nearest "

@@ -199,6 +199,24 @@ def test_export_will_not_replace_a_folder_that_is_not_an_exported_model(with_cam
     assert (tmp_path / "notes.txt").read_text() == "mine"
 
 
+def test_a_camera_calibrated_after_signals_its_fleet_profile_predates_says_to_recalibrate_the_fleet(
+    with_camera, tmp_path
+):
+    fleet = with_camera.for_camera(None).calibrated
+    older = dataclasses.replace(  # the fleet profile of a model calibrated before `pca` and `tear` existed
+        fleet,
+        stats=dataclasses.replace(
+            fleet.stats, thumbnail_mean=None, thumbnail_basis=None, row_center=None, row_spread=None
+        ),
+    )
+    with pytest.raises(ExportError) as refused:
+        export_detector(with_camera.with_calibration(older), tmp_path / "out")
+    message = str(refused.value)
+    assert "'dash' holds statistics the fleet profile was calibrated without" in message
+    assert "thumbnail_mean, thumbnail_basis, row_center, row_spread" in message
+    assert "`anomaly train --resume`" in message and not (tmp_path / "out").exists()
+
+
 def test_a_memory_smaller_than_the_neighbour_counts_is_refused(tiny_trained):
     cal = tiny_trained.detector.config.calibration.model_copy(update={"local_neighbours": 500})
     config = tiny_trained.config.model_copy(update={"calibration": cal})
