@@ -46,7 +46,7 @@ from anomaly.detector import Detector
 from anomaly.frame_scores import lone_signal_level
 from anomaly.memory import coreset_indices
 from anomaly.profiles import FLEET
-from anomaly.scoring import RawSignals, pca_signal
+from anomaly.scoring import RawSignals, pca_signal, thumbnail_residual
 
 WIDENED = ("spatial", "disc_patch", "tear", "latent", "defect", "pca")  # signals whose statistics feedback widens
 REMEMBERED = ("knn", "local", "patch", "image", "defect_local")  # signals that read the memory the frames join
@@ -223,9 +223,7 @@ def widen_basis(
     out = basis.clone()
     if target <= 0 or not free or float(pca_signal(thumbnails, mean, out).max()) <= target:
         return out
-    centred = thumbnails.double() - mean.double()
-    residual = centred - (centred @ out.double().T) @ out.double()
-    directions = torch.linalg.svd(residual, full_matrices=False).Vh
+    directions = torch.linalg.svd(thumbnail_residual(thumbnails, mean, out.double()), full_matrices=False).Vh
     caught = [p for p in protected if len(p) and float(pca_signal(p, mean, out).max()) > level]
     for row, direction in zip(free, directions, strict=False):
         trial = out.clone()

@@ -133,16 +133,21 @@ def pool_errors(error_map: torch.Tensor, cell: int, stride: int) -> torch.Tensor
     return box_mean(error_map.unsqueeze(1), cell_sizes(*error_map.shape[-2:], cell), stride).squeeze(1)
 
 
+def luminance(x: torch.Tensor) -> torch.Tensor:
+    """N x 3 x H x W normalised frames (RGB) -> N x 1 x H x W luminance (`LUMINANCE` weights)."""
+    weights = torch.tensor(LUMINANCE, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    return (x * weights).sum(dim=1, keepdim=True)
+
+
 def image_cell_statistics(x: torch.Tensor, cell: int, stride: int) -> torch.Tensor:
     """N x 3 x H x W normalised frames -> N x 5 x h x w: per heat-map cell (the error cells' grid), the
     mean of each channel, the standard deviation of luminance and the mean absolute Laplacian of it."""
     kernel = cell_sizes(*x.shape[-2:], cell)
-    weights = torch.tensor(LUMINANCE, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-    luminance = (x * weights).sum(dim=1, keepdim=True)
+    grey = luminance(x)
     laplacian = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]], dtype=x.dtype, device=x.device)
-    edges = F.conv2d(F.pad(luminance, [1, 1, 1, 1], mode="replicate"), laplacian.view(1, 1, 3, 3)).abs()
-    mean_luminance = box_mean(luminance, kernel, stride)
-    contrast = (box_mean(luminance.pow(2), kernel, stride) - mean_luminance.pow(2)).clamp_min(0).sqrt()
+    edges = F.conv2d(F.pad(grey, [1, 1, 1, 1], mode="replicate"), laplacian.view(1, 1, 3, 3)).abs()
+    mean_luminance = box_mean(grey, kernel, stride)
+    contrast = (box_mean(grey.pow(2), kernel, stride) - mean_luminance.pow(2)).clamp_min(0).sqrt()
     return torch.cat([box_mean(x, kernel, stride), contrast, box_mean(edges, kernel, stride)], dim=1)
 
 
@@ -156,9 +161,8 @@ def thumbnail(x: torch.Tensor, width: int) -> torch.Tensor:
 def row_changes(x: torch.Tensor) -> torch.Tensor:
     """N x 3 x H x W normalised frames -> N x (H-1): per boundary between two rows, the mean absolute change
     of luminance across it."""
-    weights = torch.tensor(LUMINANCE, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-    luminance = (x * weights).sum(dim=1)
-    return (luminance[:, 1:] - luminance[:, :-1]).abs().mean(dim=2)
+    grey = luminance(x)[:, 0]
+    return (grey[:, 1:] - grey[:, :-1]).abs().mean(dim=2)
 
 
 def summary_features(stage_features: Sequence[torch.Tensor], latent: torch.Tensor) -> torch.Tensor:
@@ -290,12 +294,17 @@ def defect_local_signal(
     return (own - reference).flatten(1).amax(dim=1)
 
 
+def thumbnail_residual(thumbnails: torch.Tensor, mean: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
+    """What of thumbnails (N x D) lies outside the principal components of normal ones (`basis`, K x D
+    orthonormal rows, zero rows unused), in the precision of `basis`."""
+    centred = thumbnails.to(basis.dtype) - mean.to(basis.dtype)
+    return centred - (centred @ basis.T) @ basis
+
+
 def pca_signal(thumbnails: torch.Tensor, mean: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
-    """The mean squared residual of thumbnails (N x D) outside the principal components of normal ones
-    (`basis`, K x D orthonormal rows, zero rows unused): what no mix of the ways normal frames vary explains."""
-    centred = thumbnails.float() - mean
-    residual = centred - (centred @ basis.T) @ basis
-    return residual.pow(2).mean(dim=1)
+    """The mean squared residual of thumbnails outside the normal axes (`thumbnail_residual`): what no mix
+    of the ways normal frames vary explains."""
+    return thumbnail_residual(thumbnails, mean, basis).pow(2).mean(dim=1)
 
 
 def signal_values(
