@@ -19,6 +19,14 @@ scales and threshold come from those scores, and the statistics kept are then fi
 The false-alarm rate of each source (or block) at a threshold set without it is reported. On real
 footage whole sources matter: a camera calibrated on the first halves of two of its drives flagged
 35% of their second halves with time blocks and 26.5% with whole sources (benchmarks/fleet_eval.py).
+
+A few minutes of one camera also show less variety than its drives will (a car waiting at a junction
+shows almost none), and ranges and scales fitted on them alone are as narrow as those minutes: a
+profile calibrated on two minutes of waiting flagged 20-25% of the same camera's later driving. So a
+camera profile is never narrower than the fleet it joins (`no_narrower_than_fleet`): no per-position
+normal range below the fleet's, no signal's scale below the fleet's, except the two measured along the
+camera's own principal axes (`latent`, `pca`), whose unit is the camera's. Its medians, axes, memory
+and threshold stay its own.
 """
 
 from __future__ import annotations
@@ -141,9 +149,13 @@ def calibration_from_signals(
     cfg: CalibrationConfig,
     groups: np.ndarray | None = None,
     names: tuple[str, ...] = (),
+    scale_floor: dict[str, float] | None = None,
 ) -> Calibration:
-    """Signal scales and the threshold from signals of normal frames that `stats` were not fit on."""
+    """Signal scales and the threshold from signals of normal frames that `stats` were not fit on; no
+    signal's scale below its `scale_floor` (a camera profile's: the fleet's, see the module's docstring)."""
     loc, scale = fit_scaling(signals)
+    if scale_floor:
+        scale = {name: max(v, scale_floor.get(name, 0.0)) for name, v in scale.items()}
     scores = combine(signals, loc, scale, cfg.signals, cfg.combination)
     far = {} if groups is None else held_out_false_alarms(scores, groups, names, cfg.target_false_alarm_rate)
     return Calibration(
@@ -289,6 +301,24 @@ def with_fleet_memory(stats: NormalStats, fleet: NormalStats, limit: int, seed: 
     return stats
 
 
+# Signals measured along principal axes fitted on the profile's own frames (of the summary features, of the
+# thumbnails): a camera's unit for them is its own, and the fleet's scale says nothing about it.
+OWN_AXES_SIGNALS = frozenset({"latent", "pca"})
+# The per-position normal ranges of `NormalStats`, each in the units of what it ranges over (a cell's
+# error, a logit, a patch distance, a step of luminance, a cell statistic), whichever profile fitted it.
+FLEET_FLOORED_RANGES = ("cell_spread", "disc_spread", "patch_spread", "row_spread", "image_floor")
+
+
+def no_narrower_than_fleet(stats: NormalStats, fleet: NormalStats) -> NormalStats:
+    """`stats` with each per-position normal range at least the fleet's (where both have it): the
+    fleet's ranges come from hours of many drives, a camera's from its few minutes."""
+    for name in FLEET_FLOORED_RANGES:
+        mine, theirs = getattr(stats, name), getattr(fleet, name)
+        if mine is not None and theirs is not None and mine.shape == theirs.shape:
+            setattr(stats, name, torch.maximum(mine, theirs.to(mine.device, mine.dtype)))
+    return stats
+
+
 def fit_camera_profile(
     detector: Detector, per_source: Sequence[np.ndarray], *, names: Sequence[str] | None = None
 ) -> Calibration:
@@ -309,7 +339,8 @@ def fit_camera_profile(
     raw = collect_raw(detector, frames)
 
     def fit(mask: np.ndarray) -> NormalStats:
-        return with_fleet_memory(fit_stats(select(raw, mask), cfg, seed=seed), fleet, cfg.memory_size, seed)
+        stats = with_fleet_memory(fit_stats(select(raw, mask), cfg, seed=seed), fleet, cfg.memory_size, seed)
+        return no_narrower_than_fleet(stats, fleet)
 
     pooled: dict[str, list[np.ndarray]] = {}
     order, patch_maps = [], []
@@ -330,6 +361,7 @@ def fit_camera_profile(
         # the per-position range from every block's out-of-block distances, then each block's patch signal
         all_maps = torch.cat(patch_maps)
         final.patch_center, final.patch_spread = position_stats(all_maps, cfg.patch_quantile, cfg.patch_floor)
+        no_narrower_than_fleet(final, fleet)
         pooled["patch"] = [patch_signal(m, final).numpy().astype(np.float64) for m in patch_maps]
     signals = {name: np.concatenate(v) for name, v in pooled.items()}
     groups = np.concatenate(order)
@@ -339,5 +371,7 @@ def fit_camera_profile(
     else:
         k = max(1, min(cfg.camera_blocks, lengths[0] // 2))  # as `time_blocks` cuts the one source
         block_names = [f"{source_names[0]} block {j + 1}/{k}" for j in range(k)]
+    fleet_scale = detector.for_camera(None).calibrated.scale
+    floor = {name: v for name, v in fleet_scale.items() if name not in OWN_AXES_SIGNALS}
     # groups are block ids; report each block under its name
-    return calibration_from_signals(final, signals, cfg, groups, tuple(block_names))
+    return calibration_from_signals(final, signals, cfg, groups, tuple(block_names), scale_floor=floor)

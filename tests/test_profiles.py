@@ -240,3 +240,31 @@ def test_calibrate_warns_when_one_source_is_not_described_by_the_others(tmp_path
     assert result.exit_code == 0, result.output
     assert "scored far above the rest of the footage" in result.output, result.output
     assert "calibrate on more of this camera's normal driving" in result.output
+
+
+def test_a_camera_profile_from_still_footage_is_no_narrower_than_the_fleet(tiny_trained, prepare_all):
+    """Two sources of a car that waits (each one frame, with sensor noise) vary far less than driving:
+    the profile keeps its own medians but neither the fleet's ranges nor (off the camera's own axes) its
+    scales narrow."""
+    det = tiny_trained.detector
+    base = road_frames(2, seed=11)
+    rng = np.random.default_rng(0)
+    noisy = [np.clip(np.repeat(f[None], 12, 0) + rng.normal(0, 1, (12, *f.shape)), 0, 255) for f in base]
+    profile = fit_camera_profile(det, [prepare_all(tiny_trained.config, n.astype(np.uint8)) for n in noisy])
+    fleet = det.calibrated
+    for name in ("cell_spread", "disc_spread", "patch_spread", "row_spread", "image_floor"):
+        mine, theirs = getattr(profile.stats, name), getattr(fleet.stats, name)
+        assert mine is not None and bool((mine >= theirs.cpu()).all()), name
+    assert not torch.equal(profile.stats.cell_center, fleet.stats.cell_center.cpu())  # its own medians
+    for name, scale in profile.scale.items():
+        if name not in ("latent", "pca"):
+            assert scale >= fleet.scale[name], name
+    # the footage is still enough that the floors took hold (its own would have been narrower)
+    floored = [
+        name for name, scale in profile.scale.items() if scale == fleet.scale[name] and name not in ("latent", "pca")
+    ]
+    assert floored
+    assert any(
+        bool((getattr(profile.stats, name) == getattr(fleet.stats, name).cpu()).any())
+        for name in ("cell_spread", "disc_spread", "patch_spread", "row_spread", "image_floor")
+    )
