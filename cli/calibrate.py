@@ -2,6 +2,7 @@
 
 import dataclasses
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -92,6 +93,7 @@ def calibrate(
         report_source_error,
     )
     profile = fit_camera_profile(detector, [f for _, f in named], names=[Path(n).name for n, _ in named])
+    fleet_scale = detector.for_camera(None).calibrated.scale
     replaced = camera in detector.profiles
     detector = dataclasses.replace(detector, config=original).with_profile(camera, profile)
     save_detector(detector, out)
@@ -108,6 +110,12 @@ def calibrate(
             f"false alarms per {held} (statistics and threshold fitted without it): "
             + ", ".join(f"{k} {v:.1%}" for k, v in rates.items())
         )
+        at_fleet = held_at_fleet_scale(profile.scale, fleet_scale, profile.signals)
+        if at_fleet:
+            typer.echo(
+                f"held at the fleet's scale: {', '.join(at_fleet)} (this footage varies less than the fleet's drives; "
+                "footage of the camera driving, from several drives, would give them the camera's own)"
+            )
         strays = poorly_described(rates, profile.target_false_alarm_rate)
         if strays:
             typer.echo(
@@ -117,6 +125,12 @@ def calibrate(
                 err=True,
             )
     typer.echo(f"profiles in {out}: fleet, {', '.join(sorted(detector.profiles))}")
+
+
+def held_at_fleet_scale(scale: dict[str, float], fleet_scale: dict[str, float], signals: Sequence[str]) -> list[str]:
+    """The score's signals whose scale in a camera profile is the fleet's floor, not the camera's own
+    (`anomaly.calibrate.no_narrower_than_fleet`): the footage showed less variety than the fleet's drives."""
+    return [name for name in signals if name in fleet_scale and scale.get(name) == fleet_scale[name]]
 
 
 def poorly_described(rates: dict[str, float], target: float) -> list[str]:

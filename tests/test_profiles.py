@@ -268,3 +268,18 @@ def test_a_camera_profile_from_still_footage_is_no_narrower_than_the_fleet(tiny_
         bool((getattr(profile.stats, name) == getattr(fleet.stats, name).cpu()).any())
         for name in ("cell_spread", "disc_spread", "patch_spread", "row_spread", "image_floor")
     )
+
+
+def test_calibrate_says_which_scales_it_held_at_the_fleets(tmp_path, tiny_trained):
+    rng = np.random.default_rng(1)
+    still = np.repeat(road_frames(1, seed=11), 40, 0).astype(int) + rng.integers(-1, 2, (40, 64, 96, 3))
+    video = write_video(tmp_path / "parked.mp4", np.clip(still, 0, 255).astype(np.uint8))
+    out = tmp_path / "parked.pt"
+    result = runner.invoke(app, ["calibrate", str(tiny_trained.path), str(video), "--camera", "p", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    line = next(line for line in result.output.splitlines() if line.startswith("held at the fleet's scale: "))
+    named = line.removeprefix("held at the fleet's scale: ").split(" (")[0].split(", ")
+    profile = load_detector(out, CPU).for_camera("p").calibrated
+    fleet = tiny_trained.detector.calibrated
+    assert named and all(profile.scale[name] == fleet.scale[name] for name in named)
+    assert not {"latent", "pca"} & set(named)
