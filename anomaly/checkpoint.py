@@ -129,7 +129,11 @@ def parse_config(state: dict[str, Any], path: Path) -> DetectorConfig:
     calibration = config.get("calibration") if isinstance(config, dict) else None
     if isinstance(calibration, dict) and "combination" not in calibration:
         # calibrated before there was a choice: its profiles, and any camera calibrated later, take the maximum
-        config = {**config, "calibration": {**calibration, "combination": "max"}}
+        calibration = {**calibration, "combination": "max"}
+        config = {**config, "calibration": calibration}
+    if isinstance(calibration, dict) and "image_shift" not in calibration:
+        # calibrated before `image` matched cells beside their own: it scores as it was calibrated
+        config = {**config, "calibration": {**calibration, "image_shift": 0}}
     try:
         return DetectorConfig.model_validate(config)
     except ValidationError as exc:

@@ -224,6 +224,9 @@ class CalibrationConfig(_Frozen):
     local_floor: float = Field(
         0.5, ge=0.0, le=1.0, description="local cell spread floor, as a fraction of that cell's pooled spread"
     )
+    image_shift: int = Field(
+        1, ge=0, le=4, description="cells (grid steps) up, down, left or right of its own a cell's statistics may match"
+    )
     patch_neighbours: int = Field(
         10, ge=1, le=1000, description="nearest memory frames whose feature patches a frame's are measured against"
     )

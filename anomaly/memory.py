@@ -112,10 +112,15 @@ def neighbour_cell_scores(
 
 
 def neighbour_deviations(
-    cells: torch.Tensor, neighbour_cells: torch.Tensor, spread_floor: torch.Tensor
+    cells: torch.Tensor, neighbour_cells: torch.Tensor, spread_floor: torch.Tensor, shift: int = 0
 ) -> torch.Tensor:
     """How far each of `cells` (N x h x w) lies from its neighbours' mean (N x K x h x w), either way,
-    in units of their standard deviation floored per cell by `spread_floor` (h x w).
+    in units of their standard deviation floored per cell by `spread_floor` (h x w); with `shift`, the
+    least of that and the same against the neighbours' cells `shift` steps up, down, left or right.
+
+    The shift: similar frames are never quite aligned (the car pitches, the lane drifts), and a lane
+    marking or a kerb 2 pixels from where the neighbours had it reads as a deviation at its edge. An
+    object none of them showed deviates from their cells beside it as much as from its own.
 
     Either way: a smear lowers a cell's contrast, a glare raises its brightness. Mean and standard
     deviation rather than `neighbour_cell_scores`' median and quantile, which need a sort of the K
@@ -128,8 +133,15 @@ def neighbour_deviations(
     # the unbiased standard deviation in two explicit passes: torch.std over the K dimension of
     # this layout took 0.5-0.7 ms a frame, this 0.1 (equal to 1e-7)
     std = ((theirs - center).pow(2).sum(dim=1) / max(theirs.shape[1] - 1, 1)).sqrt()
-    spread = torch.maximum(std, spread_floor.to(theirs.dtype))
-    return (cells.float() - center[:, 0]).abs() / spread
+    floor = spread_floor.to(theirs.dtype)
+    own, center = cells.float(), center[:, 0]
+    deviation = (own - center).abs() / torch.maximum(std, floor)
+    for dy, dx in ((shift, 0), (-shift, 0), (0, shift), (0, -shift)) if shift else ():
+        # the neighbours' cell `shift` steps beside: their mean and spread moved, not the K cells
+        beside = (own - shifted(center, dy, dx, 0.0)).abs() / torch.maximum(shifted(std, dy, dx, 0.0), floor)
+        inside = shifted(torch.ones_like(std[:1]), dy, dx, 0.0) > 0
+        deviation = torch.minimum(deviation, torch.where(inside, beside, deviation))
+    return deviation
 
 
 def sorted_quantile(ordered: torch.Tensor, q: float, lower: bool = False) -> torch.Tensor:

@@ -260,10 +260,13 @@ def patch_signal(maps: torch.Tensor, stats: NormalStats) -> torch.Tensor:
     return ((maps - stats.patch_center) / stats.patch_spread).flatten(1).amax(dim=1)
 
 
-def image_signal(cells: torch.Tensor, neighbour_cells: torch.Tensor, floor: torch.Tensor) -> torch.Tensor:
+def image_signal(
+    cells: torch.Tensor, neighbour_cells: torch.Tensor, floor: torch.Tensor, shift: int = 0
+) -> torch.Tensor:
     """The worst cell and statistic of `image_cells` (N x S x h x w) against the same of the frame's
-    nearest memory frames (N x K x S x h x w), above or below them (`neighbour_deviations`)."""
-    return neighbour_deviations(cells, neighbour_cells, floor).flatten(1).amax(dim=1)
+    nearest memory frames (N x K x S x h x w), or those `shift` cells beside, above or below them
+    (`neighbour_deviations`)."""
+    return neighbour_deviations(cells, neighbour_cells, floor, shift).flatten(1).amax(dim=1)
 
 
 def defect_signal(maps: torch.Tensor, offset: torch.Tensor | None) -> torch.Tensor:
@@ -375,7 +378,7 @@ def signal_values(
         if "image" not in skip and stats.has_image_memory and raw.image_cells is not None:
             assert stats.memory_image is not None and stats.image_floor is not None  # for the type checker
             theirs = stats.memory_image[neighbours[:, : config.local_neighbours]]
-            signals["image"] = image_signal(raw.image_cells, theirs, stats.image_floor)
+            signals["image"] = image_signal(raw.image_cells, theirs, stats.image_floor, config.image_shift)
         if "defect_local" not in skip and stats.has_defect_memory and raw.defect_map is not None:
             assert stats.memory_defect is not None and stats.defect_center is not None  # for the type checker
             signals["defect_local"] = defect_local_signal(

@@ -271,6 +271,19 @@ def test_a_loaded_detector_scores_with_fused_networks_and_saves_the_model_itself
     assert raw_state(tmp_path / "again.pt")["state_dict"].keys() == raw_state(tiny_trained.path)["state_dict"].keys()
 
 
+def test_a_model_calibrated_before_image_matched_cells_beside_scores_as_calibrated(ckpt, frames):
+    state = raw_state(ckpt)
+    assert state["config"]["calibration"]["image_shift"] == 1
+    shifted_scores = load_detector(ckpt, CPU).with_all_signals().score_prepared(frames)
+    del state["config"]["calibration"]["image_shift"]
+    torch.save(state, ckpt)
+    old = load_detector(ckpt, CPU)
+    assert old.config.calibration.image_shift == 0
+    unshifted = old.with_all_signals().score_prepared(frames)
+    assert np.all(unshifted.image_score >= shifted_scores.image_score - 1e-5)  # a shift only ever forgives
+    assert not np.allclose(unshifted.image_score, shifted_scores.image_score)
+
+
 def test_a_model_calibrated_before_the_combination_was_stored_keeps_the_maximum(ckpt, frames):
     state = raw_state(ckpt)
     assert state["config"]["calibration"]["combination"] == state["calibration"]["combination"] == "logmeanexp"

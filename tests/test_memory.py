@@ -206,6 +206,26 @@ def test_neighbour_deviations_count_a_drop_as_much_as_a_rise():
     torch.testing.assert_close(floored.flatten(), (cells.flatten() - 5.0).abs() / 2.0)
 
 
+def test_neighbour_deviations_with_a_shift_forgive_a_step_of_misalignment_but_not_an_object():
+    gen = torch.Generator().manual_seed(0)
+    neighbours = 0.1 * torch.randn(1, 8, 1, 6, generator=gen)
+    neighbours[..., 2] += 10.0  # every neighbour has a marking at column 2
+    cells = torch.zeros(1, 1, 6)
+    cells[..., 3] = 10.0  # this frame has it one step right
+    cells[..., 5] = 10.0  # and something at column 5 that none of them had near there
+    floor = torch.full((1, 6), 0.5)
+    plain = neighbour_deviations(cells, neighbours, floor).flatten()
+    beside = neighbour_deviations(cells, neighbours, floor, shift=1).flatten()
+    assert plain[3] > 10 and plain[5] > 10
+    assert beside[3] < 1.0  # matched by the neighbours' column 2
+    assert beside[5] == pytest.approx(float(plain[5]), rel=0.1)  # column 4 had nothing either
+    assert torch.all(beside <= plain)  # never more than without the shift
+    # at the edge, a cell beyond the map is no match: column 0 against columns 0 and 1 only
+    edge = torch.zeros(1, 1, 6)
+    edge[..., 0] = 10.0
+    assert neighbour_deviations(edge, neighbours, floor, shift=1).flatten()[0] > 10
+
+
 def test_image_cell_statistics_measure_colour_contrast_and_edges_per_cell():
     x = torch.zeros(2, 3, 16, 16)
     x[1, :, :, 8:] = torch.tensor([1.0, 0.0, 0.0]).view(3, 1, 1)  # frame 1: its right half red
@@ -222,7 +242,8 @@ def test_image_cell_statistics_measure_colour_contrast_and_edges_per_cell():
 def test_the_image_signal_finds_a_smear_that_pooled_statistics_and_the_error_map_cannot():
     """Camera A's right cell is always textured, camera B's always flat; a smear that flattens A's right
     cell looks like B to any pooled range and leaves no reconstruction error, but not to A's own frames."""
-    cfg = CalibrationConfig(memory_size=300, local_neighbours=20)
+    # two cells a whole cell apart (real cells overlap, 2 pixels a step): no matching the cell beside
+    cfg = CalibrationConfig(memory_size=300, local_neighbours=20, image_shift=0)
 
     def frames(n: int, seed: int, smear: bool = False):
         g = torch.Generator().manual_seed(seed)
