@@ -173,21 +173,28 @@ def test_signal_values_and_combine_by_hand():
     np.testing.assert_allclose(combine(values, {"latent": 1.0}, {"latent": 4.0}, ["latent"]), [0.0, 2.0])
 
 
-def test_pca_signal_is_the_mean_squared_residual_of_the_thumbnail_outside_the_normal_axes():
-    stats = NormalStats(
+def one_cell_stats(**fields: torch.Tensor) -> NormalStats:
+    """Statistics of one heat-map cell and one feature, plus `fields`: for testing a signal without a network."""
+    return NormalStats(
         cell_center=torch.tensor([[1.0]]),
         cell_spread=torch.tensor([[1.0]]),
         feature_mean=torch.tensor([0.0]),
         feature_whitening=torch.tensor([[1.0]]),
+        **fields,
+    )
+
+
+def one_cell_raw(n: int, **fields: torch.Tensor) -> RawSignals:
+    """Raw signals of `n` frames with one cell and one feature, all zero, plus `fields`."""
+    return RawSignals(recon=torch.zeros(n), error_cells=torch.zeros(n, 1, 1), features=torch.zeros(n, 1), **fields)
+
+
+def test_pca_signal_is_the_mean_squared_residual_of_the_thumbnail_outside_the_normal_axes():
+    stats = one_cell_stats(
         thumbnail_mean=torch.tensor([1.0, 1.0, 1.0, 1.0]),
         thumbnail_basis=torch.tensor([[1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]]),  # one axis, one unused row
     )
-    raw = RawSignals(
-        recon=torch.zeros(3),
-        error_cells=torch.zeros(3, 1, 1),
-        features=torch.zeros(3, 1),
-        thumbnail=torch.tensor([[5.0, 1.0, 1.0, 1.0], [1.0, 3.0, 1.0, 1.0], [9.0, 1.0, 0.0, 1.0]]),
-    )
+    raw = one_cell_raw(3, thumbnail=torch.tensor([[5.0, 1.0, 1.0, 1.0], [1.0, 3.0, 1.0, 1.0], [9.0, 1.0, 0.0, 1.0]]))
     signals, _ = signal_values(raw, stats)
     # along the normal axis: nothing left; off it: the squared residual's mean over the 4 pixels
     torch.testing.assert_close(signals["pca"], torch.tensor([0.0, 1.0, 0.25]))
@@ -209,20 +216,11 @@ def test_row_changes_are_the_mean_luminance_step_across_each_row_boundary():
 
 
 def test_tear_signal_is_the_worst_row_boundary_against_its_normal_range():
-    stats = NormalStats(
-        cell_center=torch.tensor([[1.0]]),
-        cell_spread=torch.tensor([[1.0]]),
-        feature_mean=torch.tensor([0.0]),
-        feature_whitening=torch.tensor([[1.0]]),
+    stats = one_cell_stats(
         row_center=torch.tensor([0.1, 0.5, 0.1]),  # a horizon at the second boundary: normally a large step
         row_spread=torch.tensor([0.1, 0.4, 0.1]),
     )
-    raw = RawSignals(
-        recon=torch.zeros(2),
-        error_cells=torch.zeros(2, 1, 1),
-        features=torch.zeros(2, 1),
-        row_changes=torch.tensor([[0.1, 0.9, 0.1], [0.1, 0.5, 0.6]]),
-    )
+    raw = one_cell_raw(2, row_changes=torch.tensor([[0.1, 0.9, 0.1], [0.1, 0.5, 0.6]]))
     # the horizon's step is within its range (z 1); the same step where rows are normally alike is a tear (z 5)
     torch.testing.assert_close(signal_values(raw, stats)[0]["tear"], torch.tensor([1.0, 5.0]))
     before = dataclasses.replace(stats, row_center=None, row_spread=None)  # calibrated before `tear`
