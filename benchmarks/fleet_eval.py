@@ -220,22 +220,10 @@ def main() -> None:
         if camera_late:
             unseen_frames[part.name] = imgs
     injectors = {**INJECTORS, **MOUNT_FAULTS}
-    for k, kind in enumerate(injectors):
-        folders[kind] = []
-        for p, (name, imgs) in enumerate(sorted(later_frames.items())):
-            folder = frames_dir / kind / name
-            folders[kind].append(folder)
-            if not reuse or not folder.exists():  # kinds added since the frames were written
-                rng = np.random.default_rng(1000 * k + p)
-                write_folder(folder, [injectors[kind](f, rng) for f in imgs])
-    for k, kind in enumerate(injectors):  # the same kinds in the unseen camera's normal frames
-        folders[f"unseen_{kind}"] = []
-        for p, (name, imgs) in enumerate(sorted(unseen_frames.items())):
-            folder = frames_dir / f"unseen_{kind}" / name
-            folders[f"unseen_{kind}"].append(folder)
-            if not reuse or not folder.exists():
-                rng = np.random.default_rng(5000 + 100 * k + p)
-                write_folder(folder, [injectors[kind](f, rng) for f in imgs])
+    inject = {"frames_dir": frames_dir, "folders": folders, "injectors": injectors, "reuse": reuse}
+    write_injected(**inject, sources=later_frames, prefix="", seed=lambda k, p: 1000 * k + p)
+    # the same kinds in the unseen camera's normal frames
+    write_injected(**inject, sources=unseen_frames, prefix="unseen_", seed=lambda k, p: 5000 + 100 * k + p)
     (frames_dir / "done").write_text("ok")
     counts = {role: sum(len(list(f.glob("*.png"))) for f in fs) for role, fs in folders.items()}
     print(f"frames: {json.dumps(counts)}")
@@ -409,6 +397,28 @@ def main() -> None:
             indent=2,
         )
     )
+
+
+def write_injected(
+    frames_dir: Path,
+    folders: dict[str, list[Path]],
+    injectors: dict[str, Callable[[np.ndarray, np.random.Generator], np.ndarray]],
+    reuse: bool,
+    sources: dict[str, list[np.ndarray]],
+    prefix: str,
+    seed: Callable[[int, int], int],
+) -> None:
+    """Each kind injected into every frame of `sources`, written to `<prefix><kind>/<source>` and listed in
+    `folders` under `<prefix><kind>`; `seed(kind index, source index)` seeds each folder's injections. With
+    `reuse`, only folders missing from earlier frames (kinds added since) are written."""
+    for k, kind in enumerate(injectors):
+        folders[prefix + kind] = []
+        for p, (name, imgs) in enumerate(sorted(sources.items())):
+            folder = frames_dir / f"{prefix}{kind}" / name
+            folders[prefix + kind].append(folder)
+            if not reuse or not folder.exists():
+                rng = np.random.default_rng(seed(k, p))
+                write_folder(folder, [injectors[kind](f, rng) for f in imgs])
 
 
 def camera_detection(
