@@ -238,6 +238,11 @@ class FrameScorer(Protocol):
     @property
     def threshold(self) -> float: ...
 
+    @property
+    def profile(self) -> str:
+        """The name of the profile in use (`anomaly.profiles.FLEET` or a camera's)."""
+        ...
+
     def score_prepared(self, prepared: Sequence[np.ndarray] | np.ndarray) -> FrameScores:
         """Scores of frames already passed through `preprocessor.prepare`."""
         ...

@@ -1,4 +1,5 @@
-"""Camera profiles by name: the fleet profile's name, and the line that tells a user which profile scores a camera.
+"""Camera profiles by name: the fleet profile's name, the line that tells a user which profile scores a camera,
+and the rule for footage a profile does not describe.
 
 Torch-free, shared by `anomaly.detector.Detector` and `anomaly.exported.ExportedDetector`.
 """
@@ -6,6 +7,7 @@ Torch-free, shared by `anomaly.detector.Detector` and `anomaly.exported.Exported
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping
+from pathlib import Path
 
 FLEET = "fleet"  # the profile from training; a camera without a profile of its own is scored with it
 
@@ -23,3 +25,41 @@ def profile_note(camera: str | None, thresholds: Mapping[str, float]) -> str:
         return f"camera {camera!r}: using its own profile (threshold {thresholds[camera]:.3f})"
     known = ", ".join(sorted(thresholds)) or "none"
     return f"camera {camera!r} has no profile in this model (profiles: {known}): using the fleet profile"
+
+
+def far_above_target(rates: Mapping[str, float], target: float) -> list[str]:
+    """The sources (or time blocks) flagged at ten times the profile's target rate or more, and at least 10%.
+
+    Anomalies come in seconds; a source flagged that much is more likely footage the profile does not
+    describe than a string of anomalies. On real footage a camera calibrated on two waits (in an alley, at a
+    light) and two seconds of driving flagged the driving 100% when held out, and the 1% threshold then
+    landed among those scores, 11x the fleet's; the fleet profile flagged every frame of a camera the
+    networks never saw (benchmarks/fleet_eval.py).
+    """
+    return [name for name, rate in rates.items() if rate >= max(10 * target, 0.10)]
+
+
+def unlike_footage_warning(rates: Mapping[str, float], target: float, profile: str, listed: int = 5) -> str | None:
+    """A line for the sources flagged far above the target (`far_above_target`) by `profile`, with what to do
+    if they are normal driving; None when there are none. `rates`: each source's share of frames flagged."""
+    far = sorted(far_above_target(rates, target), key=lambda s: -rates[s])
+    if not far:
+        return None
+    shown = ", ".join(f"{Path(s).name} {rates[s]:.0%}" for s in far[:listed])
+    more = f" and {len(far) - listed} more" if len(far) > listed else ""
+    if profile == FLEET:
+        unlike = "the drives the model was trained on (a camera it has not seen?)"
+        fix = (
+            "if it is a camera's normal driving, give that camera a profile (anomaly calibrate MODEL FOOTAGE "
+            "--camera NAME --out MODEL) and score with --camera NAME"
+        )
+    else:
+        unlike = f"what the profile of camera {profile!r} was calibrated on"
+        fix = (
+            f"if it is normal driving, calibrate that profile again with footage like it among the sources "
+            f"(anomaly calibrate MODEL FOOTAGE --camera {profile} --out MODEL)"
+        )
+    return (
+        f"warning: frames above the threshold, which was set for {target:.1%} of normal driving: {shown}{more}. "
+        f"Footage unlike {unlike}, or long anomalies; {fix}"
+    )

@@ -34,6 +34,9 @@ from footage.scores_csv import (
     write_run_record,
 )
 
+# Sources with fewer frames than this have no flagged share worth reporting (a photo, a clip of a second).
+MIN_FRAMES_FOR_RATE = 20
+
 
 @dataclass
 class ScoreRunSummary:
@@ -47,6 +50,7 @@ class ScoreRunSummary:
     errors: dict[str, str] = field(default_factory=dict)  # every source that ended with an error
     sources: list[str] = field(default_factory=list)
     frames_per_source: dict[str, int] = field(default_factory=dict)
+    flagged_per_source: dict[str, int] = field(default_factory=dict)  # of them, frames above the threshold
     drift: list[dict[str, Any]] = field(default_factory=list)  # camera drift found (`anomaly.drift` events)
 
     @property
@@ -60,6 +64,10 @@ class ScoreRunSummary:
     @property
     def scored_sources(self) -> int:
         return sum(1 for n in self.frames_per_source.values() if n)
+
+    def flagged_rates(self, min_frames: int = MIN_FRAMES_FOR_RATE) -> dict[str, float]:
+        """Per source of at least `min_frames` frames, the share of them above the threshold."""
+        return {s: self.flagged_per_source.get(s, 0) / n for s, n in self.frames_per_source.items() if n >= min_frames}
 
 
 class OutputExists(ValueError):
@@ -181,6 +189,7 @@ def score_sources(
         for source, rows in resume_from.rows.items():
             events.replay(source, rows)
             summary.frames_per_source[source] = len(rows)
+            summary.flagged_per_source[source] = resume_from.anomalies_per_source.get(source, 0)
         summary.frames = summary.resumed_frames = resume_from.frames
         summary.anomalies = resume_from.anomalies
     watch = RunDrift(drift, detector, camera) if drift is not None else None
@@ -220,8 +229,9 @@ def score_sources(
                     watch.add(scored)
                 if annotate_dir:
                     write_annotated(scored, writers, annotate_dir, detector, sampling)
-                for f in batch:
+                for f, flagged in zip(batch, scored.scores.is_anomaly, strict=True):
                     summary.frames_per_source[f.source] = summary.frames_per_source.get(f.source, 0) + 1
+                    summary.flagged_per_source[f.source] = summary.flagged_per_source.get(f.source, 0) + int(flagged)
                 summary.frames += len(batch)
                 summary.anomalies += int(scored.scores.is_anomaly.sum())
                 bar.update(len(batch))

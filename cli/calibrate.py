@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
+from anomaly.profiles import far_above_target
 from cli.options import (
     DeviceOpt,
     SignalsOpt,
@@ -116,7 +117,7 @@ def calibrate(
                 f"held at the fleet's scale: {', '.join(at_fleet)} (this footage varies less than the fleet's drives; "
                 "footage of the camera driving, from several drives, would give them the camera's own)"
             )
-        strays = poorly_described(rates, profile.target_false_alarm_rate)
+        strays = far_above_target(rates, profile.target_false_alarm_rate)
         if strays:
             typer.echo(
                 f"warning: {', '.join(strays)} scored far above the rest of the footage: the other sources do not "
@@ -131,16 +132,6 @@ def held_at_fleet_scale(scale: dict[str, float], fleet_scale: dict[str, float], 
     """The score's signals whose scale in a camera profile is the fleet's floor, not the camera's own
     (`anomaly.calibrate.no_narrower_than_fleet`): the footage showed less variety than the fleet's drives."""
     return [name for name in signals if name in fleet_scale and scale.get(name) == fleet_scale[name]]
-
-
-def poorly_described(rates: dict[str, float], target: float) -> list[str]:
-    """The held-out sources (or time blocks) flagged at ten times the target rate or more, and at least 10%.
-
-    On real footage a camera calibrated on two waits (in an alley, at a light) and two seconds of driving
-    flagged the driving 100% when held out, and the 1% threshold then landed among those scores, 11x the
-    fleet's.
-    """
-    return [name for name, rate in rates.items() if rate >= max(10 * target, 0.10)]
 
 
 def review_source(source: str, db: Path) -> str:

@@ -195,6 +195,14 @@ def score(
         f"source(s): {summary.anomalies} above threshold {detector.threshold:.3f}, {len(summary.events)} "
         f"event(s) -> {out}"
     )
+    if threshold is None:  # an overridden threshold was set for no rate
+        from anomaly.profiles import unlike_footage_warning
+
+        unlike = unlike_footage_warning(
+            summary.flagged_rates(), detector.calibrated.target_false_alarm_rate, detector.profile
+        )
+        if unlike:
+            typer.echo(unlike, err=True)
     for d in summary.drift:
         end = "the end" if d["end_s"] is None else f"{Path(d['end_source']).name} {d['end_s']:.1f} s"
         typer.echo(

@@ -180,6 +180,7 @@ class WrittenRows:
     rows: dict[str, list[tuple[int, float, float]]]  # (frame_index, timestamp_s, score), to replay events
     anomalies: int
     finished: tuple[str, ...] = ()  # from the run record: sources not to read again
+    anomalies_per_source: dict[str, int] = field(default_factory=dict)
     problems: dict[str, str] = field(default_factory=dict)  # and the errors they ended with
 
     @property
@@ -208,5 +209,7 @@ def cut_to_complete_rows(csv_path: Path) -> WrittenRows:
         timestamp, score = float(row[at["timestamp_s"]]), float(row[at["score"]])
         written.rows.setdefault(source, []).append((index, timestamp, score))
         written.last_index[source] = index
-        written.anomalies += int(row[at["is_anomaly"]])
+        flagged = int(row[at["is_anomaly"]])
+        written.anomalies += flagged
+        written.anomalies_per_source[source] = written.anomalies_per_source.get(source, 0) + flagged
     return written

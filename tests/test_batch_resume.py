@@ -85,6 +85,8 @@ def test_a_resumed_run_writes_the_csv_and_events_of_an_uninterrupted_one(
     )
     assert cut.read_bytes() == whole.read_bytes()
     assert (summary.frames, summary.resumed_frames, summary.anomalies) == (ref.frames, written.frames, ref.anomalies)
+    assert summary.flagged_per_source == ref.flagged_per_source  # the resumed rows' flags counted too
+    assert sum(ref.flagged_per_source.values()) == ref.anomalies
     # replayed events come from the CSV's scores (six digits): the same stretches, peaks equal to 1e-5
     assert [without_peak(e) for e in summary.events] == [without_peak(e) for e in ref.events]
     assert [e.peak_score for e in summary.events] == pytest.approx([e.peak_score for e in ref.events], rel=1e-5)

@@ -2,6 +2,7 @@
 
 import shutil
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -10,9 +11,8 @@ from typer.testing import CliRunner
 
 from anomaly.calibrate import fit_camera_profile, time_blocks
 from anomaly.checkpoint import KIND_MODEL, load_detector, read_checkpoint, save_detector
-from anomaly.profiles import FLEET
+from anomaly.profiles import FLEET, far_above_target, unlike_footage_warning
 from anomaly.scoring import score_prepared
-from cli.calibrate import poorly_described
 from cli.main import app
 from footage.scores_csv import read_scores_csv
 
@@ -220,11 +220,46 @@ def test_calibrate_refuses_too_little_footage(tmp_path, tiny_trained):
     assert result.exit_code == 2 and "at least 8" in result.output
 
 
-def test_poorly_described_sources_are_those_far_above_the_target():
+def test_far_above_target_sources_are_those_at_ten_times_the_target_and_at_least_a_tenth():
     rates = {"wait_a": 0.0, "wait_b": 0.02, "drive": 1.0, "edge": 0.10}
-    assert poorly_described(rates, 0.01) == ["drive", "edge"]
-    assert poorly_described(rates, 0.05) == ["drive"]  # ten times a 5% target is 50%
-    assert poorly_described({}, 0.01) == []
+    assert far_above_target(rates, 0.01) == ["drive", "edge"]
+    assert far_above_target(rates, 0.05) == ["drive"]  # ten times a 5% target is 50%
+    assert far_above_target({}, 0.01) == []
+
+
+def test_unlike_footage_warning_names_the_sources_and_what_to_do_for_each_kind_of_profile():
+    rates = {"/d/a.mp4": 0.003, "/d/b.mp4": 0.4, "/d/c.mp4": 1.0}
+    assert unlike_footage_warning({"/d/a.mp4": 0.003}, 0.01, FLEET) is None
+    fleet = unlike_footage_warning(rates, 0.01, FLEET)
+    assert fleet is not None and fleet.count("\n") == 0
+    assert "c.mp4 100%, b.mp4 40%" in fleet and "a.mp4" not in fleet  # worst first, paths shortened
+    assert "set for 1.0%" in fleet and "--camera NAME" in fleet
+    camera = unlike_footage_warning(rates, 0.01, "van7")
+    assert camera is not None and "camera 'van7'" in camera and "--camera van7" in camera
+    many = {f"s{i}.mp4": 1.0 for i in range(8)}
+    assert "and 3 more" in (unlike_footage_warning(many, 0.01, FLEET) or "")
+
+
+def test_score_warns_of_footage_unlike_its_profile_and_only_then(tmp_path, tiny_trained):
+    """A clip of noise is flagged throughout and named with what to do; a normal clip, or a run with its
+    threshold overridden (set for no rate), gets no such line."""
+    rng = np.random.default_rng(0)
+    noise = write_video(tmp_path / "noise.mp4", rng.integers(0, 256, (30, 64, 96, 3), dtype=np.uint8))
+    normal = tmp_path / "held_out"  # the frames the model calibrated on, written losslessly
+    normal.mkdir()
+    for i, frame in enumerate(road_frames(80)[48:]):
+        cv2.imwrite(str(normal / f"{i:03d}.png"), frame)
+    base = ["--model", str(tiny_trained.path), "--out", str(tmp_path / "s.csv"), "--overwrite", "--device", "cpu"]
+    flagged = runner.invoke(app, ["score", str(noise), str(normal), *base])
+    assert flagged.exit_code == 0, flagged.output
+    assert read_scores_csv(tmp_path / "s.csv")["is_anomaly"][:30].all()
+    lines = [line for line in flagged.output.splitlines() if line.startswith("warning: frames above the threshold")]
+    assert len(lines) == 1 and "noise.mp4 100%" in lines[0] and "held_out" not in lines[0]
+    assert "anomaly calibrate" in lines[0]
+    quiet = runner.invoke(app, ["score", str(normal), *base])
+    assert quiet.exit_code == 0 and "warning: frames above" not in quiet.output
+    overridden = runner.invoke(app, ["score", str(noise), str(normal), *base, "--threshold", "-1e9"])
+    assert overridden.exit_code == 0 and "warning: frames above" not in overridden.output
 
 
 def test_calibrate_warns_when_one_source_is_not_described_by_the_others(tmp_path, tiny_trained):
