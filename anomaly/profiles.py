@@ -10,6 +10,8 @@ from collections.abc import Collection, Mapping
 from pathlib import Path
 
 FLEET = "fleet"  # the profile from training; a camera without a profile of its own is scored with it
+# Sources with fewer frames than this have no flagged share worth reporting (a photo, a clip of a second).
+MIN_FRAMES_FOR_RATE = 20
 
 
 def profile_for(camera: str | None, cameras: Collection[str]) -> str:
@@ -25,6 +27,13 @@ def profile_note(camera: str | None, thresholds: Mapping[str, float]) -> str:
         return f"camera {camera!r}: using its own profile (threshold {thresholds[camera]:.3f})"
     known = ", ".join(sorted(thresholds)) or "none"
     return f"camera {camera!r} has no profile in this model (profiles: {known}): using the fleet profile"
+
+
+def rates_by_source(
+    frames: Mapping[str, int], flagged: Mapping[str, int], min_frames: int = MIN_FRAMES_FOR_RATE
+) -> dict[str, float]:
+    """Per source of at least `min_frames` scored frames, the share of them above the threshold."""
+    return {s: flagged.get(s, 0) / n for s, n in frames.items() if n >= min_frames}
 
 
 def far_above_target(rates: Mapping[str, float], target: float) -> list[str]:

@@ -15,6 +15,7 @@ from typing import Any
 from anomaly.drift import DriftConfig
 from anomaly.events import Event, EventConfig
 from anomaly.frame_scores import FrameScorer
+from anomaly.profiles import rates_by_source
 from anomaly.progress import progress_bar
 from batch.run_events import RunDrift, RunEvents
 from footage.clips import MAX_WIDTH, ClipRecorder
@@ -33,9 +34,6 @@ from footage.scores_csv import (
     run_record_path,
     write_run_record,
 )
-
-# Sources with fewer frames than this have no flagged share worth reporting (a photo, a clip of a second).
-MIN_FRAMES_FOR_RATE = 20
 
 
 @dataclass
@@ -65,9 +63,9 @@ class ScoreRunSummary:
     def scored_sources(self) -> int:
         return sum(1 for n in self.frames_per_source.values() if n)
 
-    def flagged_rates(self, min_frames: int = MIN_FRAMES_FOR_RATE) -> dict[str, float]:
-        """Per source of at least `min_frames` frames, the share of them above the threshold."""
-        return {s: self.flagged_per_source.get(s, 0) / n for s, n in self.frames_per_source.items() if n >= min_frames}
+    def flagged_rates(self) -> dict[str, float]:
+        """Per source of enough frames (`anomaly.profiles.rates_by_source`), the share of them flagged."""
+        return rates_by_source(self.frames_per_source, self.flagged_per_source)
 
 
 class OutputExists(ValueError):

@@ -7,6 +7,7 @@ import typer
 
 from anomaly.drift import DriftConfig
 from anomaly.events import EventConfig
+from anomaly.profiles import FLEET, unlike_footage_warning
 from batch.ray.config import RayScoreConfig
 from cli.allocator import worker_environment
 from cli.options import (
@@ -196,13 +197,7 @@ def score(
         f"event(s) -> {out}"
     )
     if threshold is None:  # an overridden threshold was set for no rate
-        from anomaly.profiles import unlike_footage_warning
-
-        unlike = unlike_footage_warning(
-            summary.flagged_rates(), detector.calibrated.target_false_alarm_rate, detector.profile
-        )
-        if unlike:
-            typer.echo(unlike, err=True)
+        warn_of_unlike_footage(summary.flagged_rates(), detector.calibrated.target_false_alarm_rate, detector.profile)
     for d in summary.drift:
         end = "the end" if d["end_s"] is None else f"{Path(d['end_source']).name} {d['end_s']:.1f} s"
         typer.echo(
@@ -237,6 +232,15 @@ def score_with_ray(config: RayScoreConfig) -> None:
         f"({len(summary.reused)} already done): {summary.anomalies} above threshold {summary.threshold:.3f} "
         f"-> {config.out_dir}/ (manifest: {summary.manifest})"
     )
+    if summary.target_false_alarm_rate is not None:
+        warn_of_unlike_footage(summary.flagged_rates(), summary.target_false_alarm_rate, FLEET)
     if summary.errors:
         typer.echo(f"{len(summary.errors)} source(s) failed: {', '.join(summary.errors)}", err=True)
         raise typer.Exit(1)
+
+
+def warn_of_unlike_footage(rates: dict[str, float], target: float, profile: str) -> None:
+    """Say on stderr which sources the profile flagged far above its target rate (`unlike_footage_warning`)."""
+    unlike = unlike_footage_warning(rates, target, profile)
+    if unlike:
+        typer.echo(unlike, err=True)

@@ -17,6 +17,7 @@ from factories import TINY, road_frames, with_square, write_video
 from typer.testing import CliRunner
 
 from anomaly.preprocess import Preprocessor
+from anomaly.profiles import FLEET, unlike_footage_warning
 from batch.local import score_sources
 from batch.ray.chunks import OPEN_END, decode_chunk, plan_source
 from batch.ray.config import RayScoreConfig
@@ -198,7 +199,8 @@ def first_run(ray_local, clips, model, tmp_path_factory):
     d = tmp_path_factory.mktemp("ray_run")
     summary = score_on_ray(config(sources, d / "out", model_path), log=lambda _: None)
     expected = local_rows(detector, sources, d / "local.csv", SamplingConfig())
-    return {"summary": summary, "out": d / "out", "sources": sources, "expected": expected}
+    target = detector.calibrated.target_false_alarm_rate
+    return {"summary": summary, "out": d / "out", "sources": sources, "expected": expected, "target": target}
 
 
 def local_errors(sources: list[str]) -> dict[str, str]:
@@ -234,6 +236,11 @@ def test_ray_outputs_equal_the_local_engine_and_bad_sources_are_reported(first_r
         == sum(e["frames"] for e in entries.values())
         == 70 + 45 + 12 + entries[str(clips["cut"])]["frames"]
     )
+    summary = first_run["summary"]
+    assert summary.target_false_alarm_rate == first_run["target"]  # the calibrated threshold's, not overridden
+    rates = summary.flagged_rates()  # sources of 20 frames or more: the 12 stills are too few to say
+    assert rates == {e["source"]: e["anomalies"] / e["frames"] for e in entries.values() if e["frames"] >= 20}
+    assert str(clips["images"]) not in rates and str(clips["mp4"]) in rates
 
 
 def test_rerun_recomputes_only_what_is_missing_or_failed(first_run, model, clips, tmp_path):
@@ -332,4 +339,9 @@ def test_cli_ray_engine_with_a_source_list(ray_local, model, clips, tmp_path):
     )
     assert result.exit_code == 0, result.output
     assert "scored 57 frames from 2 source(s)" in result.output
+    entries = json.loads((tmp_path / "o" / MANIFEST_NAME).read_text())["sources"]
+    rates = {e["source"]: e["anomalies"] / e["frames"] for e in entries if e["frames"] >= 20}
+    warning = unlike_footage_warning(rates, model[0].calibrated.target_false_alarm_rate, FLEET)
+    assert ("warning: frames above the threshold" in result.output) == (warning is not None)
+    assert warning is None or warning in result.output
     assert {p.name for p in (tmp_path / "o").iterdir()} == {"other.scores.csv", "stills.scores.csv", MANIFEST_NAME}

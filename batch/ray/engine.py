@@ -105,6 +105,7 @@ def score_on_ray(
     out_dir = Path(config.out_dir)
     detector = load_detector(config.model_path, torch.device("cpu"))  # fail early on a bad model file
     threshold = config.threshold if config.threshold is not None else detector.threshold
+    target = None if config.threshold is not None else detector.calibrated.target_false_alarm_rate
     sources = expand_sources(list(config.sources))
     names = output_names(sources)
     model_bytes = Path(config.model_path).read_bytes()
@@ -138,7 +139,7 @@ def score_on_ray(
         log(f"{len(done)} source(s) already scored with this model and settings; {len(todo)} to do")
     if not todo:
         writer.write_manifest(final=True)
-        return RayScoreSummary(list(outcomes.values()), threshold, writer.path)
+        return RayScoreSummary(list(outcomes.values()), threshold, writer.path, target)
 
     started_here = not ray.is_initialized()
     if started_here:
@@ -152,7 +153,7 @@ def score_on_ray(
         writer.write_manifest(final=True)
         if started_here:
             ray.shutdown()
-    return RayScoreSummary(list(outcomes.values()), threshold, writer.path)
+    return RayScoreSummary(list(outcomes.values()), threshold, writer.path, target)
 
 
 def run_chunks(

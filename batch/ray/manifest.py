@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
+from anomaly.profiles import rates_by_source
 from batch.ray.chunks import ChunkResult, assemble
 from batch.ray.config import RayScoreConfig
 from footage.scores_csv import CSV_COLUMNS, atomic_write_text, csv_text
@@ -40,6 +41,7 @@ class RayScoreSummary:
     outcomes: list[SourceOutcome]
     threshold: float
     manifest: Path
+    target_false_alarm_rate: float | None = None  # of the calibrated threshold; None when it was overridden
 
     @property
     def computed(self) -> list[str]:
@@ -60,6 +62,11 @@ class RayScoreSummary:
     @property
     def anomalies(self) -> int:
         return sum(o.anomalies for o in self.outcomes)
+
+    def flagged_rates(self) -> dict[str, float]:
+        """Per source of enough frames (`anomaly.profiles.rates_by_source`), the share of them flagged."""
+        frames = {o.source: o.frames for o in self.outcomes}
+        return rates_by_source(frames, {o.source: o.anomalies for o in self.outcomes})
 
 
 def read_source_list(path: Path) -> list[str]:
