@@ -180,8 +180,8 @@ class WrittenRows:
     rows: dict[str, list[tuple[int, float, float]]]  # (frame_index, timestamp_s, score), to replay events
     anomalies: int
     finished: tuple[str, ...] = ()  # from the run record: sources not to read again
-    anomalies_per_source: dict[str, int] = field(default_factory=dict)
     problems: dict[str, str] = field(default_factory=dict)  # and the errors they ended with
+    anomalies_per_source: dict[str, int] = field(default_factory=dict)  # of `anomalies`, each source's
 
     @property
     def frames(self) -> int:
