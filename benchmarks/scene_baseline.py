@@ -29,7 +29,6 @@ import argparse
 import sys
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 
@@ -42,25 +41,33 @@ from anomaly.memory import euclidean_distances
 from anomaly.scoring import signal_values
 from anomaly.thresholds import threshold_for_rate
 from anomaly.training.train import TrainingData
+from footage.sampling import SamplingConfig
 from footage.scores_csv import read_scores_csv
+from footage.training_frames import load_named_prepared_frames
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fleet_eval import parts  # noqa: E402
 from signal_combinations import aurocs, shown  # noqa: E402
 
 
-def prepared(detector: Detector, folder: Path) -> np.ndarray:
-    return np.stack([detector.preprocessor.prepare(cv2.imread(str(p))) for p in sorted(folder.glob("*.png"))])
+def prepared(detector: Detector, folders: list[Path]) -> list[np.ndarray]:
+    """Each folder's prepared frames, read as `anomaly train` and `score` read them (`--folder-fps 10`)."""
+    sampling = SamplingConfig(folder_fps=10)
+    limit = detector.config.train.max_train_frames
+    return [
+        frames
+        for _, frames in load_named_prepared_frames(list(map(str, folders)), sampling, detector.preprocessor, limit)
+    ]
 
 
-def scored(detector: Detector, frames: np.ndarray) -> tuple[np.ndarray, torch.Tensor, dict[str, np.ndarray]]:
-    """The score, standardised features and signals of frames, with the statistics the model keeps."""
+def scored(detector: Detector, frames: np.ndarray) -> tuple[np.ndarray, torch.Tensor]:
+    """The score and standardised features of frames, with the statistics the model keeps."""
     cal = detector.calibrated
     raw = collect_raw(detector, frames)
     values, _ = signal_values(raw, cal.stats, detector.config.calibration)
     signals = {n: values[n].numpy().astype(np.float64) for n in cal.signals}
     features = ((raw.features - cal.stats.feature_center) / cal.stats.feature_scale).float()
-    return combine(signals, cal.loc, cal.scale, cal.signals, cal.combination), features, signals
+    return combine(signals, cal.loc, cal.scale, cal.signals, cal.combination), features
 
 
 def main() -> None:
@@ -74,9 +81,7 @@ def main() -> None:
 
     # the held-out frames as `anomaly train` split them (the benchmark's training folders, in its order)
     folders = [run / "frames" / "train" / part.name for part in parts() if part.role == "train"]
-    data = TrainingData.split(
-        [prepared(detector, f) for f in folders], detector.config.train.holdout_fraction, [f.name for f in folders]
-    )
+    data = TrainingData.split(prepared(detector, folders), detector.config.train.holdout_fraction)
     assert data.holdout_groups is not None and data.train_groups is not None
     seen_at = evenly_index(len(data.train), cfg.max_stat_frames)
     keep = evenly_index(len(data.holdout), cfg.max_stat_frames)
@@ -91,15 +96,15 @@ def main() -> None:
     same = all(np.isclose(loc[n], cal.loc[n], rtol=1e-6) and np.isclose(scale[n], cal.scale[n]) for n in cal.signals)
     print(f"calibration re-derived from the run's frames: {'identical' if same else 'DIFFERENT (figures unreliable)'}")
     held_unseen = combine(unseen, cal.loc, cal.scale, cal.signals, cal.combination)
-    held_known, held_features, _ = scored(detector, data.holdout[keep])
+    held_known, held_features = scored(detector, data.holdout[keep])
 
     # the test frames of the run, in its CSV's order
     csv = read_scores_csv(run / "scores.csv")
     sources = [Path(s) for s in dict.fromkeys(csv["source"])]
-    test = [prepared(detector, s) for s in sources]
+    test = prepared(detector, sources)
     kinds = np.concatenate([[s.parent.name] * len(f) for s, f in zip(sources, test, strict=True)])
     drives = np.concatenate([[s.name] * len(f) for s, f in zip(sources, test, strict=True)])
-    score, features, _ = scored(detector, np.concatenate(test))
+    score, features = scored(detector, np.concatenate(test))
     print(f"test scores against the CSV's: largest difference {np.abs(score - csv['score']).max():.1e}")
 
     later = kinds == "later"
