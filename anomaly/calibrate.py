@@ -32,7 +32,7 @@ and threshold stay its own.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -54,6 +54,7 @@ from anomaly.config import FINDER_SIGNALS, CalibrationConfig
 from anomaly.detector import Detector
 from anomaly.frame_scores import combine
 from anomaly.memory import coreset_indices
+from anomaly.scene_baseline import fit_scene_baseline
 from anomaly.scoring import RawSignals, patch_distance_maps, patch_signal, raw_signals, signal_values
 from anomaly.thresholds import threshold_for_rate
 from anomaly.training.distributed import SINGLE_PROCESS, DistributedContext, all_gather_rows, shard
@@ -125,6 +126,15 @@ def fit_patch_range(stats: NormalStats, held: RawSignals, cfg: CalibrationConfig
         stats.patch_center, stats.patch_spread = position_stats(maps, cfg.patch_quantile, cfg.patch_floor)
 
 
+@dataclass(frozen=True)
+class KnownDriveFrames:
+    """Held-out frames as the statistics kept score them (later stretches of drives they know): every
+    signal, and the summary features the scene baseline finds similar frames by."""
+
+    signals: dict[str, np.ndarray]
+    features: np.ndarray  # N x d
+
+
 def held_out_false_alarms(
     scores: np.ndarray, groups: np.ndarray, names: tuple[str, ...], rate: float
 ) -> dict[str, float]:
@@ -150,13 +160,25 @@ def calibration_from_signals(
     groups: np.ndarray | None = None,
     names: tuple[str, ...] = (),
     scale_floor: dict[str, float] | None = None,
+    known: KnownDriveFrames | None = None,
 ) -> Calibration:
     """Signal scales and the threshold from signals of normal frames that `stats` were not fit on; no
-    signal's scale below its `scale_floor` (a camera profile's: the fleet's, see the module's docstring)."""
+    signal's scale below its `scale_floor` (a camera profile's: the fleet's, see the module's docstring).
+    With `known` (the same frames scored by `stats` as later stretches of known drives), and the config's
+    `scene_baseline`, a scene baseline of them (`anomaly.scene_baseline`), taken off the scores the threshold is set on
+    as it is off every score: each frame's level among the other sources' frames."""
     loc, scale = fit_scaling(signals)
     if scale_floor:
         scale = {name: max(v, scale_floor.get(name, 0.0)) for name, v in scale.items()}
     scores = combine(signals, loc, scale, cfg.signals, cfg.combination)
+    scene = None
+    if known is not None and groups is not None and cfg.scene_baseline and stats.feature_center is not None:
+        assert stats.feature_scale is not None  # set with the center
+        own = combine(known.signals, loc, scale, cfg.signals, cfg.combination)
+        center, spread = stats.feature_center.cpu().numpy(), stats.feature_scale.cpu().numpy()
+        scene = fit_scene_baseline(center, spread, known.features, own, groups)
+        if scene is not None:
+            scores = scores - scene.leave_group_out_levels(groups)
     far = {} if groups is None else held_out_false_alarms(scores, groups, names, cfg.target_false_alarm_rate)
     return Calibration(
         stats=stats,
@@ -169,6 +191,7 @@ def calibration_from_signals(
         score_quantiles=score_quantiles(scores),
         holdout_false_alarms=far,
         combination=cfg.combination,
+        scene=scene,
     )
 
 
@@ -208,10 +231,11 @@ def calibrate(detector: Detector, data: TrainingData, context: DistributedContex
         signals = signals_of_unseen_sources(stats, seen, data.train_groups[seen_at], held, groups, cfg, seed)
     if signals is not None:
         refit_floors(stats, held)  # as each fold's: from held-out frames (see there)
-    if signals is None:
-        values, _ = signal_values(held, stats, cfg)
-        signals = {name: v.numpy().astype(np.float64) for name, v in values.items()}
-    return calibration_from_signals(stats, signals, cfg, groups, data.holdout_sources)
+    values, _ = signal_values(held, stats, cfg)
+    known = KnownDriveFrames({name: v.numpy().astype(np.float64) for name, v in values.items()}, held.features.numpy())
+    if signals is None:  # one held-out source: scored as a later stretch of it, no scene baseline
+        return calibration_from_signals(stats, known.signals, cfg, groups, data.holdout_sources)
+    return calibration_from_signals(stats, signals, cfg, groups, data.holdout_sources, known=known)
 
 
 def signals_of_unseen_sources(

@@ -10,7 +10,8 @@ scale, and that scale is learned here from normal frames only:
    is it from normal features along those directions".
 2. `fit_scaling`: each signal's median and upper-tail spread, so that signals become comparable
    z-scores.
-3. `anomaly.thresholds.threshold_for_rate`: the combined score's upper quantile at the target false-alarm rate.
+3. `anomaly.thresholds.threshold_for_rate`: the combined score's upper quantile at the target false-alarm rate
+   (less each frame's scene level, `anomaly.scene_baseline`, where the profile has a scene baseline).
 
 Statistics come from the training frames (many scenes, so they know how much roadside scenery
 varies); scaling and threshold come from frames held out from training and later in time: the next
@@ -31,6 +32,7 @@ import torch
 from anomaly.config import Combination
 from anomaly.frame_scores import combination_of
 from anomaly.memory import coreset_indices, standardiser
+from anomaly.scene_baseline import SceneBaseline
 
 if TYPE_CHECKING:  # scoring imports this module: the type only
     from anomaly.scoring import RawSignals
@@ -138,9 +140,13 @@ class Calibration:
     # false-alarm rate of each held-out source (or time block) at a threshold set without it
     holdout_false_alarms: dict[str, float] = field(default_factory=dict)
     combination: Combination = "max"  # how the z-scores make the score; "max" for profiles stored without it
+    # the normal level of held-out frames like a frame's, taken off its score (`anomaly.scene_baseline`); None for a
+    # camera profile, a model with one held-out source, or one calibrated before there was one
+    scene: SceneBaseline | None = None
 
     def to_state(self) -> dict[str, Any]:
-        return {
+        scene = {} if self.scene is None else {"scene": tensors(self.scene.to_arrays())}
+        return scene | {
             "stats": self.stats.to_state(),
             "loc": dict(self.loc),
             "scale": dict(self.scale),
@@ -166,6 +172,7 @@ class Calibration:
             score_quantiles={k: float(v) for k, v in state.get("score_quantiles", {}).items()},
             holdout_false_alarms={k: float(v) for k, v in state.get("holdout_false_alarms", {}).items()},
             combination=combination_of(state),
+            scene=SceneBaseline.from_arrays(arrays(state["scene"])) if "scene" in state else None,
         )
 
     def summary(self) -> dict[str, Any]:
@@ -177,7 +184,16 @@ class Calibration:
             "combination": self.combination,
             "score_quantiles": self.score_quantiles,
             "holdout_false_alarms": self.holdout_false_alarms,
+            "scene_baseline": None if self.scene is None else {"frames": len(self.scene.scores), "k": self.scene.k},
         }
+
+
+def tensors(named: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    return {k: torch.from_numpy(v) for k, v in named.items()}
+
+
+def arrays(named: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    return {k: v.numpy() for k, v in named.items()}
 
 
 def fit_normal_stats(

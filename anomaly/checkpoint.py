@@ -24,10 +24,12 @@ from anomaly.model import AutoencoderGAN
 # 2: per-cell quantile spreads and PCA latent distance; 3: blurred heat map;
 # 4: memory of normal frames, discriminator patch statistics, camera profiles;
 # 5: the defect finder (formats 3 and 4 still load, without one);
-# 6: several defect finders, averaged (format 5 loads as one)
-FORMAT_VERSION = 6
-READABLE_VERSIONS = (3, 4, 5, 6)
-TRAINING_STATE_VERSIONS = (5, 6)  # a run of format 5 resumes as one finder
+# 6: several defect finders, averaged (format 5 loads as one);
+# 7: the fleet profile's scene baseline (`anomaly.scene_baseline`; format 6 loads without one, and a release that
+# reads only 6 refuses a 7 rather than score without the baseline its threshold was set with)
+FORMAT_VERSION = 7
+READABLE_VERSIONS = (3, 4, 5, 6, 7)
+TRAINING_STATE_VERSIONS = (5, 6, 7)  # a run of format 5 resumes as one finder
 KIND_MODEL = "anomaly-detector"
 KIND_TRAINING_STATE = "anomaly-training-state"
 

@@ -242,6 +242,11 @@ class CalibrationConfig(_Frozen):
     camera_blocks: int = Field(
         4, ge=2, le=50, description="time blocks per source for cross-fitted camera calibration (anomaly calibrate)"
     )
+    scene_baseline: bool = Field(
+        True,
+        description="measure the fleet profile's score from the normal level of the held-out frames that look "
+        "like the frame (anomaly.scene_baseline; needs two or more held-out sources)",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> CalibrationConfig:

@@ -3,10 +3,11 @@
 What an exported model computes is `anomaly.scoring.frame_signals`, traced: the same torch code, not
 a second implementation. One graph takes a batch of prepared frames (N x H x W x 3 uint8 RGB, the
 output of `Preprocessor.prepare`) and the arrays of one calibration's normal statistics, and gives
-every signal and the heat map's cells; the score itself (`anomaly.frame_scores.combine`, a maximum
-of z-scores) and the heat map's pixels (`anomaly.heat`) are numpy operations outside it, as they
-are for a torch model. The statistics are inputs rather than constants so
-that one graph serves the fleet profile and every camera profile, and so that a memory of any size
+every signal, the heat map's cells and the frames' summary features; the score itself
+(`anomaly.frame_scores.combine`, a smooth maximum of z-scores, less the scene baseline's level:
+`anomaly.scene_baseline`) and the heat map's pixels (`anomaly.heat`) are numpy operations outside it, as
+they are for a torch model. The statistics are inputs rather than constants so that one graph serves the
+fleet profile and every camera profile, and so that a memory of any size
 (at least as many frames as the largest neighbour count) fits.
 
 Written into the output folder, everything plain files (nothing that unpickles):
@@ -16,7 +17,8 @@ Written into the output folder, everything plain files (nothing that unpickles):
   ones, `score_<names joined by +>.onnx` (`score_lean.onnx` for none): the choice `anomaly score` makes for a
   torch model, so that neither computes what the score does not read; for OpenVINO (`--format openvino`)
   each graph is converted by OpenVINO's own converter to its IR (`score.xml` and `score.bin`, float32);
-- `profiles/<name>.npz`: each profile's statistics (`numpy.load(..., allow_pickle=False)`);
+- `profiles/<name>.npz`: each profile's statistics (`numpy.load(..., allow_pickle=False)`), and its scene
+  baseline's arrays (`scene_*`) where it has one;
 - `detector.json`: format version, runtime (name and version exported with), the detector's config,
   each profile's signal scales, signals and
   threshold, the graphs' input and output names, and the SHA-256 of every file above.
@@ -45,7 +47,7 @@ from anomaly import __version__
 from anomaly.calibration import Calibration, NormalStats
 from anomaly.config import COSTLY_SIGNALS, SIGNAL_NAMES, CalibrationConfig, PreprocessConfig
 from anomaly.detector import Detector
-from anomaly.exported import EXPORT_FORMAT, EXPORT_KIND, HEAT_CELLS, needed_graphs
+from anomaly.exported import EXPORT_FORMAT, EXPORT_KIND, HEAT_CELLS, SCENE_PREFIX, SUMMARY_FEATURES, needed_graphs
 from anomaly.model import AutoencoderGAN
 from anomaly.model_files import file_sha256
 from anomaly.preprocess import normalise
@@ -82,8 +84,8 @@ class ScoringGraph(nn.Module):
     def forward(self, frames: torch.Tensor, *stats_arrays: torch.Tensor) -> tuple[torch.Tensor, ...]:
         stats = NormalStats(**dict(zip(self.stats_fields, stats_arrays, strict=True)))
         x = normalise(frames, self.preprocess)
-        signals, heat = frame_signals(self.model, x, stats, self.calibration, self.skip)
-        return (*(signals[name] for name in self.outputs if name != HEAT_CELLS), heat)
+        signals, heat, features = frame_signals(self.model, x, stats, self.calibration, self.skip)
+        return (*(signals[name] for name in self.outputs if name not in (HEAT_CELLS, SUMMARY_FEATURES)), heat, features)
 
 
 def present_fields(stats: NormalStats) -> tuple[str, ...]:
@@ -191,7 +193,8 @@ def export_detector(detector: Detector, out_dir: Path, fmt: Runtime = "onnx", *,
         graphs, outputs, graph_files = {}, {}, []
         for key, costly in needed_graphs(p.signals for p in profiles_in.values()).items():
             graphs[key] = "score" if key == "all" else f"score_{key}"
-            outputs[key] = (*(n for n in SIGNAL_NAMES if n not in COSTLY_SIGNALS or n in costly), HEAT_CELLS)
+            signals = (n for n in SIGNAL_NAMES if n not in COSTLY_SIGNALS or n in costly)
+            outputs[key] = (*signals, HEAT_CELLS, SUMMARY_FEATURES)
         with torch.no_grad():
             for key, stem in graphs.items():
                 graph = ScoringGraph(model, config.preprocess, config.calibration, layout, outputs[key]).eval()
@@ -203,7 +206,8 @@ def export_detector(detector: Detector, out_dir: Path, fmt: Runtime = "onnx", *,
         profiles: dict[str, Any] = {}
         for i, (name, cal) in enumerate(profiles_in.items()):
             rel = f"profiles/{i:03d}.npz"  # numbered: camera names are free text
-            np.savez(tmp / rel, **stats_arrays(cal.stats, layout, stored=True))
+            scene = {} if cal.scene is None else {SCENE_PREFIX + k: v for k, v in cal.scene.to_arrays().items()}
+            np.savez(tmp / rel, **stats_arrays(cal.stats, layout, stored=True), **scene)
             profiles[name] = {
                 "stats": rel,
                 "loc": cal.loc,

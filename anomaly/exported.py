@@ -28,10 +28,17 @@ from anomaly.model_files import default_threads, file_sha256
 from anomaly.preprocess import Preprocessor
 from anomaly.profiles import FLEET, profile_for, profile_note
 from anomaly.runtimes import RUNTIME_NAMES, RUNTIMES, CompiledGraph, GraphLoadError, Runtime, load_graph
+from anomaly.scene_baseline import SceneBaseline
 
 EXPORT_KIND = "anomaly-exported-detector"
-HEAT_CELLS = "heat_cells"  # the graphs' output besides the signals (`anomaly.heat` makes pixels of it)
-EXPORT_FORMAT = 2  # what `anomaly export` writes (1: the heat map per pixel, and the discriminator always run)
+# the graphs' outputs besides the signals: the heat map's cells (`anomaly.heat` makes pixels of them) and the
+# frames' summary features (what the scene baseline finds similar frames by, `anomaly.scene_baseline`)
+HEAT_CELLS = "heat_cells"
+SUMMARY_FEATURES = "summary_features"
+SCENE_PREFIX = "scene_"  # a profile's scene baseline in its statistics file: its arrays under this prefix
+# what `anomaly export` writes (1: the heat map per pixel, and the discriminator always run; 2: no summary
+# features out of the graphs, so no scene baseline)
+EXPORT_FORMAT = 3
 READABLE_FORMATS = (EXPORT_FORMAT,)
 
 
@@ -70,6 +77,7 @@ class ExportedProfile:
     stats: dict[str, np.ndarray] = field(repr=False)
     combination: Combination = "max"
     calibration_summary: dict[str, Any] = field(default_factory=dict)
+    scene: SceneBaseline | None = None
 
     def summary(self) -> dict[str, Any]:
         """As `anomaly.calibration.Calibration.summary` of the profile it was exported from."""
@@ -115,6 +123,7 @@ def _profiles(folder: Path, manifest: dict[str, Any], inputs: list[str]) -> dict
     for name, p in manifest["profiles"].items():
         with np.load(folder / p["stats"], allow_pickle=False) as arrays:
             stats = {k: np.ascontiguousarray(arrays[k], dtype=np.float32) for k in inputs[1:]}
+            scene = {k.removeprefix(SCENE_PREFIX): arrays[k] for k in arrays.files if k.startswith(SCENE_PREFIX)}
         out[str(name)] = ExportedProfile(
             name=str(name),
             loc={k: float(v) for k, v in p["loc"].items()},
@@ -125,6 +134,7 @@ def _profiles(folder: Path, manifest: dict[str, Any], inputs: list[str]) -> dict
             stats=stats,
             combination=combination_of(p),
             calibration_summary=dict(p["summary"]),
+            scene=SceneBaseline.from_arrays(scene) if scene else None,
         )
     if FLEET not in out:
         raise ExportedModelError(f"{folder}/detector.json holds no fleet profile")
@@ -205,7 +215,7 @@ class ExportedDetector:
         graph, outputs = self.sessions.get(graph_key(costly_signals_computed(cal.signals, self.all_signals)))
         values = graph.run(outputs, {"frames": batch, **cal.stats})
         named = dict(zip(outputs, values, strict=True))
-        heat_cells = named.pop(HEAT_CELLS)
+        heat_cells, features = named.pop(HEAT_CELLS), named.pop(SUMMARY_FEATURES)
         return frame_scores(
             named,
             heat_cells,
@@ -216,6 +226,8 @@ class ExportedDetector:
             threshold=self.threshold,
             profile=self.profile,
             rule=cal.combination,
+            scene=cal.scene,
+            features=features,
         )
 
 

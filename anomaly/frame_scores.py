@@ -17,6 +17,7 @@ import numpy as np
 
 from anomaly.config import SIGNAL_NAMES, Combination, DetectorConfig
 from anomaly.heat import HeatLayout, cells_to_pixels
+from anomaly.scene_baseline import SceneBaseline
 
 if TYPE_CHECKING:
     from anomaly.preprocess import Preprocessor
@@ -32,7 +33,8 @@ OPTIONAL_SCORE_FIELDS = ("disc_score",)
 # `defect_local` 0 for a model calibrated before it), and the thumbnail's PCA residual and the rows'
 # discontinuity (`pca`, `tear`: 0 for a model calibrated before them);
 # in the CSV after `is_anomaly`, so older readers keep working, and empty there only when a scorer
-# gives none (None).
+# gives none (None). Last, `scene_level`: what the score was lowered by, the normal level of the held-out
+# frames that look like this one (`anomaly.scene_baseline`); empty for a profile without a scene baseline.
 EXTRA_SCORE_FIELDS = (
     "knn_score",
     "local_score",
@@ -43,6 +45,7 @@ EXTRA_SCORE_FIELDS = (
     "defect_local_score",
     "pca_score",
     "tear_score",
+    "scene_level",
 )
 # The field that carries each raw signal: its name and "_score", but for the mean error's.
 SIGNAL_FIELDS = {name: "recon_error" if name == "recon" else f"{name}_score" for name in SIGNAL_NAMES}
@@ -70,6 +73,7 @@ class FrameScore:
     defect_local_score: float | None = None
     pca_score: float | None = None
     tear_score: float | None = None
+    scene_level: float | None = None
     profile: str = "fleet"  # the camera profile whose statistics and threshold scored the frame
 
     @property
@@ -100,6 +104,7 @@ class FrameScores:
     defect_local_score: np.ndarray | None = None
     pca_score: np.ndarray | None = None
     tear_score: np.ndarray | None = None
+    scene_level: np.ndarray | None = None  # taken off the score: the level of similar normal frames
     profile: str = "fleet"  # the camera profile whose statistics and threshold scored these frames
 
     def __len__(self) -> int:
@@ -186,13 +191,23 @@ def frame_scores(
     threshold: float,
     profile: str,
     rule: Combination = "max",
+    scene: SceneBaseline | None = None,
+    features: np.ndarray | None = None,
 ) -> FrameScores:
     """The scores of a batch from its signals (by name, as `anomaly.config.SIGNAL_NAMES`; a costly
-    signal that was not computed is absent) and heat-map cells, with the calibration that combines them."""
+    signal that was not computed is absent) and heat-map cells, with the calibration that combines them;
+    with a scene baseline, less the level of the frames' (`features`: summary features) similar normal frames."""
     score = combine(signals, loc, scale, names, rule)
+    level = None
+    if scene is not None:
+        if features is None:
+            raise ValueError("a profile with a scene baseline needs the frames' summary features")
+        level = scene.levels(features)
+        score = score - level
     columns = {column: signals.get(name) for name, column in SIGNAL_FIELDS.items()}
     return FrameScores(
         **columns,  # type: ignore[arg-type]
+        scene_level=level,
         score=score,
         is_anomaly=score > threshold,
         heat_cells=heat_cells,
@@ -211,6 +226,7 @@ class ProfileView(Protocol):
     loc: dict[str, float]  # per signal: what its z-score is measured from ...
     scale: dict[str, float]  # ... and in units of
     combination: Combination  # how the z-scores make the score (`combine`)
+    scene: SceneBaseline | None  # the normal level of similar frames, taken off the score (None: none)
 
     def summary(self) -> dict[str, Any]: ...
 

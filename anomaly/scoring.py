@@ -47,7 +47,9 @@ Per frame, one pass through the networks (and the frame's own statistics) gives 
 
 Each signal becomes a z-score against held-out normal frames, and the anomaly score combines the
 z-scores of the signals the calibration selected (`anomaly.frame_scores.combine`: their log-mean-exp,
-a smooth maximum, or for profiles calibrated so their maximum). `is_anomaly` is score > threshold.
+a smooth maximum, or for profiles calibrated so their maximum); where the profile has a scene baseline
+(`anomaly.scene_baseline`), less the normal level of the held-out frames that look like the frame
+(`scene_level`). `is_anomaly` is score > threshold.
 
 `patch` costs about as much as the networks' pass, the discriminator (`disc`, `disc_patch`) a fifth
 of it, the defect finder (`defect`) about as much, `local` a tenth and `image` about half as much as
@@ -405,9 +407,10 @@ def frame_signals(
     stats: NormalStats,
     config: CalibrationConfig,
     skip: frozenset[str] = frozenset(),
-) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """Every signal of a normalised batch but those in `skip`, and its heat-map cells: all that scoring
-    computes with torch (what `anomaly.export` puts in an exported model's graph). The discriminator
+) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+    """Every signal of a normalised batch but those in `skip`, its heat-map cells and its summary features
+    (what the scene baseline finds similar frames by): all that scoring computes with torch (what
+    `anomaly.export` puts in an exported model's graph). The discriminator
     runs only when one of its signals is wanted, the defect finder only for one of its two."""
     raw = raw_signals(
         model,
@@ -417,7 +420,8 @@ def frame_signals(
         image="image" not in skip,
         find_defects=not skip >= FINDER_SIGNALS,
     )
-    return signal_values(raw, stats, config, skip)
+    signals, heat = signal_values(raw, stats, config, skip)
+    return signals, heat, raw.features
 
 
 def score_prepared(detector: Detector, prepared: Sequence[np.ndarray] | np.ndarray) -> FrameScores:
@@ -426,7 +430,7 @@ def score_prepared(detector: Detector, prepared: Sequence[np.ndarray] | np.ndarr
     x = detector.preprocessor.to_tensor(prepared, detector.device)
     skip = COSTLY_SIGNALS - costly_signals_computed(cal.signals, detector.all_signals)
     config = detector.config
-    signals, heat = frame_signals(detector.net, x, detector.normal_stats, config.calibration, skip)
+    signals, heat, features = frame_signals(detector.net, x, detector.normal_stats, config.calibration, skip)
     return frame_scores(
         {k: v.float().cpu().numpy() for k, v in signals.items()},
         heat.float().cpu().numpy(),
@@ -437,6 +441,8 @@ def score_prepared(detector: Detector, prepared: Sequence[np.ndarray] | np.ndarr
         threshold=cal.threshold,
         profile=detector.profile,
         rule=cal.combination,
+        scene=cal.scene,
+        features=features.float().cpu().numpy(),
     )
 
 

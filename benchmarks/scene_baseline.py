@@ -1,31 +1,29 @@
-"""Would a scene baseline help: each frame's score less the normal level of the held-out frames that look like it.
+"""The scene baseline at other neighbour counts than the product's: each frame's score less the normal level of
+the held-out frames that look like it (`anomaly.scene_baseline`).
 
     python benchmarks/scene_baseline.py runs/fleet [--k 10,20,30,auto]
 
 Offline, on a finished `benchmarks/fleet_eval.py` run (its `model.pt`, `frames/` and `scores.csv`); nothing
-in the product changes. Why: on the fleet benchmark most of what the score loses is between drives, not
-within one. One drive's later footage (a wet forest road) sits higher on the local signals than the
-others', so its normal frames outrank objects on the other roads; removing each drive's own normal level
-(an oracle, printed here too) lifts all kinds by 0.02-0.04. A scene baseline is a design that could
-stand in for the oracle: the level of a frame's normal neighbours, taken from frames the model held out.
+in the product changes. Why: on the fleet benchmark most of what the score lost was between drives, not
+within one (README, *The scene baseline*). Printed, per k:
 
-For each k, printed beside the product's figures:
+- the signals' combination without the baseline (the product before it), and the oracle it stands in
+  for: each drive's own later median removed (no product has it);
+- the baseline with k neighbours, as the product builds it (`fit_scene_baseline`, k replaced): a frame's
+  level is the median known-drive score of its k nearest held-out frames; the threshold comes from
+  held-out frames scored as drives never seen (`anomaly.calibrate.signals_of_unseen_sources`), each less
+  its level among the *other* drives' held-out frames, at the model's target rate;
+- AUROC per kind (later footage against each kind, as fleet_eval), the share of later footage flagged
+  (per drive) and of the unseen camera flagged with the fleet profile.
 
-- a frame's **baseline** is the median score of its k nearest held-out frames (in the memory's standardised
-  feature space), each scored with the statistics the model keeps, as a later stretch of a known drive is;
-- the **threshold** comes, like the product's, from held-out frames scored as drives never seen
-  (statistics fitted without their drive, `anomaly.calibrate.signals_of_unseen_sources`), each less the
-  baseline of the k nearest held-out frames of the *other* drives, at the model's target rate;
-- AUROC per kind (later footage against each kind, as fleet_eval), the share of later footage flagged (per
-  drive) and of the unseen camera flagged with the fleet profile.
-
-`auto` is k = held-out frames / held-out drives, about one drive's worth of neighbours. The run's own
-calibration is re-derived first and checked against the checkpoint's, so the figures are the product's.
+`auto` is the product's k: held-out frames / held-out drives. The run's own calibration is re-derived
+first and checked against the checkpoint's, and the scores against its CSV, so the figures are the product's.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -37,7 +35,7 @@ from anomaly.calibration import fit_scaling
 from anomaly.checkpoint import load_detector
 from anomaly.detector import Detector
 from anomaly.frame_scores import combine
-from anomaly.memory import euclidean_distances
+from anomaly.scene_baseline import fit_scene_baseline
 from anomaly.scoring import signal_values
 from anomaly.thresholds import threshold_for_rate
 from anomaly.training.train import TrainingData
@@ -60,14 +58,14 @@ def prepared(detector: Detector, folders: list[Path]) -> list[np.ndarray]:
     ]
 
 
-def scored(detector: Detector, frames: np.ndarray) -> tuple[np.ndarray, torch.Tensor]:
-    """The score and standardised features of frames, with the statistics the model keeps."""
+def scored(detector: Detector, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The signals' combination (no scene baseline) and the summary features of frames, with the statistics
+    the model keeps."""
     cal = detector.calibrated
     raw = collect_raw(detector, frames)
     values, _ = signal_values(raw, cal.stats, detector.config.calibration)
     signals = {n: values[n].numpy().astype(np.float64) for n in cal.signals}
-    features = ((raw.features - cal.stats.feature_center) / cal.stats.feature_scale).float()
-    return combine(signals, cal.loc, cal.scale, cal.signals, cal.combination), features
+    return combine(signals, cal.loc, cal.scale, cal.signals, cal.combination), raw.features.numpy()
 
 
 def main() -> None:
@@ -105,7 +103,8 @@ def main() -> None:
     kinds = np.concatenate([[s.parent.name] * len(f) for s, f in zip(sources, test, strict=True)])
     drives = np.concatenate([[s.name] * len(f) for s, f in zip(sources, test, strict=True)])
     score, features = scored(detector, np.concatenate(test))
-    print(f"test scores against the CSV's: largest difference {np.abs(score - csv['score']).max():.1e}")
+    product = score - csv.get("scene_level", 0.0)
+    print(f"test scores against the CSV's: largest difference {np.abs(product - csv['score']).max():.1e}")
 
     later = kinds == "later"
     header = "| design | threshold | all | " + " | ".join(shown(kinds)) + " | later FA | per drive | unseen camera FA |"
@@ -126,22 +125,23 @@ def main() -> None:
             f"| {flagged[kinds == 'unseen'].mean():.1%} |"
         )
 
-    row("product", score, cal.threshold)
+    if cal.scene is None:
+        row("product (no scene baseline)", score, cal.threshold)
+    else:
+        row("without the scene baseline (not calibrated: AUROC only)", score, float("nan"))
     oracle = score.copy()
     for d in np.unique(drives[later]):
         oracle[drives == d] -= np.median(score[later & (drives == d)])
     row("oracle: each drive's own later median removed (not a design)", oracle, float("nan"))
-    between = euclidean_distances(held_features, held_features).numpy()
-    to_held = euclidean_distances(features, held_features).numpy()
-    auto = int(round(len(groups) / len(np.unique(groups))))
-    for k in [auto if k == "auto" else int(k) for k in args.k.split(",")]:
-        own = np.empty(len(groups))
-        for i in range(len(groups)):
-            others = np.flatnonzero(groups != groups[i])
-            own[i] = np.median(held_known[others[np.argsort(between[i, others])[:k]]])
-        threshold = threshold_for_rate(held_unseen - own, cal.target_false_alarm_rate)
-        baseline = np.median(held_known[np.argsort(to_held, axis=1)[:, :k]], axis=1)
-        row(f"scene baseline, k={k}{' (auto)' if k == auto else ''}", score - baseline, threshold)
+    assert cal.stats.feature_center is not None and cal.stats.feature_scale is not None
+    center, spread = cal.stats.feature_center.numpy(), cal.stats.feature_scale.numpy()
+    fitted = fit_scene_baseline(center, spread, held_features, held_known, groups)
+    assert fitted is not None  # two or more held-out drives (checked above)
+    for k in [fitted.k if k == "auto" else int(k) for k in args.k.split(",")]:
+        scene = dataclasses.replace(fitted, k=k)
+        threshold = threshold_for_rate(held_unseen - scene.leave_group_out_levels(groups), cal.target_false_alarm_rate)
+        label = f"scene baseline, k={scene.k}{' (auto: the product)' if scene.k == fitted.k else ''}"
+        row(label, score - scene.levels(features), threshold)
 
 
 if __name__ == "__main__":

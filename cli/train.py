@@ -89,6 +89,14 @@ def train(
         Combination,
         typer.Option(help=_CAL["combination"].description),
     ] = _CAL["combination"].default,
+    scene_baseline: Annotated[
+        bool,
+        typer.Option(
+            help="measure each score from the normal level of the held-out frames that look like the frame "
+            "(README, *The scene baseline*; needs two or more training sources); with --resume on a finished run "
+            "it recalibrates the model with or without it"
+        ),
+    ] = _CAL["scene_baseline"].default,
     defects: Annotated[
         float,
         typer.Option(
@@ -167,6 +175,7 @@ def train(
             error_stride=cell_step,
             signals=parse_signals(signals) if signals else default_signals(finder),
             combination=combine,
+            scene_baseline=scene_baseline,
         ),
     )
     torch_device = resolve_device(device)  # fail before reading any video

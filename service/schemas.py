@@ -71,7 +71,8 @@ class _Schema(BaseModel):
 class Scores(_Schema):
     score: float = Field(
         description="combined anomaly score of the chosen signals' calibrated z-scores (their log-mean-exp, or "
-        "their maximum for profiles calibrated so: `combination` in the model's profiles)"
+        "their maximum for profiles calibrated so: `combination` in the model's profiles), less the normal level "
+        "of the held-out frames that look like the frame where the profile has a scene baseline"
     )
     recon_error: float = Field(description="mean squared reconstruction error")
     disc_score: float | None = Field(

@@ -1,12 +1,17 @@
 """Scales and threshold of a drive never seen: held-out frames scored without their own source's statistics."""
 
+import dataclasses
+
 import numpy as np
 import torch
+from factories import road_frames
 
-from anomaly.calibrate import calibration_from_signals, signals_of_unseen_sources
+from anomaly.calibrate import calibrate, calibration_from_signals, signals_of_unseen_sources
 from anomaly.calibration import fit_normal_stats
+from anomaly.checkpoint import load_detector, save_detector
 from anomaly.config import CalibrationConfig
 from anomaly.scoring import RawSignals, signal_values
+from anomaly.training.train import TrainingData
 
 CONFIG = CalibrationConfig(signals=("spatial", "latent"), memory_size=50, latent_components=2)
 
@@ -90,3 +95,33 @@ def test_the_defect_center_of_a_held_out_drive_comes_from_the_other_drives_held_
     assert float(known["defect_local"].median()) > 4.5
     # against the other drives' held-out frames' medians, about as much as new footage differs
     assert abs(float(np.median(unseen["defect_local"]))) < 0.5
+
+
+def test_two_held_out_drives_give_a_scene_baseline_that_scores_and_saves_as_fitted(tiny_trained, tmp_path):
+    """`calibrate` on two drives: the fleet profile measures each score from the level of the held-out frames
+    like it, its threshold set on scores less each frame's level among the other drive's frames; off in the
+    config, or with one drive, there is none."""
+    detector = tiny_trained.detector
+    drives = [np.stack([detector.preprocessor.prepare(f) for f in road_frames(40, seed=s)]) for s in (21, 22)]
+    data = TrainingData.split(drives, 0.4)
+    cal = calibrate(detector, data)
+    assert cal.scene is not None and cal.scene.k == len(data.holdout) // 2
+    assert cal.summary()["scene_baseline"] == {"frames": len(data.holdout), "k": cal.scene.k}
+    with_scene = detector.with_calibration(cal)
+    scored = with_scene.score_prepared(data.holdout)
+    assert scored.scene_level is not None and (scored.scene_level >= 0).all() and scored.scene_level.max() > 0
+    unlowered = dataclasses.replace(cal, scene=None)
+    plain = detector.with_calibration(unlowered).score_prepared(data.holdout)
+    np.testing.assert_allclose(scored.score, plain.score - scored.scene_level, rtol=1e-6, atol=1e-6)
+    assert plain.scene_level is None
+
+    path = tmp_path / "scene.pt"
+    save_detector(with_scene, path)
+    loaded = load_detector(path, torch.device("cpu"))
+    assert loaded.calibrated.scene is not None and loaded.calibrated.scene.k == cal.scene.k
+    np.testing.assert_allclose(loaded.score_prepared(data.holdout).score, scored.score, rtol=1e-5, atol=1e-5)
+
+    off = detector.config.calibration.model_copy(update={"scene_baseline": False})
+    without = dataclasses.replace(detector, config=detector.config.model_copy(update={"calibration": off}))
+    assert calibrate(without, data).scene is None
+    assert calibrate(detector, TrainingData.split(drives[:1], 0.4)).scene is None

@@ -358,4 +358,9 @@ def train_detector(
         )
     elif rates:
         log(f"held-out false alarms of the one source (a later stretch of it): {next(iter(rates.values())):.1%}")
+    if calibration.scene is not None:
+        log(
+            f"scores measured from the normal level of the {calibration.scene.k} nearest of "
+            f"{len(calibration.scene.scores)} held-out frames (scene baseline: the `scene_level` column)"
+        )
     return detector
