@@ -1,4 +1,5 @@
 import collections
+import dataclasses
 import os
 import pickle
 import shutil
@@ -19,6 +20,7 @@ from anomaly.checkpoint import (
     save_detector,
 )
 from anomaly.frame_scores import SIGNAL_FIELDS
+from anomaly.scene_baseline import fit_scene_baseline
 from anomaly.training.train import training_state_path
 
 CPU = torch.device("cpu")
@@ -297,3 +299,33 @@ def test_a_model_calibrated_before_the_combination_was_stored_keeps_the_maximum(
     cal = old.calibration
     z = np.stack([(getattr(scores, SIGNAL_FIELDS[n]) - cal.loc[n]) / cal.scale[n] for n in cal.signals])
     np.testing.assert_allclose(scores.score, z.max(0), rtol=1e-6)
+
+
+def with_scene(detector, seed: int = 0):
+    """`detector` whose fleet profile has a scene baseline of 12 made-up held-out frames, as two drives."""
+    stats = detector.calibrated.stats
+    d = stats.feature_center.shape[0]
+    rng = np.random.default_rng(seed)
+    scene = fit_scene_baseline(
+        stats.feature_center.numpy(), stats.feature_scale.numpy(), rng.normal(size=(12, d)), rng.normal(size=12),
+        np.repeat([0, 1], 6),
+    )  # fmt: skip
+    return detector.with_calibration(dataclasses.replace(detector.calibrated, scene=scene))
+
+
+def test_a_format_6_model_scores_without_a_scene_baseline_and_damaged_baselines_are_refused(ckpt, tiny_trained, frames):
+    save_detector(with_scene(tiny_trained.detector), ckpt)
+    state = raw_state(ckpt)
+    assert state["format_version"] == FORMAT_VERSION == 7 and set(state["calibration"]["scene"]) >= {"scores", "k"}
+    assert load_detector(ckpt, CPU).score_prepared(frames).scene_level is not None
+    del state["calibration"]["scene"]
+    state["format_version"] = 6
+    torch.save(state, ckpt)
+    older = load_detector(ckpt, CPU)
+    assert older.calibrated.scene is None and older.score_prepared(frames).scene_level is None
+    save_detector(with_scene(tiny_trained.detector), ckpt)
+    damaged = raw_state(ckpt)
+    damaged["calibration"]["scene"]["scores"] = damaged["calibration"]["scene"]["scores"][:-1]
+    torch.save(damaged, ckpt)
+    with pytest.raises(CheckpointError, match="inconsistent scene baseline"):
+        load_detector(ckpt, CPU)
