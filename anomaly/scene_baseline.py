@@ -11,9 +11,9 @@ known drive (scored with the statistics the model keeps); a frame's level is the
 
 The threshold is set on held-out frames scored as drives never seen, each less the level of its
 nearest held-out frames of the *other* drives (`leave_group_out_levels`), so the false-alarm rate still
-carries over to a new drive. Measured offline on four seeds (`benchmarks/scene_baseline.py`, README):
-AUROC over all kinds 0.937/0.917/0.905/0.884 -> 0.941/0.929/0.918/0.911, false alarms on later footage
-the same or lower.
+carries over to a new drive. On the fleet benchmark's four seeds (README, *The scene baseline*): AUROC
+over all kinds 0.937/0.917/0.905/0.884 -> 0.941/0.929/0.918/0.911, false alarms on later footage the
+same or lower.
 
 Levels are counted from the lowest a frame can get (`floor`, the median of the `k` lowest scores), so
 they are never negative and a score never exceeds its signals' combination: a frame whose every
