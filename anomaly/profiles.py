@@ -48,13 +48,28 @@ def far_above_target(rates: Mapping[str, float], target: float) -> list[str]:
     return [name for name, rate in rates.items() if rate >= max(10 * target, 0.10)]
 
 
+def short_names(sources: Collection[str]) -> dict[str, str]:
+    """Each source by its file name, or by as many of its last path parts as tell it from the others (two
+    `drive.mp4` in different folders read `van7/drive.mp4` and `van9/drive.mp4`)."""
+    parts = {s: Path(s).parts or (s,) for s in sources}
+    depth = dict.fromkeys(sources, 1)
+    while True:
+        names = {s: str(Path(*parts[s][-depth[s] :])) for s in sources}
+        clashing = [s for s in sources if list(names.values()).count(names[s]) > 1 and depth[s] < len(parts[s])]
+        if not clashing:
+            return names
+        for s in clashing:
+            depth[s] += 1
+
+
 def unlike_footage_warning(rates: Mapping[str, float], target: float, profile: str, listed: int = 5) -> str | None:
     """A line for the sources flagged far above the target (`far_above_target`) by `profile`, with what to do
     if they are normal driving; None when there are none. `rates`: each source's share of frames flagged."""
     far = sorted(far_above_target(rates, target), key=lambda s: -rates[s])
     if not far:
         return None
-    shown = ", ".join(f"{Path(s).name} {rates[s]:.0%}" for s in far[:listed])
+    names = short_names(far[:listed])
+    shown = ", ".join(f"{names[s]} {rates[s]:.0%}" for s in far[:listed])
     more = f" and {len(far) - listed} more" if len(far) > listed else ""
     if profile == FLEET:
         unlike = "the drives the model was trained on (a camera it has not seen?)"

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from anomaly.calibrate import fit_camera_profile, time_blocks
 from anomaly.checkpoint import KIND_MODEL, load_detector, read_checkpoint, save_detector
-from anomaly.profiles import FLEET, far_above_target, unlike_footage_warning
+from anomaly.profiles import FLEET, far_above_target, short_names, unlike_footage_warning
 from anomaly.scoring import score_prepared
 from cli.main import app
 from footage.scores_csv import read_scores_csv
@@ -238,6 +238,19 @@ def test_unlike_footage_warning_names_the_sources_and_what_to_do_for_each_kind_o
     assert camera is not None and "camera 'van7'" in camera and "--camera van7" in camera
     many = {f"s{i}.mp4": 1.0 for i in range(8)}
     assert "and 3 more" in (unlike_footage_warning(many, 0.01, FLEET) or "")
+
+
+def test_sources_of_the_same_file_name_are_told_apart_by_their_folders():
+    names = short_names(["/runs/unseen/cam__v49.mp4", "/runs/unseen_glare/cam__v49.mp4", "/runs/unseen/cam__v17.mp4"])
+    assert names == {
+        "/runs/unseen/cam__v49.mp4": "unseen/cam__v49.mp4",
+        "/runs/unseen_glare/cam__v49.mp4": "unseen_glare/cam__v49.mp4",
+        "/runs/unseen/cam__v17.mp4": "cam__v17.mp4",
+    }
+    assert short_names(["a/x/d.mp4", "b/x/d.mp4"]) == {"a/x/d.mp4": "a/x/d.mp4", "b/x/d.mp4": "b/x/d.mp4"}
+    assert short_names(["d.mp4", "./d.mp4"]) == {"d.mp4": "d.mp4", "./d.mp4": "d.mp4"}  # the same file: no loop
+    line = unlike_footage_warning({"/a/v.mp4": 1.0, "/b/v.mp4": 0.5}, 0.01, FLEET) or ""
+    assert "a/v.mp4 100%, b/v.mp4 50%" in line
 
 
 def test_score_warns_of_footage_unlike_its_profile_and_only_then(tmp_path, tiny_trained):
