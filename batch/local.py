@@ -43,7 +43,6 @@ class ScoreRunSummary:
 
     frames: int = 0  # rows in the CSV, those of an earlier interrupted run included
     resumed_frames: int = 0  # of them, rows the interrupted run had written
-    anomalies: int = 0
     events: list[Event] = field(default_factory=list)
     errors: dict[str, str] = field(default_factory=dict)  # every source that ended with an error
     sources: list[str] = field(default_factory=list)
@@ -58,6 +57,11 @@ class ScoreRunSummary:
     @property
     def with_problems(self) -> dict[str, str]:
         return {s: e for s, e in self.errors.items() if self.frames_per_source.get(s)}
+
+    @property
+    def anomalies(self) -> int:
+        """Frames above the threshold, those of an earlier interrupted run included."""
+        return sum(self.flagged_per_source.values())
 
     @property
     def scored_sources(self) -> int:
@@ -189,7 +193,6 @@ def score_sources(
             summary.frames_per_source[source] = len(rows)
             summary.flagged_per_source[source] = resume_from.anomalies_per_source.get(source, 0)
         summary.frames = summary.resumed_frames = resume_from.frames
-        summary.anomalies = resume_from.anomalies
     watch = RunDrift(drift, detector, camera) if drift is not None else None
     todo = [s for s in sources if s not in finished]
     first = {s: i + 1 for s, i in resume_from.last_index.items()} if resume_from is not None else {}
@@ -231,7 +234,6 @@ def score_sources(
                     summary.frames_per_source[f.source] = summary.frames_per_source.get(f.source, 0) + 1
                     summary.flagged_per_source[f.source] = summary.flagged_per_source.get(f.source, 0) + int(flagged)
                 summary.frames += len(batch)
-                summary.anomalies += int(scored.scores.is_anomaly.sum())
                 bar.update(len(batch))
                 reached = todo.index(batch[-1].source, current)
                 if reached > current:  # every source before the one this batch ended in is complete

@@ -178,14 +178,17 @@ class WrittenRows:
 
     last_index: dict[str, int]  # the last frame index written
     rows: dict[str, list[tuple[int, float, float]]]  # (frame_index, timestamp_s, score), to replay events
-    anomalies: int
     finished: tuple[str, ...] = ()  # from the run record: sources not to read again
     problems: dict[str, str] = field(default_factory=dict)  # and the errors they ended with
-    anomalies_per_source: dict[str, int] = field(default_factory=dict)  # of `anomalies`, each source's
+    anomalies_per_source: dict[str, int] = field(default_factory=dict)  # rows above the threshold, per source
 
     @property
     def frames(self) -> int:
         return sum(len(r) for r in self.rows.values())
+
+    @property
+    def anomalies(self) -> int:
+        return sum(self.anomalies_per_source.values())
 
 
 def cut_to_complete_rows(csv_path: Path) -> WrittenRows:
@@ -196,7 +199,7 @@ def cut_to_complete_rows(csv_path: Path) -> WrittenRows:
     if len(complete) < len(data):
         with path.open("r+b") as fh:
             fh.truncate(len(complete))
-    written = WrittenRows(last_index={}, rows={}, anomalies=0)
+    written = WrittenRows(last_index={}, rows={})
     reader = csv.reader(io.StringIO(complete.decode("utf-8"), newline=""))
     header = next(reader, None)
     if header is None:
@@ -210,6 +213,5 @@ def cut_to_complete_rows(csv_path: Path) -> WrittenRows:
         written.rows.setdefault(source, []).append((index, timestamp, score))
         written.last_index[source] = index
         flagged = int(row[at["is_anomaly"]])
-        written.anomalies += flagged
         written.anomalies_per_source[source] = written.anomalies_per_source.get(source, 0) + flagged
     return written

@@ -174,7 +174,7 @@ def test_scoring_refuses_clips_without_events_or_when_resuming(tiny_trained, dri
     det = tiny_trained.detector
     with pytest.raises(ValueError, match="--clips needs --events"):
         score_sources(det, [str(drive)], tmp_path / "s.csv", clips_dir=tmp_path / "c", progress=False)
-    resume = WrittenRows(last_index={}, rows={}, anomalies=0)
+    resume = WrittenRows(last_index={}, rows={})
     with pytest.raises(ValueError, match="--clips cannot continue"):
         score_sources(
             det, [str(drive)], tmp_path / "s.csv", events_path=tmp_path / "e.json", clips_dir=tmp_path / "c",
