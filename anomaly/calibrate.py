@@ -231,11 +231,17 @@ def calibrate(detector: Detector, data: TrainingData, context: DistributedContex
         signals = signals_of_unseen_sources(stats, seen, data.train_groups[seen_at], held, groups, cfg, seed)
     if signals is not None:
         refit_floors(stats, held)  # as each fold's: from held-out frames (see there)
-    values, _ = signal_values(held, stats, cfg)
-    known = KnownDriveFrames({name: v.numpy().astype(np.float64) for name, v in values.items()}, held.features.numpy())
     if signals is None:  # one held-out source: scored as a later stretch of it, no scene baseline
-        return calibration_from_signals(stats, known.signals, cfg, groups, data.holdout_sources)
+        own = known_drive_frames(held, stats, cfg).signals
+        return calibration_from_signals(stats, own, cfg, groups, data.holdout_sources)
+    known = known_drive_frames(held, stats, cfg) if cfg.scene_baseline else None  # unused without a baseline
     return calibration_from_signals(stats, signals, cfg, groups, data.holdout_sources, known=known)
+
+
+def known_drive_frames(held: RawSignals, stats: NormalStats, cfg: CalibrationConfig) -> KnownDriveFrames:
+    """The held-out frames scored by the statistics kept, as later stretches of drives they know."""
+    values, _ = signal_values(held, stats, cfg)
+    return KnownDriveFrames({name: v.numpy().astype(np.float64) for name, v in values.items()}, held.features.numpy())
 
 
 def signals_of_unseen_sources(

@@ -35,6 +35,11 @@ def squared_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.maximum((a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * (a @ b.T), 0.0)
 
 
+def standardised(features: np.ndarray, center: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """Raw summary features in the memory's units (float64)."""
+    return (np.asarray(features, dtype=np.float64) - center) / scale
+
+
 @dataclass(frozen=True)
 class SceneBaseline:
     """Held-out normal frames with their known-drive scores, and how many of them a frame's level takes."""
@@ -55,15 +60,12 @@ class SceneBaseline:
         """The lowest level a frame can get: the median of the `k` lowest scores."""
         return float(np.median(np.sort(self.scores)[: self.k]))
 
-    def standardise(self, features: np.ndarray) -> np.ndarray:
-        return (np.asarray(features, dtype=np.float64) - self.center) / self.scale
-
     def levels(self, features: np.ndarray) -> np.ndarray:
         """Per frame (N x d raw summary features): the median score of its `k` nearest held-out frames,
         less `floor` (so at least 0)."""
         if len(features) == 0:
             return np.zeros(0)
-        distances = squared_distances(self.standardise(features), self.features)
+        distances = squared_distances(standardised(features, self.center, self.scale), self.features)
         nearest = np.argsort(distances, axis=1, kind="stable")[:, : self.k]
         return np.median(self.scores[nearest], axis=1) - self.floor
 
@@ -100,7 +102,7 @@ def fit_scene_baseline(
     if sources < 2:
         return None
     k = max(1, min(int(round(len(groups) / sources)), int(min((groups != g).sum() for g in np.unique(groups)))))
-    standard = (np.asarray(features, np.float64) - center) / scale
+    standard = standardised(features, center, scale)
     # in the precision a checkpoint stores, so a saved model scores as the fitted one
     arrays = {"center": center, "scale": scale, "features": standard, "scores": scores, "k": np.asarray(k)}
     return SceneBaseline.from_arrays({k: np.asarray(v, np.float32) for k, v in arrays.items()})
